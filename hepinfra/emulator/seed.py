@@ -1,0 +1,118 @@
+"""Seeding the local hep.gg: accounts, keys, tokens and databases from flags or a YAML file.
+
+Owns: the seed file format (docs/emulator.md) and its validation. Seeding is idempotent, so
+a restart with the same flags over the same data directory changes nothing.
+Must not: print any key or token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hepinfra.emulator.store import Store, account_tag
+
+
+class _Seed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DbKeySeed(_Seed):
+    key: str = Field(min_length=1)
+    disabled: bool = False
+
+
+class IdKeySeed(_Seed):
+    username: str = Field(min_length=1)
+    token: str = Field(min_length=1)
+
+
+class UploadTokenSeed(_Seed):
+    token: str = Field(min_length=1)
+    revoked: bool = False
+
+
+class DatabaseSeed(_Seed):
+    name: str = Field(min_length=1, max_length=63)
+    engine: Literal["mariadb", "postgres", "mongo"] = "mariadb"
+    status: Literal["active", "over_quota", "disabled"] = "active"
+    size_bytes: int = 0
+
+
+class AccountSeed(_Seed):
+    id: str | None = None
+    status: Literal["active", "suspended", "not_allowed"] = "active"
+    slots: int | None = Field(default=None, ge=0)
+    uploader: Literal["allowed", "forbidden", "revoked"] = "allowed"
+    db_keys: list[DbKeySeed | str] = []
+    id_keys: list[IdKeySeed] = []
+    upload_tokens: list[UploadTokenSeed | str] = []
+    databases: list[DatabaseSeed] = []
+
+
+class SeedFile(_Seed):
+    accounts: list[AccountSeed] = []
+
+
+class SeedError(ValueError):
+    pass
+
+
+def load_seed(path: Path) -> SeedFile:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SeedError(f"{path}: cannot read seed file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SeedError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return SeedFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise SeedError(f"{path}: {loc}: {err['msg']}") from None
+
+
+def apply_seed(store: Store, seed: SeedFile, *, default_slots: int, new_password: Any) -> None:
+    for index, acct in enumerate(seed.accounts):
+        first_key = next((k if isinstance(k, str) else k.key for k in acct.db_keys), None)
+        account_id = account_tag(acct.id or first_key or f"seed-account-{index}")
+        store.ensure_account(
+            account_id,
+            slots=acct.slots if acct.slots is not None else default_slots,
+            status=acct.status,
+            uploader=acct.uploader,
+        )
+        for k in acct.db_keys:
+            k = DbKeySeed(key=k) if isinstance(k, str) else k
+            store.add_db_key(k.key, account_id, disabled=k.disabled)
+        for idk in acct.id_keys:
+            store.add_id_key(idk.username, idk.token, account_id)
+        for t in acct.upload_tokens:
+            t = UploadTokenSeed(token=t) if isinstance(t, str) else t
+            store.add_upload_token(t.token, account_id, revoked=t.revoked)
+        existing = {row["name"] for row in store.list_databases(account_id)}
+        for db in acct.databases:
+            if db.name not in existing:
+                store.create_database(
+                    account_id, db.name, db.engine, new_password(), status=db.status, size_bytes=db.size_bytes
+                )
+
+
+def seed_from_flags(
+    db_keys: list[str], id_keys: list[tuple[str, str]], upload_tokens: list[str], *, slots: int
+) -> SeedFile:
+    """Each --db-key is its own account; --id-key and --upload-token join the first account."""
+    accounts = [AccountSeed(db_keys=[k], slots=slots) for k in db_keys] or [AccountSeed(id="flags", slots=slots)]
+    first = accounts[0].model_copy(
+        update={
+            "id_keys": [IdKeySeed(username=u, token=t) for u, t in id_keys],
+            "upload_tokens": list(upload_tokens),
+        }
+    )
+    return SeedFile(accounts=[first, *accounts[1:]])

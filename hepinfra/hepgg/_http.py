@@ -1,0 +1,152 @@
+"""The HTTP core shared by the three clients: pooling, timeouts, retries, error mapping.
+
+Owns: one ``httpx.AsyncClient`` per service, the retry policy (exponential backoff with
+full jitter, ``Retry-After`` honoured), and the rule that decides what may be retried.
+Must not: retry a non-idempotent call whose request may have reached the server; such a
+call raises ``AmbiguousResultError`` and the resource client resolves it (List / Reveal).
+Must not: log or raise anything holding a header or a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from hepinfra import __version__
+from hepinfra import errors as E
+from hepinfra.hepgg._errors import SERVICE_NAMES, error_from_response
+
+log = logging.getLogger("hepinfra.hepgg")
+
+# Statuses that say "try again": safe to retry for idempotent calls. 429 is safe for every
+# call (the server refused it); 5xx on a mutation is ambiguous (it may have committed).
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Exceptions raised before any byte of the request left: always safe to retry.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+    max_retry_after: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based): full jitter, or Retry-After."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime  # HTTP-date form; rare, so imported lazily
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class HttpCore:
+    """One service's connection pool plus the call/retry loop."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 15.0,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 32,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.service = service
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport,
+            headers={"User-Agent": f"hepinfra/{__version__}", **(headers or {})},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _transport_error(self, what: str, exc: Exception, *, ambiguous: bool) -> E.TransportError:
+        cls = E.AmbiguousResultError if ambiguous else E.TransportError
+        name = SERVICE_NAMES.get(self.service, self.service)
+        kind = type(exc).__name__
+        return cls(f"hep.gg {name}: {what} failed: {kind}", service=self.service)
+
+    async def call(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
+        """Send one logical call, retrying what is safe to retry; return a 2xx response or raise."""
+        what = f"{method} {path}"
+        policy = self.retry
+        for attempt in range(policy.attempts):
+            last = attempt == policy.attempts - 1
+            started = time.perf_counter()
+            try:
+                response = await self._client.request(method, path, **kwargs)
+            except NOT_SENT as exc:
+                log.debug("%s: %s (attempt %d), not sent", what, type(exc).__name__, attempt + 1)
+                if last:
+                    raise self._transport_error(what, exc, ambiguous=False) from None
+                await self._sleep(policy.delay(attempt))
+                continue
+            except httpx.TransportError as exc:  # sent, answer lost: timeout, dropped connection
+                log.debug("%s: %s (attempt %d)", what, type(exc).__name__, attempt + 1)
+                if not idempotent:
+                    raise self._transport_error(what, exc, ambiguous=True) from None
+                if last:
+                    raise self._transport_error(what, exc, ambiguous=False) from None
+                await self._sleep(policy.delay(attempt))
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            log.debug("%s -> %d in %.0f ms (attempt %d)", what, response.status_code, elapsed, attempt + 1)
+            status = response.status_code
+            if status < 400:
+                return response
+            if status >= 500 and not idempotent:  # it may have committed before failing
+                error = error_from_response(self.service, what, response)
+                raise E.AmbiguousResultError(
+                    error.message,
+                    service=self.service,
+                    status=status,
+                    code=error.code,
+                    server_message=error.server_message,
+                )
+            if status in RETRYABLE_STATUS and not last:
+                await self._sleep(policy.delay(attempt, parse_retry_after(response.headers.get("Retry-After"))))
+                continue
+            raise error_from_response(self.service, what, response)
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    @staticmethod
+    def json(response: httpx.Response, service: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise E.ProtocolError(
+                f"hep.gg {SERVICE_NAMES.get(service, service)}: response is not JSON (status {response.status_code})",
+                service=service,
+                status=response.status_code,
+            ) from None

@@ -1,0 +1,79 @@
+"""Where hep.gg is and which credentials to use, read from the environment.
+
+Owns: base URLs (``HEPGG_URL``, ``HEPGG_ID_URL``), the ``local`` sentinel, and reading
+credentials into ``SecretStr`` values. Must not: accept a credential from anywhere but
+the environment, or put a credential's value in any message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from hepinfra.errors import UsageError
+
+DEFAULT_URL = "https://hep.gg"
+DEFAULT_ID_URL = "https://id.hep.gg"
+LOCAL = "local"
+
+DB_KEY_VAR = "HEPGG_DB_KEY"
+ID_USERNAME_VAR = "HEPGG_ID_USERNAME"
+ID_TOKEN_VAR = "HEPGG_ID_TOKEN"  # noqa: S105 (a variable name)
+UPLOAD_TOKEN_VAR = "HEPGG_UPLOAD_TOKEN"  # noqa: S105 (a variable name)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Base URLs of the three services. ``local`` means the embedded emulator."""
+
+    url: str = DEFAULT_URL
+    id_url: str = DEFAULT_ID_URL
+
+    @property
+    def is_local(self) -> bool:
+        return self.url == LOCAL
+
+
+def _check_url(value: str, var: str) -> str:
+    value = value.strip().rstrip("/")
+    if value == LOCAL or value.startswith(("http://", "https://")):
+        return value
+    raise UsageError(f"{var} must be 'local' or an http(s) URL, got {value!r}")
+
+
+def endpoints_from_env(environ: Mapping[str, str] | None = None, *, url: str | None = None) -> Endpoints:
+    """Resolve endpoints: the environment wins over ``url`` (from a manifest), which wins over defaults."""
+    env = os.environ if environ is None else environ
+    base = _check_url(env.get("HEPGG_URL") or url or DEFAULT_URL, "HEPGG_URL")
+    if base == LOCAL:
+        return Endpoints(LOCAL, LOCAL)
+    id_default = DEFAULT_ID_URL if base == DEFAULT_URL else base
+    return Endpoints(base, _check_url(env.get("HEPGG_ID_URL") or id_default, "HEPGG_ID_URL"))
+
+
+def secret_from_env(var: str, environ: Mapping[str, str] | None = None, *, purpose: str) -> SecretStr:
+    """Read one credential; a missing or empty variable is a UsageError naming it."""
+    env = os.environ if environ is None else environ
+    value = (env.get(var) or "").strip()
+    if not value:
+        raise UsageError(f"{purpose} is not set: export {var}")
+    return SecretStr(value)
+
+
+def db_key_from_env(environ: Mapping[str, str] | None = None, var: str = DB_KEY_VAR) -> SecretStr:
+    return secret_from_env(var, environ, purpose="the hep.gg database API key")
+
+
+def id_credentials_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, SecretStr]:
+    env = os.environ if environ is None else environ
+    username = (env.get(ID_USERNAME_VAR) or "").strip()
+    if not username:
+        raise UsageError(f"the ID Generator username is not set: export {ID_USERNAME_VAR}")
+    return username, secret_from_env(ID_TOKEN_VAR, env, purpose="the ID Generator token")
+
+
+def upload_token_from_env(environ: Mapping[str, str] | None = None) -> SecretStr:
+    return secret_from_env(UPLOAD_TOKEN_VAR, environ, purpose="the uploader token")

@@ -1,0 +1,78 @@
+"""Client for the database management API (``/api/v1/db/databases``).
+
+Owns: list / create / reveal / rotate, and resolving ambiguous mutations without a blind
+retry: a create whose answer was lost is looked up by name with List (names are unique per
+account); a rotate whose answer was lost is resolved with Reveal, never a second rotate.
+Must not: print, log or raise a key or a password.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hepinfra import errors as E
+from hepinfra.hepgg._http import HttpCore
+from hepinfra.hepgg.models import DatabaseCredentials, DatabaseSummary, parse
+
+BASE = "/api/v1/db/databases"
+SERVICE = "databases"
+
+
+class DatabasesClient:
+    def __init__(self, core: HttpCore) -> None:
+        self._core = core
+
+    def _data(self, response: Any) -> Any:
+        body = HttpCore.json(response, SERVICE)
+        if not isinstance(body, dict) or body.get("ok") is not True or "data" not in body:
+            raise E.ProtocolError("hep.gg database API: response lacks the {ok: true, data} envelope", service=SERVICE)
+        return body["data"]
+
+    async def list(self) -> list[DatabaseSummary]:
+        """Every database of the key's account, in creation order. No secrets."""
+        data = self._data(await self._core.call("GET", BASE, idempotent=True))
+        items = data.get("databases") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise E.ProtocolError("hep.gg database API: list response lacks data.databases", service=SERVICE)
+        return [parse(DatabaseSummary, item, service=SERVICE, what="list") for item in items]
+
+    async def find(self, name: str) -> DatabaseSummary | None:
+        return next((db for db in await self.list() if db.name == name), None)
+
+    async def reveal(self, database_id: str) -> DatabaseCredentials:
+        response = await self._core.call("GET", f"{BASE}/{database_id}", idempotent=True)
+        return parse(DatabaseCredentials, self._data(response), service=SERVICE, what="reveal")
+
+    async def create(self, name: str, engine: str = "mariadb") -> DatabaseCredentials:
+        """Create ``name``. If the answer is lost, List finds out whether it was created.
+
+        Returns the new database; ``recovered`` is True when its credentials came from
+        Reveal after a lost answer.
+        """
+        attempts = self._core.retry.attempts
+        for attempt in range(attempts):
+            try:
+                response = await self._core.call("POST", BASE, idempotent=False, json={"name": name, "engine": engine})
+                return parse(DatabaseCredentials, self._data(response), service=SERVICE, what="create")
+            except E.AmbiguousResultError:
+                found = await self.find(name)
+                if found is not None:
+                    revealed = await self.reveal(found.id)
+                    return revealed.model_copy(update={"recovered": True})
+                if attempt == attempts - 1:
+                    raise
+                await self._core._sleep(self._core.retry.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def rotate(self, database_id: str) -> DatabaseCredentials:
+        """Rotate the password. If the answer is lost, Reveal returns the current one.
+
+        After a lost answer the rotation may or may not have happened; either way the
+        revealed password is the one that works now (``recovered`` is True).
+        """
+        try:
+            response = await self._core.call("POST", f"{BASE}/{database_id}/rotate", idempotent=False)
+        except E.AmbiguousResultError:
+            revealed = await self.reveal(database_id)
+            return revealed.model_copy(update={"recovered": True})
+        return parse(DatabaseCredentials, self._data(response), service=SERVICE, what="rotate")

@@ -1,0 +1,158 @@
+"""Shared fixtures: a seeded local hep.gg served over a real loopback socket.
+
+Every key below is a throwaway credential of the test world, yet tests treat them as
+secrets: ``secret_values`` lists them for leak checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from hepinfra.emulator.app import EmulatorConfig, FaultsAndLog
+from hepinfra.emulator.seed import SeedFile
+from hepinfra.emulator.server import build_app, serve_in_thread
+from hepinfra.hepgg import Hepgg, RetryPolicy
+from hepinfra.hepgg.config import Endpoints
+
+KEY = "hepgg_db_" + "a1" * 16  # active account, 50 slots
+KEY_OTHER = "hepgg_db_" + "b2" * 16  # a second active account
+KEY_DISABLED = "hepgg_db_" + "c3" * 16  # disabled key
+KEY_SUSPENDED = "hepgg_db_" + "d4" * 16  # account suspended
+KEY_FULL = "hepgg_db_" + "e5" * 16  # account with 1 slot
+ID_USER, ID_TOKEN = "My-Bot", "idtok-" + "f6" * 12
+UP_TOKEN = "hyd-up-" + "77" * 10
+UP_REVOKED = "hyd-up-" + "88" * 10
+UP_FORBIDDEN = "hyd-up-" + "99" * 10
+UP_ACCESS_REVOKED = "hyd-up-" + "aa" * 10
+
+WORLD = {
+    "accounts": [
+        {
+            "id": "main",
+            "db_keys": [KEY],
+            "id_keys": [{"username": ID_USER, "token": ID_TOKEN}],
+            "upload_tokens": [UP_TOKEN, {"token": UP_REVOKED, "revoked": True}],
+        },
+        {"id": "other", "db_keys": [KEY_OTHER]},
+        {"id": "disabled", "db_keys": [{"key": KEY_DISABLED, "disabled": True}]},
+        {"id": "suspended", "status": "suspended", "db_keys": [KEY_SUSPENDED]},
+        {"id": "full", "slots": 1, "db_keys": [KEY_FULL]},
+        {"id": "forbidden", "uploader": "forbidden", "upload_tokens": [UP_FORBIDDEN]},
+        {"id": "noaccess", "uploader": "revoked", "upload_tokens": [UP_ACCESS_REVOKED]},
+    ]
+}
+SECRETS = [
+    KEY,
+    KEY_OTHER,
+    KEY_DISABLED,
+    KEY_SUSPENDED,
+    KEY_FULL,
+    ID_TOKEN,
+    UP_TOKEN,
+    UP_REVOKED,
+    UP_FORBIDDEN,
+    UP_ACCESS_REVOKED,
+]
+ENV = {"HEPGG_DB_KEY": KEY, "HEPGG_ID_USERNAME": ID_USER, "HEPGG_ID_TOKEN": ID_TOKEN, "HEPGG_UPLOAD_TOKEN": UP_TOKEN}
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01, max_retry_after=0.05)
+
+
+@dataclass
+class Server:
+    url: str
+    app: FaultsAndLog
+
+    def control(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, self.url + "/_emulator" + path, timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()["data"]
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.control("GET", "/requests")["requests"]]
+
+    def faults(self, **body: Any) -> Any:
+        return self.control("PUT", "/faults", json=body)
+
+    def password_valid(self, db_user: str, password: str) -> bool:
+        return bool(self.control("POST", "/check-password", json={"dbUser": db_user, "password": password})["valid"])
+
+    def issued_secrets(self) -> list[str]:
+        return self.app.emu.store.issued_secrets()
+
+    def hepgg(self, env: dict[str, str] | None = None, retry: RetryPolicy | None = FAST_RETRY, **kw: Any) -> Hepgg:
+        return Hepgg(Endpoints(self.url, self.url), environ=env if env is not None else ENV, retry=retry, **kw)
+
+
+class _Swappable:
+    """One loopback server for the session; each test swaps a fresh world in (uvicorn's stop costs 0.2 s)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="session")
+def _loopback() -> Iterator[tuple[_Swappable, str]]:
+    swappable = _Swappable()
+    with serve_in_thread(swappable) as running:  # type: ignore[arg-type]
+        yield swappable, running.url
+
+
+def make_server(loopback: tuple[_Swappable, str], config: EmulatorConfig | None = None) -> Iterator[Server]:
+    swappable, url = loopback
+    app = build_app(None, config or EmulatorConfig(), [SeedFile.model_validate(WORLD)], slots=50)
+    swappable.app = app
+    yield Server(url, app)
+    app.emu.store.close()
+
+
+@pytest.fixture
+def server(_loopback: tuple[_Swappable, str]) -> Iterator[Server]:
+    """A fresh seeded local hep.gg behind a real loopback socket."""
+    yield from make_server(_loopback)
+
+
+@pytest.fixture
+def tricky_server(_loopback: tuple[_Swappable, str]) -> Iterator[Server]:
+    """Passwords that contain every character quoting bugs trip on."""
+    yield from make_server(_loopback, EmulatorConfig(password_chars="aZ9$'\"#\\@:/% `!&;<>|*?~=,{}()[]^"))
+
+
+@pytest.fixture
+def make_world(_loopback: tuple[_Swappable, str]) -> Any:
+    """Build a fresh world with a custom EmulatorConfig: ``make_world(EmulatorConfig(...))``."""
+    worlds: list[Iterator[Server]] = []
+
+    def build(config: EmulatorConfig) -> Server:
+        gen = make_server(_loopback, config)
+        worlds.append(gen)
+        return next(gen)
+
+    yield build
+    for gen in worlds:
+        for _ in gen:
+            pass
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI a skipped test is a failure: nothing may skip silently."""
+    import os
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if os.environ.get("CI") and skipped:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line(f"CI: {skipped} test(s) skipped; skips are failures here", red=True)

@@ -1,0 +1,38 @@
+"""State <-> bytes. Canonical JSON: sorted keys, two-space indent, trailing newline.
+
+Owns: encoding and decoding, with one-line errors naming the source and the field.
+Must not: touch files or the network.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+
+from hepinfra.errors import StateError
+from hepinfra.state.model import FORMAT_VERSION, State
+
+
+def encode(state: State) -> bytes:
+    return (json.dumps(state.model_dump(mode="json"), sort_keys=True, indent=2) + "\n").encode()
+
+
+def decode(data: bytes, source: str) -> State:
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise StateError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StateError(f"{source}: a state file must hold a JSON object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StateError(
+            f"{source}: state format_version {version!r} is not supported (this hepinfra reads {FORMAT_VERSION})"
+        )
+    try:
+        return State.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise StateError(f"{source}: {loc}: {err['msg']}") from None

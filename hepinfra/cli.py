@@ -201,3 +201,323 @@ def emulator(**opts: Any) -> None:
         sys.stdout.flush()
 
     serve_forever(app, opts["host"], opts["port"], announce=announce)
+
+
+# --- shared options ------------------------------------------------------------------------------
+
+
+def manifest_option(f: Any) -> Any:
+    return click.option(
+        "-f",
+        "--file",
+        "manifest_file",
+        default="hepinfra.yaml",
+        show_default=True,
+        metavar="FILE",
+        help="The manifest.",
+    )(f)
+
+
+def env_option(f: Any) -> Any:
+    return click.option(
+        "-e",
+        "--env",
+        "envs",
+        multiple=True,
+        metavar="ENV",
+        help="Limit to this environment (repeatable; default: all).",
+    )(f)
+
+
+def lock_timeout_option(f: Any) -> Any:
+    return click.option(
+        "--lock-timeout",
+        default="0s",
+        show_default=True,
+        metavar="DURATION",
+        help="Wait this long for a held state lock (e.g. 30s, 5m).",
+    )(f)
+
+
+def parse_timeout(value: str) -> float:
+    from hepinfra.manifest import parse_duration
+
+    if value.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        raise UsageError(f"--lock-timeout: {exc}") from None
+
+
+def use_colour() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def run_async(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+# --- validate / schema ---------------------------------------------------------------------------
+
+
+@cli.command()
+@manifest_option
+def validate(manifest_file: str) -> None:
+    """Check a manifest offline: schema, names, templates (no network access)."""
+    from hepinfra import manifest
+
+    loaded = manifest.load(manifest_file)
+    count = sum(len(v) for v in loaded.declared.values())
+    click.echo(
+        f"{manifest_file}: valid ({len(loaded.environments)} environment(s), "
+        f"{len(loaded.model.databases)} database(s), {count} declaration(s) in all)"
+    )
+
+
+@cli.command()
+@click.option("--plan", "plan_schema", is_flag=True, help="Print the plan JSON schema instead.")
+def schema(plan_schema: bool) -> None:
+    """Print the manifest's JSON Schema (for yaml-language-server and editors)."""
+    import json
+
+    if plan_schema:
+        from hepinfra.render import json_schema
+
+        click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+    else:
+        from hepinfra.manifest import schema as manifest_schema
+
+        click.echo(json.dumps(manifest_schema(), indent=2, sort_keys=True))
+
+
+# --- plan ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@manifest_option
+@env_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (docs/plan-json.md).")
+@click.option("--markdown", is_flag=True, help="Print the plan as Markdown for a pull-request comment.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for 'apply PLANFILE'.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no changes, 2 changes present, 1 error.")
+@click.option("--no-refresh", is_flag=True, help="One List call per environment; no Reveal (stale passwords unseen).")
+@click.option(
+    "--rotate",
+    "rotations",
+    multiple=True,
+    metavar="ADDR",
+    help="Plan a rotation: ENV/databases.NAME, or NAME for every selected environment.",
+)
+@click.option("--show-unchanged", is_flag=True, help="List up-to-date databases too (text output).")
+def plan(
+    manifest_file: str,
+    envs: tuple[str, ...],
+    as_json: bool,
+    markdown: bool,
+    out_file: str | None,
+    detailed_exitcode: bool,
+    no_refresh: bool,
+    rotations: tuple[str, ...],
+    show_unchanged: bool,
+) -> None:
+    """Show what apply would do: diff the manifest against state and hep.gg."""
+    from pathlib import Path
+
+    from hepinfra import render, runner
+
+    if as_json and markdown:
+        raise UsageError("--json and --markdown are exclusive")
+    project = runner.Project.open(manifest_file)
+    selected = runner.select_environments(project.manifest, envs)
+    rotate = runner.parse_rotate(project.manifest, selected, rotations)
+
+    async def go() -> Any:
+        async with project.hepgg() as hub:
+            return await runner.make(project, hub, selected, refresh=not no_refresh, rotate=rotate)
+
+    result, _, _ = run_async(go())
+    if as_json:
+        click.echo(render.json_text(result), nl=False)
+    elif markdown:
+        click.echo(render.markdown(result), nl=False)
+    else:
+        click.echo(render.text(result, colour=use_colour(), show_noop=show_unchanged), nl=False)
+    if result.errors:
+        sys.exit(EXIT_ERROR)
+    if out_file:
+        runner.save_plan(result, Path(out_file))
+        if not (as_json or markdown):
+            click.echo(f"Saved the plan to {out_file}; apply it with: hepinfra apply {out_file}")
+    if detailed_exitcode and result.has_changes:
+        sys.exit(EXIT_CHANGES)
+
+
+# --- state ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def state() -> None:
+    """Inspect and repair state (it holds no secrets)."""
+
+
+def _address(manifest: Any, envs: list[str], address: str) -> tuple[str, str]:
+    if "/" in address:
+        env, rest = address.split("/", 1)
+    elif len(envs) == 1:
+        env, rest = envs[0], address
+    else:
+        raise UsageError(f"{address}: name the environment, as ENV/databases.NAME")
+    if env not in manifest.model.environments:
+        raise UsageError(f"{address}: no environment '{env}' in the manifest")
+    return env, rest.removeprefix("databases.")
+
+
+@state.command("list")
+@manifest_option
+@env_option
+def state_list(manifest_file: str, envs: tuple[str, ...]) -> None:
+    """List managed databases: address, platform name, id, engine."""
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    for env in runner.select_environments(project.manifest, envs):
+        current = project.backend.read(env)
+        for key, db in sorted((current.databases if current else {}).items()):
+            click.echo(f"{env}/databases.{key}\t{db.name}\t{db.id}\t{db.engine}")
+
+
+@state.command("show")
+@manifest_option
+@click.argument("address")
+def state_show(manifest_file: str, address: str) -> None:
+    """Show one managed database and its output records (digests only)."""
+    import json
+
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    env, key = _address(project.manifest, project.manifest.environments, address)
+    current = project.backend.read(env)
+    if current is None or key not in current.databases:
+        raise UsageError(f"{address}: not in the state of environment '{env}'")
+    out = {
+        "address": f"{env}/databases.{key}",
+        "database": current.databases[key].model_dump(mode="json"),
+        "outputs": [r.model_dump(mode="json") for r in current.outputs.values() if r.database == key],
+        "journal": [j.model_dump(mode="json") for j in current.pending(key)],
+    }
+    click.echo(json.dumps(out, indent=2, sort_keys=True))
+
+
+@state.command("rm")
+@manifest_option
+@lock_timeout_option
+@click.argument("addresses", nargs=-1, required=True)
+def state_rm(manifest_file: str, lock_timeout: str, addresses: tuple[str, ...]) -> None:
+    """Stop managing databases (they stay on hep.gg; their outputs stay on disk)."""
+    from hepinfra import runner
+    from hepinfra.state.backend import LockInfo
+
+    project = runner.Project.open(manifest_file)
+    timeout = parse_timeout(lock_timeout)
+    targets = [_address(project.manifest, project.manifest.environments, a) for a in addresses]
+    for env in dict.fromkeys(e for e, _ in targets):
+        lock = project.backend.lock(env, LockInfo(), timeout)
+        try:
+            current = project.backend.read(env)
+            keys = [k for e, k in targets if e == env]
+            missing = [k for k in keys if current is None or k not in current.databases]
+            if missing or current is None:
+                raise UsageError(f"{env}/databases.{missing[0]}: not in the state of environment '{env}'")
+            current = current.model_copy(
+                update={
+                    "databases": {k: v for k, v in current.databases.items() if k not in keys},
+                    "outputs": {k: v for k, v in current.outputs.items() if v.database not in keys},
+                    "journal": tuple(j for j in current.journal if j.database not in keys),
+                }
+            )
+            project.backend.write(env, current)
+        finally:
+            project.backend.unlock(env, lock.id)
+        for key in keys:
+            click.echo(f"Removed {env}/databases.{key} from state; the database stays on hep.gg.")
+
+
+@state.command("pull")
+@manifest_option
+@click.option("-e", "--env", "env", required=True, help="The environment.")
+def state_pull(manifest_file: str, env: str) -> None:
+    """Print an environment's state file to stdout."""
+    from hepinfra import runner
+    from hepinfra.state import codec
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    current = project.backend.read(env)
+    if current is None:
+        raise UsageError(f"environment '{env}' has no state yet")
+    click.echo(codec.encode(current).decode(), nl=False)
+
+
+@state.command("push")
+@manifest_option
+@lock_timeout_option
+@click.option("-e", "--env", "env", required=True, help="The environment.")
+@click.option("--force", is_flag=True, help="Allow another lineage or an older serial.")
+@click.argument("state_file", type=click.Path(dir_okay=False))
+def state_push(manifest_file: str, lock_timeout: str, env: str, force: bool, state_file: str) -> None:
+    """Replace an environment's state with STATE_FILE (checked: environment, lineage, serial)."""
+    from pathlib import Path
+
+    from hepinfra import runner
+    from hepinfra.errors import StateError
+    from hepinfra.state import codec
+    from hepinfra.state.backend import LockInfo
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    try:
+        incoming = codec.decode(Path(state_file).read_bytes(), state_file)
+    except OSError as exc:
+        raise UsageError(f"{state_file}: cannot read: {exc.strerror}") from None
+    if incoming.environment != env:
+        raise StateError(f"{state_file}: holds environment '{incoming.environment}', not '{env}'")
+    lock = project.backend.lock(env, LockInfo(), parse_timeout(lock_timeout))
+    try:
+        current = project.backend.read(env)
+        if current is not None and not force:
+            if current.lineage != incoming.lineage:
+                raise StateError(
+                    f"{state_file}: lineage {incoming.lineage} differs from the current "
+                    f"{current.lineage}; use --force to replace it"
+                )
+            if incoming.serial < current.serial:
+                raise StateError(
+                    f"{state_file}: serial {incoming.serial} is older than the current "
+                    f"{current.serial}; use --force to go back"
+                )
+        if current is not None and current.lineage != incoming.lineage:
+            incoming = incoming.model_copy(update={"serial": max(current.serial, incoming.serial)})
+            path = project.backend.directory / f"{env}.json"
+            path.replace(path.with_suffix(".json.backup"))
+        stored = project.backend.write(env, incoming)
+    finally:
+        project.backend.unlock(env, lock.id)
+    click.echo(f"Pushed {state_file} as the state of '{env}' (serial {stored.serial}).")
+
+
+@state.command("unlock")
+@manifest_option
+@click.option("-e", "--env", "env", required=True, help="The environment whose lock to clear.")
+@click.argument("lock_id")
+def state_unlock(manifest_file: str, env: str, lock_id: str) -> None:
+    """Clear a stuck lock by its id (the lock error names it)."""
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    project.backend.unlock(env, lock_id)
+    click.echo(f"Unlocked the state of '{env}'.")

@@ -249,7 +249,7 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _friendly(err: dict[str, Any]) -> str:
+def _friendly(err: Any) -> str:
     kind, msg = err["type"], err["msg"]
     ctx = err.get("ctx") or {}
     if kind == "literal_error":
@@ -270,8 +270,9 @@ def _friendly(err: dict[str, Any]) -> str:
     return str(msg[0].lower() + msg[1:] if msg else msg)
 
 
-def _error_from_validation(exc: ValidationError, data: Any, values: yamlpos.Positions,
-                           keys: yamlpos.Positions, filename: str) -> ManifestError:
+def _error_from_validation(
+    exc: ValidationError, data: Any, values: yamlpos.Positions, keys: yamlpos.Positions, filename: str
+) -> ManifestError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(err["loc"])
     path = yamlpos.locate(data, loc)
@@ -289,8 +290,13 @@ def _error_from_validation(exc: ValidationError, data: Any, values: yamlpos.Posi
     if err["type"] == "missing":
         line, col = values.get(path, (None, None))
         missing = str(loc[-1])
-        return ManifestError(f"'{missing}' is required", file=filename, line=line, column=col,
-                             path=yamlpos.dotted(path) if path else None)
+        return ManifestError(
+            f"'{missing}' is required",
+            file=filename,
+            line=line,
+            column=col,
+            path=yamlpos.dotted(path) if path else None,
+        )
     if "[key]" in loc:  # a mapping key broke its rule: point at the key itself
         line, col = keys.get(path, values.get(path, (None, None)))
         return ManifestError(f"key {_friendly(err)}", file=filename, line=line, column=col, path=yamlpos.dotted(path))
@@ -314,8 +320,12 @@ def load(path: str | Path) -> Manifest:
         raise ManifestError(f"not UTF-8 text (byte {exc.start})", file=filename) from None
     data, values, keys = yamlpos.load(text, filename)
     if not isinstance(data, dict):
-        raise ManifestError("the manifest must be a mapping with 'version', 'environments' and 'databases'",
-                            file=filename, line=1, column=1)
+        raise ManifestError(
+            "the manifest must be a mapping with 'version', 'environments' and 'databases'",
+            file=filename,
+            line=1,
+            column=1,
+        )
     try:
         model = ManifestModel.model_validate(data)
     except ValidationError as exc:
@@ -330,8 +340,9 @@ def load(path: str | Path) -> Manifest:
 class _Resolver:
     """Renders names and paths per environment and dry-renders value templates."""
 
-    def __init__(self, model: ManifestModel, project_dir: Path, filename: str,
-                 values: yamlpos.Positions, keys: yamlpos.Positions) -> None:
+    def __init__(
+        self, model: ManifestModel, project_dir: Path, filename: str, values: yamlpos.Positions, keys: yamlpos.Positions
+    ) -> None:
         self.model, self.project_dir, self.filename = model, project_dir, filename
         self.values, self.keys = values, keys
         self.template_bytes: dict[str, bytes] = {}
@@ -362,20 +373,29 @@ class _Resolver:
                 if wanted not in self.model.environments:
                     guess = difflib.get_close_matches(wanted, list(self.model.environments), n=1)
                     hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-                    raise self.error((*base, "environments", i),
-                                     f"unknown environment '{wanted}'{hint}; declared: "
-                                     f"{', '.join(self.model.environments)}")
+                    raise self.error(
+                        (*base, "environments", i),
+                        f"unknown environment '{wanted}'{hint}; declared: {', '.join(self.model.environments)}",
+                    )
             if db.environments is not None and env not in db.environments:
                 continue
             context = {"env": env, "key": key, "vars": spec.vars}
             name_path = (*base, "name") if db.name else base
             name = self.render(db.name, context, name_path) if db.name else f"{key}-{env}"
             if not PLATFORM_NAME.fullmatch(name):
-                raise self.error(name_path, f"platform name '{name}' (environment {env}) is not valid: 1 to 63 "
-                                 "letters, digits, '_' or '-', starting with a letter or digit", at_key=not db.name)
+                raise self.error(
+                    name_path,
+                    f"platform name '{name}' (environment {env}) is not valid: 1 to 63 "
+                    "letters, digits, '_' or '-', starting with a letter or digit",
+                    at_key=not db.name,
+                )
             if name in names:
-                raise self.error(name_path, f"platform name '{name}' in environment {env} is also used by "
-                                 f"databases.{names[name]}; names are unique per account", at_key=not db.name)
+                raise self.error(
+                    name_path,
+                    f"platform name '{name}' in environment {env} is also used by "
+                    f"databases.{names[name]}; names are unique per account",
+                    at_key=not db.name,
+                )
             names[name] = key
             context["name"] = name
             outputs = []
@@ -383,27 +403,37 @@ class _Resolver:
                 target = self.resolve_output(env, key, i, output, context)
                 if target.kind == "dotenv":
                     if target.path in template_paths:
-                        raise self.error((*base, "outputs", i, "dotenv"), f"path '{target.path}' is also written "
-                                         f"by the template output of {template_paths[target.path]}")
+                        raise self.error(
+                            (*base, "outputs", i, "dotenv"),
+                            f"path '{target.path}' is also written "
+                            f"by the template output of {template_paths[target.path]}",
+                        )
                     for k, _ in target.keys:
                         owner = dotenv_keys.get((target.path, k))
                         if owner is not None:
-                            raise self.error((*base, "outputs", i, "keys", k), f"key {k} in '{target.path}' is also "
-                                             f"managed by {owner} (environment {env})", at_key=True)
+                            raise self.error(
+                                (*base, "outputs", i, "keys", k),
+                                f"key {k} in '{target.path}' is also managed by {owner} (environment {env})",
+                                at_key=True,
+                            )
                         dotenv_keys[(target.path, k)] = f"databases.{key}"
                 else:
                     owner = template_paths.get(target.path) or next(
-                        (o for (p, _), o in dotenv_keys.items() if p == target.path), None)
+                        (o for (p, _), o in dotenv_keys.items() if p == target.path), None
+                    )
                     if owner is not None:
-                        raise self.error((*base, "outputs", i, "path"), f"path '{target.path}' is also written by "
-                                         f"{owner} (environment {env})")
+                        raise self.error(
+                            (*base, "outputs", i, "path"),
+                            f"path '{target.path}' is also written by {owner} (environment {env})",
+                        )
                     template_paths[target.path] = f"databases.{key}"
                 outputs.append(target)
             out.append(DeclaredDatabase(env, key, name, db.engine, db.rotate_every, tuple(outputs)))
         return tuple(out)
 
-    def resolve_output(self, env: str, key: str, index: int, output: DotenvOutput | TemplateOutput,
-                       context: dict[str, Any]) -> OutputTarget:
+    def resolve_output(
+        self, env: str, key: str, index: int, output: DotenvOutput | TemplateOutput, context: dict[str, Any]
+    ) -> OutputTarget:
         base: tuple[str | int, ...] = ("databases", key, "outputs", index)
         fake_db = {field: f"<{field}>" for field in DB_FIELDS}
         value_context = {**context, "db": fake_db}
@@ -424,25 +454,31 @@ class _Resolver:
         definition.update(path=path, mode=output.mode)
         digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32]
         return OutputTarget(
-            kind="dotenv" if isinstance(output, DotenvOutput) else "template", path=path, keys=keys_tuple,
-            template=template, template_source=template_source, mode=int(output.mode, 8),
-            allow_tracked=output.allow_tracked, allow_outside=output.allow_outside, definition_digest=digest,
+            kind="dotenv" if isinstance(output, DotenvOutput) else "template",
+            path=path,
+            keys=keys_tuple,
+            template=template,
+            template_source=template_source,
+            mode=int(output.mode, 8),
+            allow_tracked=output.allow_tracked,
+            allow_outside=output.allow_outside,
+            definition_digest=digest,
         )
 
     def check_path(self, rendered: str, output: _OutputBase, path: tuple[str | int, ...]) -> str:
         if not rendered.strip() or rendered.endswith("/"):
             raise self.error(path, f"output path '{rendered}' does not name a file")
         candidate = PurePosixPath(rendered)
-        if not output.allow_outside:
-            if candidate.is_absolute() or ".." in candidate.parts:
-                raise self.error(path, f"output path '{rendered}' leaves the manifest's directory; "
-                                 "set allow_outside: true to allow it")
+        if not output.allow_outside and (candidate.is_absolute() or ".." in candidate.parts):
+            raise self.error(
+                path, f"output path '{rendered}' leaves the manifest's directory; set allow_outside: true to allow it"
+            )
         return str(candidate)
 
     def template_file(self, relative: str, path: tuple[str | int, ...]) -> str:
         if relative in self._template_sources:
             return self._template_sources[relative]
-        file = (self.project_dir / relative)
+        file = self.project_dir / relative
         try:
             raw = file.read_bytes()
             source = raw.decode("utf-8")
@@ -454,8 +490,9 @@ class _Resolver:
         self._template_sources[relative] = source
         return source
 
-    def dry_render(self, source: str, context: dict[str, Any], path: tuple[str | int, ...],
-                   file: str | None = None) -> None:
+    def dry_render(
+        self, source: str, context: dict[str, Any], path: tuple[str | int, ...], file: str | None = None
+    ) -> None:
         """Compile and render with placeholder values, so typos fail at validate time, not at apply."""
         from jinja2 import TemplateSyntaxError
 

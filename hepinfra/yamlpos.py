@@ -64,7 +64,10 @@ def load(text: str, filename: str) -> tuple[Any, Positions, Positions]:
                     first = keys[(*path, key)]
                     raise ManifestError(
                         f"duplicate key '{key}' (first defined at line {first[0]})",
-                        file=filename, line=line, column=col, path=_dotted((*path, key)),
+                        file=filename,
+                        line=line,
+                        column=col,
+                        path=_dotted((*path, key)),
                     )
                 keys[(*path, key)] = _mark(key_node)
                 out[key] = build(value_node, (*path, key), depth + 1)
@@ -95,10 +98,9 @@ def locate(data: Any, loc: Sequence[str | int]) -> Path:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        found = isinstance(node, dict) and part in node
+        found = found or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if found:
             path.append(part)
             node = node[part]
     return tuple(path)

@@ -27,8 +27,13 @@ Factory = Callable[[], Backend]
 
 
 def _db(key: str, name: str | None = None) -> ManagedDatabase:
-    return ManagedDatabase(key=key, name=name or f"{key}-env", id=f"ID{key.upper()}", engine="postgres",
-                           managed_since=datetime(2026, 1, 1, tzinfo=UTC))
+    return ManagedDatabase(
+        key=key,
+        name=name or f"{key}-env",
+        id=f"ID{key.upper()}",
+        engine="postgres",
+        managed_since=datetime(2026, 1, 1, tzinfo=UTC),
+    )
 
 
 def check_read_missing_is_none(factory: Factory) -> None:

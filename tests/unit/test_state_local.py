@@ -32,12 +32,15 @@ def test_files_are_0600_with_a_backup_and_no_temp_left(tmp_path: Path) -> None:
     assert codec.decode((tmp_path / "s" / "prod.json.backup").read_bytes(), "b").serial == 1
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"{nope", "not valid JSON"),
-    (b"[]", "must hold a JSON object"),
-    (b'{"format_version": 9}', "format_version 9 is not supported"),
-    (b'{"format_version": 1, "environment": "prod", "serial": "x"}', "serial: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"{nope", "not valid JSON"),
+        (b"[]", "must hold a JSON object"),
+        (b'{"format_version": 9}', "format_version 9 is not supported"),
+        (b'{"format_version": 1, "environment": "prod", "serial": "x"}', "serial: Input should be a valid integer"),
+    ],
+)
 def test_corrupt_state_is_one_line_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "prod.json").write_bytes(content)
     with pytest.raises(StateError) as info:

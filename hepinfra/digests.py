@@ -1,0 +1,23 @@
+"""Keyed digests: detect edited or stale outputs without storing any secret.
+
+Owns: deriving the digest key from the environment's database API key and the state's
+lineage (no extra secret to manage; whoever can read state without the key cannot test
+guesses against it), and digesting values. Must not: be used for anything but comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+class Digester:
+    def __init__(self, api_key: str, lineage: str) -> None:
+        self._key = hmac.new(api_key.encode(), b"hepinfra-digest-v1:" + lineage.encode(), hashlib.sha256).digest()
+
+    def __call__(self, data: str | bytes) -> str:
+        raw = data.encode() if isinstance(data, str) else data
+        return hmac.new(self._key, raw, hashlib.sha256).hexdigest()[:40]
+
+    def __repr__(self) -> str:
+        return "Digester(<keyed>)"

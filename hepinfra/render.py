@@ -1,0 +1,178 @@
+"""Plan -> text (terminal, Terraform's spirit), JSON (versioned, docs/plan-json.md), Markdown (PR comment).
+
+Owns: presentation only, one renderer per Action. A plan holds no secret, so neither can
+anything rendered from it. Must not: import rich or anything heavy (plan output is on the
+start-up path of every CI run).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from hepinfra.plan import Action, Change, Diagnostic, Plan
+
+COLOURS = {
+    Action.CREATE: "green",
+    Action.ADOPT: "cyan",
+    Action.ROTATE: "yellow",
+    Action.RENDER: "blue",
+    Action.FORGET: "red",
+    Action.NOOP: "white",
+}
+
+Style = Callable[..., str]
+
+
+def _plain(text: str, **_: Any) -> str:
+    return text
+
+
+def summary_line(plan: Plan) -> str:
+    c = plan.counts()
+    return (
+        f"Plan: {c['create']} to create, {c['adopt']} to adopt, {c['rotate']} to rotate, "
+        f"{c['render']} to render, {c['forget']} to forget."
+    )
+
+
+def _headline(change: Change) -> str:
+    verb = {
+        Action.CREATE: f"will be created as '{change.name}' ({change.engine})",
+        Action.ADOPT: f"will be adopted: '{change.name}' ({change.engine}, {change.database_id})",
+        Action.ROTATE: (
+            f"rotation of '{change.name}' will be finished"
+            if change.finish_rotation
+            else f"password of '{change.name}' will be rotated"
+        ),
+        Action.RENDER: f"outputs of '{change.name}' will be rendered",
+        Action.FORGET: f"will no longer be managed: '{change.name}' stays on hep.gg",
+        Action.NOOP: "is up to date",
+    }[change.action]
+    return f"{change.address} {verb}"
+
+
+def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
+    import click
+
+    style: Style = click.style if colour else _plain
+    lines: list[str] = []
+    envs = ", ".join(plan.environments) or "none"
+    lines.append(
+        style(
+            f"hepinfra plan for {plan.manifest} (environments: {envs}; "
+            f"{'refreshed' if plan.refreshed else 'not refreshed: --no-refresh'})",
+            bold=True,
+        )
+    )
+    lines.append("")
+    shown = [c for c in plan.changes if show_noop or c.action is not Action.NOOP]
+    for change in shown:
+        colour_name = COLOURS[change.action]
+        lines.append(style(f"  {change.action.symbol:>2} ", fg=colour_name, bold=True) + _headline(change))
+        for reason in change.reasons:
+            lines.append(f"       {reason}")
+        if change.action in (Action.CREATE, Action.ADOPT, Action.ROTATE):
+            for out in change.outputs:
+                lines.append(style(f"       > {out.path}", dim=True))
+        for path in change.retire:
+            if change.action is not Action.RENDER:
+                lines.append(style(f"       - {path} (hepinfra's part removed)", dim=True))
+    if not plan.actionable:
+        lines.append(style("  No changes. hep.gg and the outputs match the manifest.", fg="green"))
+    unchanged = len(plan.changes) - len(plan.actionable)
+    if unchanged and not show_noop and plan.actionable:
+        lines.append(style(f"  ({unchanged} up to date)", dim=True))
+    lines.append("")
+    for diag in plan.diagnostics:
+        lines.append(_diagnostic(diag, style))
+    lines.append(style(summary_line(plan), bold=True))
+    if plan.errors:
+        lines.append(style(f"{len(plan.errors)} error(s) block apply.", fg="red", bold=True))
+    return "\n".join(lines) + "\n"
+
+
+def _diagnostic(diag: Diagnostic, style: Style) -> str:
+    label = (
+        style("Error:", fg="red", bold=True) if diag.severity == "error" else style("Warning:", fg="yellow", bold=True)
+    )
+    where = diag.address or diag.env
+    line = f"{label} {where + ': ' if where else ''}{diag.message}"
+    if diag.hint:
+        line += f"\n  hint: {diag.hint}"
+    return line
+
+
+def document(plan: Plan) -> dict[str, Any]:
+    data = plan.model_dump(mode="json")
+    data.update(summary=plan.counts(), has_changes=plan.has_changes, has_errors=bool(plan.errors))
+    return data
+
+
+def json_text(plan: Plan) -> str:
+    return json.dumps(document(plan), indent=2, sort_keys=True) + "\n"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON document's schema: the Plan plus the derived summary fields."""
+    schema = Plan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hepinfra plan"
+    schema["properties"].update(
+        summary={
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "required": [a.value for a in Action],
+        },
+        has_changes={"type": "boolean"},
+        has_errors={"type": "boolean"},
+    )
+    schema["required"] = sorted(
+        {
+            *schema.get("required", []),
+            "summary",
+            "has_changes",
+            "has_errors",
+            "format_version",
+            "hepinfra_version",
+            "changes",
+            "diagnostics",
+            "environments",
+        }
+    )
+    return schema
+
+
+def _md_escape(value: str) -> str:
+    return value.replace("|", "\\|").replace("`", "'")
+
+
+def markdown(plan: Plan) -> str:
+    lines = [f"### hepinfra plan: {summary_line(plan)[6:]}"]
+    if plan.errors:
+        lines.append(f"\n**{len(plan.errors)} error(s) block apply.**")
+    lines.append(
+        f"\nManifest `{_md_escape(plan.manifest)}`, environments: "
+        f"{', '.join(f'`{e}`' for e in plan.environments) or 'none'}"
+        f"{'' if plan.refreshed else ' (not refreshed)'}.\n"
+    )
+    if plan.actionable:
+        lines.append("| | address | action | why |")
+        lines.append("|---|---|---|---|")
+        for change in plan.actionable:
+            why = "; ".join(change.reasons) or ""
+            lines.append(
+                f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}` | "
+                f"{change.action.value} | {_md_escape(why)} |"
+            )
+    else:
+        lines.append("No changes: hep.gg and the outputs match the manifest.")
+    if plan.diagnostics:
+        lines.append("")
+        for diag in plan.diagnostics:
+            icon = ":x:" if diag.severity == "error" else ":warning:"
+            where = diag.address or diag.env or ""
+            hint = f" _({_md_escape(diag.hint)})_" if diag.hint else ""
+            lines.append(f"- {icon} **{diag.severity}** `{_md_escape(where)}`: {_md_escape(diag.message)}{hint}")
+    return "\n".join(lines) + "\n"

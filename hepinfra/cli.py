@@ -521,3 +521,308 @@ def state_unlock(manifest_file: str, env: str, lock_id: str) -> None:
     runner.select_environments(project.manifest, [env])
     project.backend.unlock(env, lock_id)
     click.echo(f"Unlocked the state of '{env}'.")
+
+
+# --- apply / rotate ------------------------------------------------------------------------------
+
+
+class EventPrinter:
+    """Line per event (CI, pipes), JSON lines with --json, a progress bar on a TTY."""
+
+    SYMBOLS = {"create": "+", "adopt": "<=", "rotate": "~", "render": ">", "forget": "-"}
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.tty = sys.stdout.isatty() and not as_json
+        self.progress: Any = None
+        self.task: Any = None
+        self.total = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.tty and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("apply", total=total)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import json
+
+        if self.as_json:
+            click.echo(json.dumps(event, sort_keys=True))
+            return
+        if event["event"] == "start":
+            return
+        symbol = self.SYMBOLS.get(event["action"], "*")
+        if event["event"] == "done":
+            extra = f", window {event['rotation_window_ms']:.1f} ms" if "rotation_window_ms" in event else ""
+            line = f"  {symbol:>2} {event['address']}: {event.get('message', 'done')} ({event['duration_ms']:.0f} ms{extra})"
+            styled = click.style(line, fg="green") if self.tty else line
+        else:
+            line = f"   ! {event['address']}: {event['action']} failed: {event.get('message', '')}"
+            styled = click.style(line, fg="red") if self.tty else line
+        if self.progress is not None:
+            self.progress.console.print(styled, highlight=False, markup=False)
+            self.progress.advance(self.task)
+        else:
+            click.echo(styled)
+
+
+def _apply_command(
+    manifest_file: str,
+    plan_file: str | None,
+    envs: tuple[str, ...],
+    auto_approve: bool,
+    rotations: tuple[str, ...],
+    parallelism: int,
+    as_json: bool,
+    lock_timeout: str,
+    no_refresh: bool,
+) -> None:
+    import json
+    import statistics
+    from pathlib import Path
+
+    from hepinfra import render, runner
+
+    if plan_file and (envs or rotations):
+        raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
+    project = runner.Project.open(manifest_file)
+    printer = EventPrinter(as_json)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not plan_file and not auto_approve and not interactive:
+        raise UsageError(
+            "apply needs --auto-approve in a non-interactive session (or a saved PLANFILE from 'hepinfra plan --out')"
+        )
+
+    def show_plan(plan: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": "plan", "plan": render.document(plan)}, sort_keys=True))
+        else:
+            click.echo(render.text(plan, colour=use_colour()), nl=False)
+
+    def confirm(plan: Any) -> bool:
+        if auto_approve:
+            printer.start(len(plan.actionable))
+            return True
+        answer = click.prompt(
+            "Do you want to perform these actions? Only 'yes' will be accepted", default="", show_default=False
+        )
+        ok = bool(answer.strip() == "yes")
+        if ok:
+            printer.start(len(plan.actionable))
+        return ok
+
+    options = runner.ApplyOptions(
+        plan_file=Path(plan_file) if plan_file else None,
+        envs=envs,
+        rotate=rotations,
+        parallelism=parallelism,
+        lock_timeout=parse_timeout(lock_timeout),
+        refresh=not no_refresh,
+    )
+    if plan_file:
+        printer.start(0)
+    try:
+        plan, result = run_async(runner.apply(project, options, show_plan=show_plan, confirm=confirm, emit=printer))
+    finally:
+        printer.stop()
+    if result is None:
+        if as_json:
+            click.echo(json.dumps({"event": "summary", "succeeded": 0, "failed": 0, "changes": 0}))
+        else:
+            click.echo("No changes to apply.")
+        return
+    windows = list(result.rotation_windows.values())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "event": "summary",
+                    "succeeded": len(result.succeeded),
+                    "failed": len(result.failed),
+                    "rotation_windows_ms": {k: round(v, 2) for k, v in result.rotation_windows.items()},
+                    "failures": [
+                        {"address": o.address, "action": o.action, "message": o.message} for o in result.failed
+                    ],
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        line = (
+            f"Apply {'complete' if not result.failed else 'incomplete'}: {len(result.succeeded)} succeeded, "
+            f"{len(result.failed)} failed."
+        )
+        if windows:
+            line += (
+                f" Rotation window: median {statistics.median(windows):.1f} ms, max {max(windows):.1f} ms "
+                "(old password dead until outputs were written)."
+            )
+        click.echo(click.style(line, bold=True, fg="red" if result.failed else "green") if use_colour() else line)
+        for outcome in result.failed:
+            click.echo(f"  failed: {outcome.address} ({outcome.action}): {outcome.message}")
+        if result.failed:
+            click.echo("Run 'hepinfra plan' to see what is left; the next apply resumes from the journal.")
+    if result.failed:
+        sys.exit(EXIT_ERROR)
+
+
+def apply_options(f: Any) -> Any:
+    for decorator in reversed(
+        [
+            manifest_option,
+            env_option,
+            click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation."),
+            click.option(
+                "--parallelism",
+                default=8,
+                show_default=True,
+                type=click.IntRange(1, 256),
+                help="How many changes run at once.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="One JSON event per line (for CI)."),
+            lock_timeout_option,
+            click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+@cli.command()
+@click.argument("plan_file", required=False, type=click.Path(dir_okay=False))
+@apply_options
+@click.option("--rotate", "rotations", multiple=True, metavar="ADDR", help="Also rotate this database (repeatable).")
+def apply(
+    plan_file: str | None,
+    manifest_file: str,
+    envs: tuple[str, ...],
+    auto_approve: bool,
+    parallelism: int,
+    as_json: bool,
+    lock_timeout: str,
+    no_refresh: bool,
+    rotations: tuple[str, ...],
+) -> None:
+    """Make hep.gg and the outputs match the manifest (or apply a saved PLANFILE exactly)."""
+    _apply_command(
+        manifest_file, plan_file, envs, auto_approve, rotations, parallelism, as_json, lock_timeout, no_refresh
+    )
+
+
+@cli.command()
+@click.argument("addresses", nargs=-1, required=True)
+@apply_options
+def rotate(
+    addresses: tuple[str, ...],
+    manifest_file: str,
+    envs: tuple[str, ...],
+    auto_approve: bool,
+    parallelism: int,
+    as_json: bool,
+    lock_timeout: str,
+    no_refresh: bool,
+) -> None:
+    """Rotate passwords now (plan + apply with --rotate ADDR...): ENV/databases.NAME or NAME."""
+    _apply_command(manifest_file, None, envs, auto_approve, addresses, parallelism, as_json, lock_timeout, no_refresh)
+
+
+# --- output / run --------------------------------------------------------------------------------
+
+
+async def _database_values(project: Any, env: str, keys: list[str]) -> dict[str, dict[str, str]]:
+    """Reveal managed databases and render their dotenv keys (or standard fields): key -> values."""
+    from hepinfra.fetch import env_access
+    from hepinfra.outputs import SINKS
+    from hepinfra.outputs.base import db_context
+
+    current = project.backend.read(env)
+    declared = {d.key: d for d in project.manifest.declared[env]}
+    out: dict[str, dict[str, str]] = {}
+    async with project.hepgg() as hub:
+        access = env_access(project.manifest, env, hub)
+        if access.key is None:
+            raise UsageError(f"no database key for environment '{env}': export {access.source}")
+        for key in keys:
+            if current is None or key not in current.databases:
+                raise UsageError(f"{env}/databases.{key} is not managed yet: run 'hepinfra apply' first")
+            creds = await hub.databases(access.key).reveal(current.databases[key].id)
+            db = db_context(creds)
+            decl = declared[key]
+            context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars, "db": db}
+            values: dict[str, str] = {}
+            for target in decl.outputs:
+                if target.kind == "dotenv":
+                    from hepinfra.templates import render_string
+
+                    sink: Any = SINKS["dotenv"]
+                    sink.render_values(target, context)  # refuses what cannot be quoted safely
+                    values.update({k: render_string(src, context) for k, src in target.keys})
+            if not values:
+                prefix = key.upper().replace("-", "_") + "_"
+                values = {
+                    prefix + f.upper(): str(db[f])
+                    for f in ("connection_string", "host", "port", "db_name", "user", "password")
+                }
+            out[key] = values
+    return out
+
+
+@cli.command()
+@manifest_option
+@click.argument("address")
+@click.option("--format", "fmt", type=click.Choice(["dotenv", "json", "shell"]), default="dotenv", show_default=True)
+def output(manifest_file: str, address: str, fmt: str) -> None:
+    """Print one database's values, secrets included: only on explicit request, never logged."""
+    import json
+    import shlex
+
+    from hepinfra import runner
+    from hepinfra.templates import dotenv_quote
+
+    project = runner.Project.open(manifest_file)
+    env, key = _address(project.manifest, project.manifest.environments, address)
+    if not any(d.key == key for d in project.manifest.declared[env]):
+        raise UsageError(f"{address}: no database '{key}' is declared in environment '{env}'")
+    values = run_async(_database_values(project, env, [key]))[key]
+    if fmt == "json":
+        click.echo(json.dumps(values, indent=2, sort_keys=True))
+    elif fmt == "shell":
+        for name, value in values.items():
+            click.echo(f"export {name}={shlex.quote(value)}")
+    else:
+        for name, value in values.items():
+            click.echo(f"{name}={dotenv_quote(value)}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@manifest_option
+@click.option("-e", "--env", "env", required=True, help="The environment whose values to pass.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the environment's rendered dotenv values in its environment (never its arguments)."""
+    import shutil
+
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    keys = [d.key for d in project.manifest.declared[env]]
+    values: dict[str, str] = {}
+    for per_db in run_async(_database_values(project, env, keys)).values():
+        values.update(per_db)
+    program = shutil.which(command[0])
+    if program is None:
+        raise UsageError(f"command not found: {command[0]}")
+    sys.stdout.flush()
+    os.execve(program, list(command), {**os.environ, **values})

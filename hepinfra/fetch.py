@@ -100,6 +100,18 @@ async def gather(
         return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh)
 
     facts = dict(zip(envs, await asyncio.gather(*(one_env(e) for e in envs)), strict=True))
+    for env in envs:
+        key = access[env].key
+        peers = tuple(
+            e
+            for e in envs
+            if e != env
+            and key is not None
+            and access[e].key is not None
+            and access[e].key.get_secret_value() == key.get_secret_value()  # type: ignore[union-attr]
+        )
+        if peers:
+            facts[env] = replace(facts[env], account_peers=peers)
     if not refresh:
         return facts, access
 

@@ -147,6 +147,7 @@ class EnvFacts:
     outputs: Mapping[tuple[str, str], ObservedOutput] = field(default_factory=dict)  # (db key, path)
     password_digests: Mapping[str, str] = field(default_factory=dict)  # database id -> keyed digest
     refreshed: bool = False
+    account_peers: tuple[str, ...] = ()  # other selected environments using the same database key
 
     @property
     def remote_digest(self) -> str | None:
@@ -250,6 +251,7 @@ def make_plan(
     changes: list[Change] = []
     diagnostics: list[Diagnostic] = []
     pins: dict[str, EnvPin] = {}
+    claimed: dict[str, set[str]] = {}
     for env in envs:
         state = states.get(env)
         env_facts = facts[env]
@@ -262,9 +264,12 @@ def make_plan(
             diagnostics.append(env_facts.error)
         if env_facts.databases is None:
             continue
-        env_changes, env_diags = _plan_env(manifest, env, state or State(environment=env), env_facts, now, rotate)
+        env_changes, env_diags, claimed[env] = _plan_env(
+            manifest, env, state or State(environment=env), env_facts, now, rotate
+        )
         changes.extend(env_changes)
         diagnostics.extend(env_diags)
+    diagnostics.extend(_account_diagnostics(manifest, facts, claimed))
     return Plan(
         created_at=now,
         manifest=str(manifest.path),
@@ -278,7 +283,7 @@ def make_plan(
 
 def _plan_env(
     manifest: Manifest, env: str, state: State, facts: EnvFacts, now: datetime, rotate: RotateRequest
-) -> tuple[list[Change], list[Diagnostic]]:
+) -> tuple[list[Change], list[Diagnostic], set[str]]:
     assert facts.databases is not None
     by_id = {d.id: d for d in facts.databases}
     by_name = {d.name: d for d in facts.databases}
@@ -401,7 +406,6 @@ def _plan_env(
         if key in declared_keys:
             continue
         claimed.add(managed.id)
-        retire = tuple(sorted(r.path for r in state.outputs.values() if r.database == key))
         changes.append(
             Change(
                 address=f"{env}/databases.{key}",
@@ -411,26 +415,55 @@ def _plan_env(
                 engine=managed.engine,
                 database_id=managed.id,
                 action=Action.FORGET,
-                retire=retire,
                 reasons=(
                     "no longer declared: hep.gg cannot delete databases, so it stays on the account "
-                    "(delete it in the dashboard if it is unused); hepinfra stops managing it",
+                    "(delete it in the dashboard if it is unused); hepinfra stops managing it and leaves its outputs in place",
                 ),
             )
         )
 
-    unmanaged = [d.name for d in facts.databases if d.id not in claimed]
-    if unmanaged:
-        shown = ", ".join(unmanaged[:10]) + (f" and {len(unmanaged) - 10} more" if len(unmanaged) > 10 else "")
-        diags.append(
-            Diagnostic(
-                severity="warning",
-                env=env,
-                message=f"{len(unmanaged)} database(s) on the account are not managed: {shown}",
-                hint="declare them to adopt them, or ignore this",
+    return changes, diags, claimed
+
+
+def _account_diagnostics(
+    manifest: Manifest, facts: Mapping[str, EnvFacts], claimed: Mapping[str, set[str]]
+) -> list[Diagnostic]:
+    """Per account (environments sharing a key): name clashes between them, and unmanaged databases."""
+    diags: list[Diagnostic] = []
+    for env, claimed_here in claimed.items():
+        env_facts = facts[env]
+        assert env_facts.databases is not None
+        peers = [p for p in env_facts.account_peers if p in claimed]
+        if (peers and env < min(peers)) or not peers:
+            names: dict[str, str] = {}
+            for member in sorted([env, *peers]):
+                for decl in manifest.declared[member]:
+                    if decl.name in names and names[decl.name] != member:
+                        diags.append(
+                            Diagnostic(
+                                severity="error",
+                                env=member,
+                                address=decl.address,
+                                message=f"platform name '{decl.name}' is also declared in environment "
+                                f"'{names[decl.name]}', which uses the same hep.gg account",
+                                hint="put {{ env }} in the name template, or give the environments different keys",
+                            )
+                        )
+                    names.setdefault(decl.name, member)
+        everyone = set(claimed_here).union(*(claimed[p] for p in peers))
+        unmanaged = [d.name for d in env_facts.databases if d.id not in everyone]
+        if unmanaged and (not peers or env < min(peers)):
+            shown = ", ".join(unmanaged[:10]) + (f" and {len(unmanaged) - 10} more" if len(unmanaged) > 10 else "")
+            where = env if not peers else f"{', '.join(sorted([env, *peers]))} (one account)"
+            diags.append(
+                Diagnostic(
+                    severity="warning",
+                    env=env,
+                    message=f"{len(unmanaged)} database(s) on the account of {where} are not managed: {shown}",
+                    hint="declare them to adopt them, or ignore this",
+                )
             )
-        )
-    return changes, diags
+    return diags
 
 
 def _retired(state: State, decl: DeclaredDatabase) -> tuple[str, ...]:

@@ -8,15 +8,16 @@ or print (cli.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from hepinfra import manifest as manifest_mod
-from hepinfra.errors import PlanError, UsageError
+from hepinfra.errors import PlanError, StalePlanError, UsageError
 from hepinfra.fetch import EnvAccess, gather
 from hepinfra.fsutil import atomic_write
 from hepinfra.hepgg import Hepgg
@@ -24,6 +25,9 @@ from hepinfra.manifest import Manifest
 from hepinfra.plan import Plan, RotateRequest, make_plan
 from hepinfra.state.local import LocalBackend
 from hepinfra.state.model import State
+
+if TYPE_CHECKING:
+    from hepinfra.apply import ApplyResult
 
 
 @dataclass
@@ -116,3 +120,73 @@ def load_plan(path: Path) -> Plan:
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
         raise PlanError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+
+
+@dataclass
+class ApplyOptions:
+    plan_file: Path | None = None
+    envs: Sequence[str] = ()
+    rotate: Sequence[str] = ()
+    parallelism: int = 8
+    lock_timeout: float = 0.0
+    refresh: bool = True
+
+
+async def apply(
+    project: Project,
+    options: ApplyOptions,
+    *,
+    show_plan: Callable[[Plan], None],
+    confirm: Callable[[Plan], bool],
+    emit: Callable[[dict[str, Any]], None],
+) -> tuple[Plan, ApplyResult | None]:
+    """Lock, plan (or load and check a saved plan), confirm, execute, unlock."""
+    from hepinfra.apply import Executor, Ledger, check_pins, current_remote_digests
+    from hepinfra.fetch import env_access
+    from hepinfra.state.backend import LockInfo
+
+    saved: Plan | None = None
+    if options.plan_file is not None:
+        saved = load_plan(options.plan_file)
+        if saved.manifest_digest != project.manifest.digest:
+            raise StalePlanError(
+                f"{options.plan_file}: the manifest or one of its templates changed since the plan was made",
+                hint="make a new plan",
+            )
+        unknown = [e for e in saved.environments if e not in project.manifest.model.environments]
+        if unknown:
+            raise StalePlanError(f"{options.plan_file}: environment '{unknown[0]}' is not in the manifest")
+        envs = list(saved.environments)
+    else:
+        envs = select_environments(project.manifest, options.envs)
+    locks = {}
+    async with project.hepgg(parallelism=options.parallelism) as hub:
+        try:
+            for env in sorted(envs):  # one order everywhere: no deadlock between two applies
+                locks[env] = project.backend.lock(env, LockInfo(), options.lock_timeout)
+            if saved is not None:
+                plan = saved
+                states = project.states(envs)
+                access = {env: env_access(project.manifest, env, hub) for env in envs}
+                missing = [a for a in access.values() if a.key is None]
+                if missing:
+                    raise UsageError(f"no database key for environment '{missing[0].env}': export {missing[0].source}")
+                check_pins(plan, states, await current_remote_digests(hub, access, envs))
+            else:
+                rotate = parse_rotate(project.manifest, envs, options.rotate)
+                plan, access, states = await make(project, hub, envs, refresh=options.refresh, rotate=rotate)
+                show_plan(plan)
+            if plan.errors:
+                raise PlanError(f"the plan has {len(plan.errors)} error(s); nothing was applied")
+            if not plan.has_changes:
+                return plan, None
+            if saved is None and not confirm(plan):
+                raise UsageError("apply cancelled; nothing was changed")
+            ledgers = {env: Ledger(project.backend, env, states[env] or State(environment=env)) for env in envs}
+            executor = Executor(
+                plan, project.manifest, ledgers, hub, access, parallelism=options.parallelism, emit=emit
+            )
+            return plan, await executor.run()
+        finally:
+            for env, lock in locks.items():
+                project.backend.unlock(env, lock.id)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +26,17 @@ from hepinfra import errors as E
 from hepinfra.hepgg._errors import SERVICE_NAMES, error_from_response
 
 log = logging.getLogger("hepinfra.hepgg")
+
+# Test aid for crash tests (docs/development.md): HEPINFRA_TEST_KILL_AT=before:N or after:N sends
+# SIGKILL to this process right before the N-th request leaves, or right after its answer arrives.
+_KILL_AT = os.environ.get("HEPINFRA_TEST_KILL_AT", "")
+_calls = 0
+
+
+def _maybe_kill(moment: str) -> None:
+    if _KILL_AT and f"{moment}:{_calls}" == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 # Statuses that say "try again": safe to retry for idempotent calls. 429 is safe for every
 # call (the server refused it); 5xx on a mutation is ambiguous (it may have committed).
@@ -104,8 +117,12 @@ class HttpCore:
         for attempt in range(policy.attempts):
             last = attempt == policy.attempts - 1
             started = time.perf_counter()
+            global _calls
+            _calls += 1
+            _maybe_kill("before")
             try:
                 response = await self._client.request(method, path, **kwargs)
+                _maybe_kill("after")
             except NOT_SENT as exc:
                 log.debug("%s: %s (attempt %d), not sent", what, type(exc).__name__, attempt + 1)
                 if last:

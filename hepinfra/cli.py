@@ -565,7 +565,8 @@ class EventPrinter:
         symbol = self.SYMBOLS.get(event["action"], "*")
         if event["event"] == "done":
             extra = f", window {event['rotation_window_ms']:.1f} ms" if "rotation_window_ms" in event else ""
-            line = f"  {symbol:>2} {event['address']}: {event.get('message', 'done')} ({event['duration_ms']:.0f} ms{extra})"
+            took = f"{event['duration_ms']:.0f} ms{extra}"
+            line = f"  {symbol:>2} {event['address']}: {event.get('message', 'done')} ({took})"
             styled = click.style(line, fg="green") if self.tty else line
         else:
             line = f"   ! {event['address']}: {event['action']} failed: {event.get('message', '')}"
@@ -633,7 +634,7 @@ def _apply_command(
     if plan_file:
         printer.start(0)
     try:
-        plan, result = run_async(runner.apply(project, options, show_plan=show_plan, confirm=confirm, emit=printer))
+        _, result = run_async(runner.apply(project, options, show_plan=show_plan, confirm=confirm, emit=printer))
     finally:
         printer.stop()
     if result is None:
@@ -695,7 +696,7 @@ def apply_options(f: Any) -> Any:
             click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
         ]
     ):
-        f = decorator(f)
+        f = decorator(f)  # type: ignore[operator]
     return f
 
 
@@ -825,4 +826,4 @@ def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
     if program is None:
         raise UsageError(f"command not found: {command[0]}")
     sys.stdout.flush()
-    os.execve(program, list(command), {**os.environ, **values})
+    os.execve(program, list(command), {**os.environ, **values})  # noqa: S606 (no shell, by design)

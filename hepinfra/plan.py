@@ -417,7 +417,8 @@ def _plan_env(
                 action=Action.FORGET,
                 reasons=(
                     "no longer declared: hep.gg cannot delete databases, so it stays on the account "
-                    "(delete it in the dashboard if it is unused); hepinfra stops managing it and leaves its outputs in place",
+                    "(delete it in the dashboard if it is unused); hepinfra stops managing it "
+                    "and leaves its outputs in place",
                 ),
             )
         )

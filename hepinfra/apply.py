@@ -121,7 +121,7 @@ def check_pins(plan: Plan, states: dict[str, State | None], remote: dict[str, st
     for env, pin in plan.environments.items():
         state = states.get(env)
         lineage, serial = (state.lineage, state.serial) if state else (None, 0)
-        if lineage != pin.lineage:
+        if lineage != pin.lineage and pin.lineage is not None:
             raise StalePlanError(
                 f"the state of '{env}' is another lineage than the plan's ({lineage} vs {pin.lineage})",
                 hint="make a new plan",

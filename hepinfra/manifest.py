@@ -270,16 +270,26 @@ def _friendly(err: Any) -> str:
     return str(msg[0].lower() + msg[1:] if msg else msg)
 
 
+def _strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Drop the discriminator tag pydantic puts after an output's index (it equals a field name)."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[i - 2] == "outputs" and isinstance(loc[i - 1], int) and part in ("dotenv", "template"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
 def _error_from_validation(
     exc: ValidationError, data: Any, values: yamlpos.Positions, keys: yamlpos.Positions, filename: str
 ) -> ManifestError:
     err = exc.errors(include_url=False)[0]
-    loc = tuple(err["loc"])
+    loc = _strip_union_tags(tuple(err["loc"]))
     path = yamlpos.locate(data, loc)
     if err["type"] == "extra_forbidden":
         parent = yamlpos.locate(data, loc[:-1])
         unknown = str(loc[-1])
-        model = _model_at(tuple(p for p in loc[:-1]))
+        model = _model_at(tuple(err["loc"])[:-1])
         allowed = sorted(model.model_fields) if model else []
         guess = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6)
         message = f"unknown key '{unknown}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
@@ -320,11 +330,12 @@ def load(path: str | Path) -> Manifest:
         raise ManifestError(f"not UTF-8 text (byte {exc.start})", file=filename) from None
     data, values, keys = yamlpos.load(text, filename)
     if not isinstance(data, dict):
+        line, col = values.get((), (1, 1))
         raise ManifestError(
             "the manifest must be a mapping with 'version', 'environments' and 'databases'",
             file=filename,
-            line=1,
-            column=1,
+            line=line,
+            column=col,
         )
     try:
         model = ManifestModel.model_validate(data)

@@ -27,6 +27,7 @@ from typing import Any
 
 from hepinfra.errors import ApiError, HepinfraError, OutputError, StalePlanError
 from hepinfra.fetch import EnvAccess
+from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.manifest import DeclaredDatabase, Manifest, OutputTarget
@@ -193,12 +194,25 @@ class Executor:
                 self.emit(event)
                 return outcome
 
+        self.clear_stale_temps()
         work = [c for c in self.plan.changes if c.action is not Action.NOOP]
         result.outcomes = list(await asyncio.gather(*(one(c) for c in work)))
         result.state_writes = sum(ledger.writes for ledger in self.ledgers.values())
         return result
 
     # --- helpers -------------------------------------------------------------------------------------
+
+    def clear_stale_temps(self) -> None:
+        """Temp files a killed apply left beside outputs of the locked environments."""
+        files = []
+        for env in self.ledgers:
+            for decl in self.manifest.declared[env]:
+                for target in decl.outputs:
+                    try:
+                        files.append(resolve_path(self.manifest.project_dir, target))
+                    except OutputError:
+                        continue
+        remove_stale_temps_of(files)
 
     def _client(self, env: str) -> Any:
         key = self.access[env].key

@@ -17,7 +17,7 @@ TMP_PREFIX = ".hepinfra-tmp-"
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically; parent directories are created (mode 0700)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
@@ -45,12 +45,32 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(directory: Path) -> int:
-    """Remove temp files left by a process killed mid-write; returns how many."""
+def temp_prefix(path: Path) -> str:
+    return f"{TMP_PREFIX}{path.name}-"
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove temp files a process killed mid-write left for ``path``; returns how many.
+
+    Call it only while holding whatever serialises writers of ``path`` (its state lock), or
+    another writer's temp file would be pulled from under it.
+    """
+    return remove_stale_temps_of([path])
+
+
+def remove_stale_temps_of(paths: list[Path]) -> int:
+    """``remove_stale_temps`` for many paths, reading each directory once."""
+    by_dir: dict[Path, tuple[str, ...]] = {}
+    for path in paths:
+        by_dir[path.parent] = (*by_dir.get(path.parent, ()), temp_prefix(path))
     count = 0
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in directory.iterdir():
-            if entry.name.startswith(TMP_PREFIX):
+    for directory, prefixes in by_dir.items():
+        try:
+            entries = list(directory.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.name.startswith(prefixes):
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
                     count += 1

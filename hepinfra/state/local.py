@@ -82,7 +82,6 @@ class LocalBackend:
 
     def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remove_stale_temps(self.directory)
         path = self._file(env, ".lock")
         deadline = time.monotonic() + max(0.0, timeout)
         payload = json.dumps(info.as_dict()).encode()
@@ -110,6 +109,8 @@ class LocalBackend:
                 fh.flush()
                 os.fsync(fh.fileno())
             fsync_dir(self.directory)
+            for name in (".json", ".json.backup"):  # ours now: clear what a killed writer left
+                remove_stale_temps(self._file(env, name))
             return info
 
     def unlock(self, env: str, lock_id: str) -> None:

@@ -323,19 +323,25 @@ class Executor:
         await ledger.commit(lambda s: s.model_copy(update={"journal": (*s.journal, intent)}))
         creds = await self._client(change.env).create(change.name, change.engine)
         now = _now()
-
-        def managed(_: ManagedDatabase | None) -> ManagedDatabase:
-            return ManagedDatabase(
-                key=change.key,
-                name=creds.name,
-                id=creds.id,
-                engine=creds.engine,
-                created_at=creds.created_at or now,
-                managed_since=now,
-                rotated_at=now,
+        managed = ManagedDatabase(
+            key=change.key,
+            name=creds.name,
+            id=creds.id,
+            engine=creds.engine,
+            created_at=creds.created_at or now,
+            managed_since=now,
+            rotated_at=now,
+        )
+        owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
+        await ledger.commit(
+            lambda s: s.model_copy(
+                update={  # known at once, even if outputs fail
+                    "databases": {**s.databases, change.key: managed},
+                    "journal": tuple(owed if j.id == intent.id else j for j in s.journal),
+                }
             )
-
-        await self._finish(change, creds, intent, managed)
+        )
+        await self._finish(change, creds, owed, lambda db: db or managed)
         note = "created (answer lost; found by name)" if creds.recovered else "created"
         return Outcome(change.address, change.action.value, True, note)
 

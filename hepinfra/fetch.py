@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from pydantic import SecretStr
 
@@ -20,7 +21,7 @@ from hepinfra.hepgg import Hepgg
 from hepinfra.manifest import Manifest
 from hepinfra.outputs import SINKS
 from hepinfra.outputs.base import resolve_path
-from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, reveal_candidates
+from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest, reveal_candidates
 from hepinfra.state.model import State
 
 
@@ -74,6 +75,8 @@ async def gather(
     hepgg: Hepgg,
     *,
     refresh: bool,
+    now: datetime,
+    rotate: RotateRequest | None = None,
     concurrency: int = 16,
 ) -> tuple[dict[str, EnvFacts], dict[str, EnvAccess]]:
     access = {env: env_access(manifest, env, hepgg) for env in envs}
@@ -115,7 +118,7 @@ async def gather(
     if not refresh:
         return facts, access
 
-    wanted = reveal_candidates(manifest, states, facts)
+    wanted = reveal_candidates(manifest, states, facts, now=now, rotate=rotate)
     limit = asyncio.Semaphore(concurrency)
 
     async def reveal(env: str, db_id: str) -> tuple[str, str, str | Diagnostic]:

@@ -216,9 +216,17 @@ def _output_reason(
 
 
 def reveal_candidates(
-    manifest: Manifest, states: Mapping[str, State | None], facts: Mapping[str, EnvFacts]
+    manifest: Manifest,
+    states: Mapping[str, State | None],
+    facts: Mapping[str, EnvFacts],
+    *,
+    now: datetime,
+    rotate: RotateRequest | None = None,
 ) -> dict[str, list[str]]:
-    """Database ids per env whose outputs look current on disk, so only Reveal can tell if they are stale."""
+    """Database ids per env whose outputs look current on disk, so only Reveal can tell if they are stale.
+
+    Databases the plan rotates (due or requested) are left out: their outputs are rewritten anyway.
+    """
     wanted: dict[str, list[str]] = {}
     for env, env_facts in facts.items():
         state = states.get(env)
@@ -229,6 +237,8 @@ def reveal_candidates(
             managed = state.databases.get(decl.key)
             if managed is None or managed.id not in remote_ids or not decl.outputs or state.pending(decl.key):
                 continue
+            if (rotate and rotate.wants(env, decl.key)) or _due(decl, managed.rotated_at or managed.managed_since, now):
+                continue  # rotated anyway: every output is written with the new password
             if all(
                 _output_reason(decl, t.path, t.definition_digest, state, env_facts, None) is None for t in decl.outputs
             ):

@@ -95,8 +95,9 @@ async def make(
     now: datetime | None = None,
 ) -> tuple[Plan, dict[str, EnvAccess], dict[str, State | None]]:
     states = project.states(envs)
-    facts, access = await gather(project.manifest, states, envs, hepgg, refresh=refresh)
-    plan = make_plan(project.manifest, states, facts, now=now or datetime.now(UTC), rotate=rotate, environments=envs)
+    now = now or datetime.now(UTC)
+    facts, access = await gather(project.manifest, states, envs, hepgg, refresh=refresh, now=now, rotate=rotate)
+    plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs)
     return plan, access, states
 
 

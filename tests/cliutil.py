@@ -13,7 +13,7 @@ from typing import Any
 from unittest import mock
 
 from hepinfra.cli import main
-from tests.conftest import ENV, Server
+from tests.conftest import ENV, Server, record_artifact
 
 
 @dataclass
@@ -33,7 +33,10 @@ def invoke(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     stdin: str = "",
+    secret_ok: bool = False,
 ) -> Result:
+    """Run ``hepinfra ARGS``. Its output joins the session's secret scan unless ``secret_ok``
+    (only ``output``, which prints secrets on explicit request)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEPGG_")}
     if server is not None:
         environ.update(ENV, HEPGG_URL=server.url, HEPGG_ID_URL=server.url)
@@ -57,6 +60,8 @@ def invoke(
                 code = int(exc.code or 0)
     finally:
         os.chdir(previous)
+    if not secret_ok:
+        record_artifact(f"hepinfra {' '.join(args)}", out.getvalue() + err.getvalue())
     return Result(code, out.getvalue(), err.getvalue())
 
 

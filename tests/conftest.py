@@ -7,8 +7,11 @@ secrets: ``secret_values`` lists them for leak checks.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,6 +66,60 @@ ENV = {"HEPGG_DB_KEY": KEY, "HEPGG_ID_USERNAME": ID_USER, "HEPGG_ID_TOKEN": ID_T
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01, max_retry_after=0.05)
 
 
+# --- the session-wide secret scan -------------------------------------------------------------------
+ISSUED: set[str] = set(SECRETS)  # every key, token and password any emulator world issued
+ARTIFACTS: list[tuple[str, str]] = []  # (label, text): stdout, stderr, logs produced by tests
+
+
+def record_artifact(label: str, text: str) -> None:
+    ARTIFACTS.append((label, text))
+
+
+class _CollectLogs(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            ARTIFACTS.append((f"log {record.name}", self.format(record)))
+        except Exception:  # a broken record must not hide others
+            ARTIFACTS.append((f"log {record.name}", str(record.msg)))
+
+
+def _scanned_files(root: Path) -> list[Path]:
+    """State files, plan files and backups under the session's temp root (outputs hold secrets by design)."""
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.name == "credentials.json":
+            continue
+        if "state" in path.parts and ".hepinfra" in path.parts:
+            found.append(path)
+        elif path.suffix == ".json" and path.stat().st_size < 5_000_000:
+            try:
+                doc = json.loads(path.read_bytes())
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and "changes" in doc and "environments" in doc:  # a plan file
+                found.append(path)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: no issued secret in any captured output, log, state file or plan file."""
+    handler = _CollectLogs(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(previous_level)
+    files = _scanned_files(tmp_path_factory.getbasetemp())
+    texts = ARTIFACTS + [(str(p), p.read_bytes().decode(errors="replace")) for p in files]
+    secrets = {s for s in ISSUED if len(s) >= 8}
+    leaks = [(label, secret[:4] + "...") for label, text in texts for secret in secrets if secret in text]
+    assert not leaks, f"secrets leaked into {leaks[:5]}"
+
+
 @dataclass
 class Server:
     url: str
@@ -111,6 +168,8 @@ def make_server(loopback: tuple[_Swappable, str], config: EmulatorConfig | None 
     app = build_app(None, config or EmulatorConfig(), [SeedFile.model_validate(WORLD)], slots=50)
     swappable.app = app
     yield Server(url, app)
+    ISSUED.update(app.emu.store.issued_secrets())
+    record_artifact("emulator request log", json.dumps(list(app.emu.log)))
     app.emu.store.close()
 
 

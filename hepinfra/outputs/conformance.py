@@ -1,0 +1,118 @@
+"""The one test suite every output sink must pass.
+
+Usage::
+
+    @pytest.mark.parametrize("check", conformance.CHECKS, ids=lambda c: c.__name__)
+    def test_conformance(check, tmp_path):
+        check(DotenvSink(), make_target, tmp_path)
+
+``make_target(path)`` returns an OutputTarget of the sink's kind writing ``path`` (relative).
+Must not: depend on a sink's internals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hepinfra.digests import Digester
+from hepinfra.fsutil import TMP_PREFIX
+from hepinfra.manifest import OutputTarget
+from hepinfra.outputs.base import Sink
+
+TargetFactory = Callable[[str], OutputTarget]
+DIGEST = Digester("conformance-key", "lineage")
+
+
+def context(password: str = "s3cr3t-One") -> dict[str, Any]:
+    url = f"postgresql://dum_x_1:{password}@db.example:5432/um_x_1"
+    db = {
+        "id": "01ID",
+        "name": "shop-prod",
+        "engine": "postgres",
+        "db_name": "um_x_1",
+        "db_user": "dum_x_1",
+        "user": "dum_x_1",
+        "password": password,
+        "connection_string": url,
+        "host": "db.example",
+        "port": 5432,
+    }
+    return {"env": "prod", "key": "shop", "name": "shop-prod", "vars": {}, "db": db}
+
+
+def _keys(target: OutputTarget) -> tuple[str, ...]:
+    return tuple(k for k, _ in target.keys)
+
+
+def check_write_then_observe_agree(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("out/a.conf")
+    file = tmp / target.path
+    written = sink.write(file, target, context(), DIGEST)
+    observed = sink.observe(file, target, _keys(target), DIGEST)
+    assert observed.exists and observed.digest == written and observed.problem is None
+
+
+def check_missing_file_is_observed_as_missing(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("nowhere.conf")
+    assert not sink.observe(tmp / target.path, target, _keys(target), DIGEST).exists
+
+
+def check_a_new_password_changes_the_digest(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("b.conf")
+    first = sink.write(tmp / target.path, target, context("one-password"), DIGEST)
+    second = sink.write(tmp / target.path, target, context("another-password"), DIGEST)
+    assert first != second
+    assert "another-password" in (tmp / target.path).read_text()
+
+
+def check_rewrite_is_stable(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("c.conf")
+    first = sink.write(tmp / target.path, target, context(), DIGEST)
+    content = (tmp / target.path).read_bytes()
+    assert sink.write(tmp / target.path, target, context(), DIGEST) == first
+    assert (tmp / target.path).read_bytes() == content
+
+
+def check_hand_edit_is_detected(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("d.conf")
+    file = tmp / target.path
+    written = sink.write(file, target, context(), DIGEST)
+    file.write_text(file.read_text().replace("s3cr3t-One", "edited"))
+    assert sink.observe(file, target, _keys(target), DIGEST).digest != written
+
+
+def check_mode_is_0600_and_parents_are_created(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("deep/er/e.conf")
+    sink.write(tmp / target.path, target, context(), DIGEST)
+    assert oct(os.stat(tmp / target.path).st_mode & 0o777) == "0o600"
+
+
+def check_no_temp_file_is_left(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("f.conf")
+    for _ in range(3):
+        sink.write(tmp / target.path, target, context(), DIGEST)
+    assert not [p for p in tmp.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
+
+def check_retire_removes_what_it_wrote(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("g.conf")
+    file = tmp / target.path
+    sink.write(file, target, context(), DIGEST)
+    sink.retire(file, _keys(target))
+    assert not file.exists() or "s3cr3t-One" not in file.read_text()
+    sink.retire(tmp / "never-written.conf", _keys(target))  # retiring nothing is fine
+
+
+CHECKS: list[Callable[[Sink, TargetFactory, Path], None]] = [
+    check_write_then_observe_agree,
+    check_missing_file_is_observed_as_missing,
+    check_a_new_password_changes_the_digest,
+    check_rewrite_is_stable,
+    check_hand_edit_is_detected,
+    check_mode_is_0600_and_parents_are_created,
+    check_no_temp_file_is_left,
+    check_retire_removes_what_it_wrote,
+]

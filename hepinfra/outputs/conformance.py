@@ -26,7 +26,7 @@ TargetFactory = Callable[[str], OutputTarget]
 DIGEST = Digester("conformance-key", "lineage")
 
 
-def context(password: str = "s3cr3t-One") -> dict[str, Any]:
+def context(password: str = "s3cr3t-One") -> dict[str, Any]:  # noqa: S107 (test data)
     url = f"postgresql://dum_x_1:{password}@db.example:5432/um_x_1"
     db = {
         "id": "01ID",

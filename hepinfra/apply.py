@@ -383,41 +383,75 @@ class Executor:
             return rotated
         return Outcome(change.address, change.action.value, True, "adopted")
 
+    async def _password_digest(self, change: Change) -> str:
+        """Keyed digest of the password now: from the output records, or one Reveal when they cannot say."""
+        state = self.ledgers[change.env].state
+        digests = {r.password_digest for r in state.outputs.values() if r.database == change.key}
+        if len(digests) == 1:
+            return digests.pop()
+        assert change.database_id is not None
+        creds = await self._client(change.env).reveal(change.database_id)
+        return self.access[change.env].digester(state)(creds.password.get_secret_value())
+
     async def rotate(self, change: Change) -> Outcome:
+        """Rotate once. An interrupted or unanswered rotation is settled by comparing the revealed password
+        with the digest recorded before it: changed means it happened (finish: write outputs); unchanged
+        means it never reached hep.gg (rotate now, which is the first rotation, not a second)."""
         assert change.database_id is not None
         if change.database_id in self._rotated:
             return Outcome(change.address, change.action.value, False, "refused: already rotated in this run")
         self._rotated.add(change.database_id)
         ledger = self.ledgers[change.env]
         client = self._client(change.env)
-        outputs = tuple(t.path for t in self._targets(change))
-        if change.finish_rotation:
-            entry = next((j for j in ledger.state.pending(change.key) if j.op == "rotate"), None)
-            creds = await client.reveal(change.database_id)
-            rotated_at = entry.started_at if entry else _now()
-            entry = entry or JournalEntry(
+        digest = self.access[change.env].digester(ledger.state)
+        entry = next((j for j in ledger.state.pending(change.key) if j.op == "rotate"), None)
+        creds: DatabaseCredentials | None = None
+        note = "rotated"
+        if change.finish_rotation and entry is not None:
+            revealed = await client.reveal(change.database_id)
+            if entry.password_digest is None or digest(revealed.password.get_secret_value()) != entry.password_digest:
+                # changed, or no digest to tell (an older state): finish, never risk a second rotation
+                creds, note = revealed, "finished an interrupted rotation (Reveal, no second rotate)"
+            else:
+                note = "the interrupted rotation never reached hep.gg: rotated now"
+        if entry is None:
+            entry = JournalEntry(
                 op="rotate",
                 database=change.key,
                 name=change.name,
-                started_at=rotated_at,
                 database_id=change.database_id,
-                outputs=outputs,
+                started_at=_now(),
+                outputs=tuple(t.path for t in self._targets(change)),
+                password_digest=await self._password_digest(change),
             )
-            await self._finish(change, creds, entry, lambda db: _rotated(db, rotated_at))
-            return Outcome(change.address, change.action.value, True, "finished an interrupted rotation")
-        intent = JournalEntry(
-            op="rotate",
-            database=change.key,
-            name=change.name,
-            database_id=change.database_id,
-            started_at=_now(),
-            outputs=outputs,
-        )
-        await ledger.commit(lambda s: s.model_copy(update={"journal": (*s.journal, intent)}))
-        creds = await client.rotate(change.database_id)
+            new_entry = entry
+            await ledger.commit(
+                lambda s: s.model_copy(
+                    update={
+                        "journal": (
+                            *tuple(j for j in s.journal if not (j.database == change.key and j.op == "rotate")),
+                            new_entry,
+                        ),
+                    }
+                )
+            )
+        assert entry is not None
+        attempts = 0
+        while creds is None:
+            attempts += 1
+            answer = await client.rotate(change.database_id)
+            if not answer.recovered or digest(answer.password.get_secret_value()) != entry.password_digest:
+                creds = answer
+                if answer.recovered:
+                    note = "rotated (answer lost; current password revealed)"
+            elif attempts >= 3:
+                raise ApiError(
+                    f"{change.address}: the rotation could not be confirmed after {attempts} tries",
+                    hint="run the apply again; the journal keeps it pending",
+                )
+        rotated_at = entry.started_at if "interrupted rotation (Reveal" in note else _now()
         # the old password is dead from here: write every output before anything else
-        _, window = await self._finish(change, creds, intent, lambda db: _rotated(db, _now()))
-        note = "rotated (answer lost; current password revealed)" if creds.recovered else "rotated"
+        _, window = await self._finish(change, creds, entry, lambda db: _rotated(db, rotated_at))
         return Outcome(change.address, change.action.value, True, note, rotation_window_ms=window)
 
     async def render(self, change: Change) -> Outcome:

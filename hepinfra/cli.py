@@ -41,6 +41,16 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted")
     except BrokenPipeError:
         sys.exit(EXIT_ERROR)
+    except Exception as exc:  # a bug: one line, no message (it could hold a third-party secret)
+        if os.environ.get("HEPINFRA_DEBUG"):
+            raise
+        import traceback
+
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        fail(
+            f"internal error {type(exc).__name__} at {os.path.basename(frame.filename)}:{frame.lineno}; "
+            "please report it (HEPINFRA_DEBUG=1 shows the traceback)"
+        )
     sys.exit(EXIT_OK)
 
 

@@ -339,7 +339,7 @@ def _plan_env(
             reasons: list[str] = []
             finish = "rotate" in pending
             if finish:
-                reasons.append("finishing an interrupted rotation (Reveal, not a second rotate)")
+                reasons.append("finishing an interrupted rotation (Reveal decides: a second rotate never happens)")
             elif rotate.wants(env, decl.key):
                 reasons.append("requested")
             elif due := _due(decl, managed.rotated_at or managed.managed_since if managed else None, now):

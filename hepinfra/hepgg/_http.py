@@ -33,8 +33,8 @@ _KILL_AT = os.environ.get("HEPINFRA_TEST_KILL_AT", "")
 _calls = 0
 
 
-def _maybe_kill(moment: str) -> None:
-    if _KILL_AT and f"{moment}:{_calls}" == _KILL_AT:
+def _maybe_kill(moment: str, number: int) -> None:
+    if _KILL_AT and f"{moment}:{number}" == _KILL_AT:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -119,10 +119,11 @@ class HttpCore:
             started = time.perf_counter()
             global _calls
             _calls += 1
-            _maybe_kill("before")
+            number = _calls
+            _maybe_kill("before", number)
             try:
                 response = await self._client.request(method, path, **kwargs)
-                _maybe_kill("after")
+                _maybe_kill("after", number)
             except NOT_SENT as exc:
                 log.debug("%s: %s (attempt %d), not sent", what, type(exc).__name__, attempt + 1)
                 if last:

@@ -55,6 +55,7 @@ class JournalEntry(_Value):
     database_id: str | None = None
     started_at: datetime
     outputs: tuple[str, ...] = ()  # paths that must be rendered again if this is interrupted
+    password_digest: str | None = None  # rotate: keyed digest of the password before rotating
 
 
 class State(_Value):

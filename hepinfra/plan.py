@@ -301,6 +301,9 @@ def _plan_env(
     diags: list[Diagnostic] = []
     declared = manifest.declared[env]
     claimed: set[str] = set()  # remote ids accounted for
+    record_paths: dict[str, list[str]] = {}  # database key -> output paths with a record (one pass: O(N))
+    for record in state.outputs.values():
+        record_paths.setdefault(record.database, []).append(record.path)
 
     for decl in declared:
         managed = state.databases.get(decl.key)
@@ -314,7 +317,7 @@ def _plan_env(
             remote_named = by_name[decl.name]
         else:
             remote_named = None
-        retire = _retired(state, decl)
+        retire = _retired(record_paths, decl)
 
         if remote is not None:  # managed and still there
             claimed.add(remote.id)
@@ -477,11 +480,9 @@ def _account_diagnostics(
     return diags
 
 
-def _retired(state: State, decl: DeclaredDatabase) -> tuple[str, ...]:
+def _retired(records: Mapping[str, list[str]], decl: DeclaredDatabase) -> tuple[str, ...]:
     declared_paths = {t.path for t in decl.outputs}
-    return tuple(
-        sorted(r.path for r in state.outputs.values() if r.database == decl.key and r.path not in declared_paths)
-    )
+    return tuple(sorted(p for p in records.get(decl.key, ()) if p not in declared_paths))
 
 
 def _stale_outputs(

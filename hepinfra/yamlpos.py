@@ -14,6 +14,7 @@ import yaml
 from hepinfra.errors import ManifestError
 
 Path = tuple[str | int, ...]
+STR_TAG = "tag:yaml.org,2002:str"
 Positions = dict[Path, tuple[int, int]]
 
 try:
@@ -57,7 +58,7 @@ def load(text: str, filename: str) -> tuple[Any, Positions, Positions]:
                 if not isinstance(key_node, yaml.ScalarNode):
                     line, col = _mark(key_node)
                     raise ManifestError("a mapping key must be a plain value", file=filename, line=line, column=col)
-                key = constructor.construct_object(key_node)
+                key = key_node.value if key_node.tag == STR_TAG else constructor.construct_object(key_node)
                 key = key if isinstance(key, str) else str(key)
                 if key in out:
                     line, col = _mark(key_node)
@@ -74,6 +75,8 @@ def load(text: str, filename: str) -> tuple[Any, Positions, Positions]:
             return out
         if isinstance(n, yaml.SequenceNode):
             return [build(item, (*path, i), depth + 1) for i, item in enumerate(n.value)]
+        if n.tag == STR_TAG:  # the common case: no constructor needed
+            return n.value
         try:
             return constructor.construct_object(n)
         except yaml.constructor.ConstructorError as exc:

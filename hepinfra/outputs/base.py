@@ -6,6 +6,7 @@ and ``resolve_path``. Must not: put a rendered value into an exception or a log 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -51,13 +52,18 @@ def db_context(creds: DatabaseCredentials) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=4096)
+def _real(directory: Path) -> Path:
+    return directory.resolve()
+
+
 def resolve_path(project_dir: Path, target: OutputTarget) -> Path:
     """The file an output writes; confined to the project directory unless allow_outside."""
     candidate = Path(target.path)
     file = candidate if candidate.is_absolute() else project_dir / candidate
     if not target.allow_outside:
-        real_root = project_dir.resolve()
-        real = file.parent.resolve() / file.name
+        real_root = _real(project_dir)
+        real = _real(file.parent) / file.name
         if real_root != real and real_root not in real.parents:
             raise OutputError(
                 f"{target.path}: resolves outside the manifest's directory (through a link?); "

@@ -10,9 +10,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 KEY = "hepgg_db_bench_key_0123456789abcdef"
 
@@ -60,17 +61,17 @@ def clear_requests(url: str) -> None:
 def run_cli(args: list[str], url: str, cwd: Path) -> tuple[float, int, subprocess.CompletedProcess[str]]:
     """Wall seconds, peak RSS (KiB) of the child, and the result."""
     env = {**os.environ, "HEPGG_URL": url, "HEPGG_DB_KEY": KEY}
-    out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "hepinfra", *args], cwd=cwd, env=env, stdout=out_file, stderr=err_file, text=True
-    )
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, not every child's
-    wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    out_file.seek(0)
-    err_file.seek(0)
-    proc = subprocess.CompletedProcess(child.args, child.returncode, out_file.read(), err_file.read())
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "hepinfra", *args], cwd=cwd, env=env, stdout=out_file, stderr=err_file, text=True
+        )
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, not every child's
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out_file.seek(0)
+        err_file.seek(0)
+        proc = subprocess.CompletedProcess(child.args, child.returncode, out_file.read(), err_file.read())
     return wall, usage.ru_maxrss, proc
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import clear_requests, emit, emulator, median, request_count, run_cli  # noqa: E402
+from common import clear_requests, emit, emulator, median, request_count, run_cli
 
 
 def manifest(n: int) -> str:

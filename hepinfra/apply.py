@@ -27,7 +27,7 @@ from typing import Any
 
 from hepinfra.errors import ApiError, HepinfraError, OutputError, StalePlanError
 from hepinfra.fetch import EnvAccess
-from hepinfra.fsutil import remove_stale_temps_of
+from hepinfra.fsutil import fsync_dir, remove_stale_temps_of
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.manifest import DeclaredDatabase, Manifest, OutputTarget
@@ -38,6 +38,8 @@ from hepinfra.state.backend import Backend
 from hepinfra.state.model import JournalEntry, ManagedDatabase, OutputRecord, State
 
 Event = dict[str, Any]
+COALESCE_URGENT_S = 0.002  # an intent gates an API call: write almost at once
+COALESCE_S = 0.02  # results gate nothing (the journal covers a crash before them): batch more
 Emit = Callable[[Event], None]
 
 
@@ -53,11 +55,17 @@ class Ledger:
         self._generation = 0
         self._written = 0
         self._writer: asyncio.Task[None] | None = None
+        self._urgent = False
         self.writes = 0
 
-    async def commit(self, mutate: Callable[[State], State]) -> None:
-        """Apply ``mutate`` and return once a write that includes it is durable."""
+    async def commit(self, mutate: Callable[[State], State], *, urgent: bool = False) -> None:
+        """Apply ``mutate`` and return once a write that includes it is durable.
+
+        ``urgent`` for intents that gate an API call; other commits wait a little longer so
+        that more of them share one write.
+        """
         self.state = mutate(self.state)
+        self._urgent = self._urgent or urgent
         self._generation += 1
         mine = self._generation
         while self._written < mine:
@@ -67,6 +75,14 @@ class Ledger:
             await asyncio.shield(writer)
 
     async def _write(self) -> None:
+        # let the changes finishing around now share this fsync; an urgent intent cuts the wait short
+        waited = 0.0
+        while waited < COALESCE_S and not self._urgent:
+            await asyncio.sleep(COALESCE_URGENT_S)
+            waited += COALESCE_URGENT_S
+        if self._urgent:
+            await asyncio.sleep(COALESCE_URGENT_S)
+        self._urgent = False
         generation, snapshot = self._generation, self.state
         try:
             stored = await asyncio.to_thread(self.backend.write, self.env, snapshot)
@@ -92,6 +108,7 @@ class Outcome:
 class ApplyResult:
     outcomes: list[Outcome] = field(default_factory=list)
     state_writes: int = 0
+    elapsed_ms: float = 0.0  # the execution phase only (after plan and confirmation)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -152,8 +169,12 @@ class Executor:
     ) -> None:
         self.plan, self.manifest, self.ledgers, self.hepgg, self.access = plan, manifest, ledgers, hepgg, access
         self.parallelism = max(1, parallelism)
+        # --parallelism bounds API calls in flight; journal writes and outputs never hold a slot, so
+        # every intent is journaled in the first batched write and local work overlaps remote work
+        self._slots = asyncio.Semaphore(self.parallelism)
         self.emit = emit
         self._file_locks: dict[Path, asyncio.Lock] = {}
+        self._touched_dirs: set[Path] = set()
         self._rotated: set[str] = set()
         self._tracked: set[str] | None = None
         self._declared = {d.address: d for decls in manifest.declared.values() for d in decls}
@@ -162,7 +183,6 @@ class Executor:
 
     async def run(self) -> ApplyResult:
         result = ApplyResult()
-        limit = asyncio.Semaphore(self.parallelism)
         handlers: dict[Action, Callable[[Change], Awaitable[Outcome]]] = {
             Action.CREATE: self.create,
             Action.ADOPT: self.adopt,
@@ -172,32 +192,35 @@ class Executor:
         }
 
         async def one(change: Change) -> Outcome:
-            async with limit:
-                started = time.perf_counter()
-                self.emit({"event": "start", "address": change.address, "action": change.action.value})
-                try:
-                    outcome = await handlers[change.action](change)
-                except (HepinfraError, OSError) as exc:
-                    message = exc.message if isinstance(exc, HepinfraError) else f"{type(exc).__name__}: {exc.strerror}"
-                    outcome = Outcome(change.address, change.action.value, False, message)
-                outcome.duration_ms = (time.perf_counter() - started) * 1000
-                event: Event = {
-                    "event": "done" if outcome.ok else "failed",
-                    "address": outcome.address,
-                    "action": outcome.action,
-                    "duration_ms": round(outcome.duration_ms, 1),
-                }
-                if outcome.message:
-                    event["message"] = outcome.message
-                if outcome.rotation_window_ms is not None:
-                    event["rotation_window_ms"] = round(outcome.rotation_window_ms, 2)
-                self.emit(event)
-                return outcome
+            started = time.perf_counter()
+            self.emit({"event": "start", "address": change.address, "action": change.action.value})
+            try:
+                outcome = await handlers[change.action](change)
+            except (HepinfraError, OSError) as exc:
+                message = exc.message if isinstance(exc, HepinfraError) else f"{type(exc).__name__}: {exc.strerror}"
+                outcome = Outcome(change.address, change.action.value, False, message)
+            outcome.duration_ms = (time.perf_counter() - started) * 1000
+            event: Event = {
+                "event": "done" if outcome.ok else "failed",
+                "address": outcome.address,
+                "action": outcome.action,
+                "duration_ms": round(outcome.duration_ms, 1),
+            }
+            if outcome.message:
+                event["message"] = outcome.message
+            if outcome.rotation_window_ms is not None:
+                event["rotation_window_ms"] = round(outcome.rotation_window_ms, 2)
+            self.emit(event)
+            return outcome
 
+        started = time.perf_counter()
         self.clear_stale_temps()
         work = [c for c in self.plan.changes if c.action is not Action.NOOP]
         result.outcomes = list(await asyncio.gather(*(one(c) for c in work)))
+        for directory in self._touched_dirs:  # once per directory, not once per output
+            await asyncio.to_thread(fsync_dir, directory)
         result.state_writes = sum(ledger.writes for ledger in self.ledgers.values())
+        result.elapsed_ms = (time.perf_counter() - started) * 1000
         return result
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -214,10 +237,10 @@ class Executor:
                         continue
         remove_stale_temps_of(files)
 
-    def _client(self, env: str) -> Any:
+    def _client(self, env: str) -> _Slotted:
         key = self.access[env].key
         assert key is not None
-        return self.hepgg.databases(key)
+        return _Slotted(self.hepgg.databases(key), self._slots)
 
     def _decl(self, change: Change) -> DeclaredDatabase:
         return self._declared[change.address]
@@ -261,8 +284,9 @@ class Executor:
             file = resolve_path(self.manifest.project_dir, target)
             self._check_tracked(target, file)
             lock = self._file_locks.setdefault(file, asyncio.Lock())
-            async with lock:
-                written = SINKS[target.kind].write(file, target, context, digest)
+            async with lock:  # fsync off the event loop, so other changes go on meanwhile
+                written = await asyncio.to_thread(SINKS[target.kind].write, file, target, context, digest)
+            self._touched_dirs.add(file.parent)
             records[State.output_id(decl.key, target.path)] = OutputRecord(
                 database=decl.key,
                 path=target.path,
@@ -320,7 +344,7 @@ class Executor:
         ledger = self.ledgers[change.env]
         outputs = tuple(t.path for t in self._targets(change))
         intent = JournalEntry(op="create", database=change.key, name=change.name, started_at=_now(), outputs=outputs)
-        await ledger.commit(lambda s: s.model_copy(update={"journal": (*s.journal, intent)}))
+        await ledger.commit(lambda s: s.model_copy(update={"journal": (*s.journal, intent)}), urgent=True)
         creds = await self._client(change.env).create(change.name, change.engine)
         now = _now()
         managed = ManagedDatabase(
@@ -333,15 +357,19 @@ class Executor:
             rotated_at=now,
         )
         owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
-        await ledger.commit(
-            lambda s: s.model_copy(
-                update={  # known at once, even if outputs fail
-                    "databases": {**s.databases, change.key: managed},
-                    "journal": tuple(owed if j.id == intent.id else j for j in s.journal),
-                }
+        try:
+            await self._finish(change, creds, owed, lambda db: db or managed)
+        except BaseException:
+            # outputs failed: the database exists, so record it, with its outputs owed
+            await ledger.commit(
+                lambda s: s.model_copy(
+                    update={
+                        "databases": {**s.databases, change.key: managed},
+                        "journal": tuple(owed if j.id == intent.id else j for j in s.journal),
+                    }
+                )
             )
-        )
-        await self._finish(change, creds, owed, lambda db: db or managed)
+            raise
         note = "created (answer lost; found by name)" if creds.recovered else "created"
         return Outcome(change.address, change.action.value, True, note)
 
@@ -433,7 +461,8 @@ class Executor:
                             new_entry,
                         ),
                     }
-                )
+                ),
+                urgent=True,
             )
         assert entry is not None
         attempts = 0
@@ -485,6 +514,28 @@ class Executor:
             )
         )
         return Outcome(change.address, change.action.value, True, "no longer managed; it stays on hep.gg")
+
+
+class _Slotted:
+    """A DatabasesClient whose calls each take one of the executor's parallelism slots."""
+
+    def __init__(self, client: Any, slots: asyncio.Semaphore) -> None:
+        self._client, self._slots = client, slots
+
+    async def create(self, name: str, engine: str) -> DatabaseCredentials:
+        async with self._slots:
+            result: DatabaseCredentials = await self._client.create(name, engine)
+            return result
+
+    async def reveal(self, database_id: str) -> DatabaseCredentials:
+        async with self._slots:
+            result: DatabaseCredentials = await self._client.reveal(database_id)
+            return result
+
+    async def rotate(self, database_id: str) -> DatabaseCredentials:
+        async with self._slots:
+            result: DatabaseCredentials = await self._client.rotate(database_id)
+            return result
 
 
 def _rotated(db: ManagedDatabase | None, at: datetime) -> ManagedDatabase:

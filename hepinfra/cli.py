@@ -670,6 +670,8 @@ def _apply_command(
                     "succeeded": len(result.succeeded),
                     "failed": len(result.failed),
                     "rotation_windows_ms": {k: round(v, 2) for k, v in result.rotation_windows.items()},
+                    "elapsed_ms": round(result.elapsed_ms, 1),
+                    "state_writes": result.state_writes,
                     "failures": [
                         {"address": o.address, "action": o.action, "message": o.message} for o in result.failed
                     ],

@@ -14,8 +14,13 @@ from pathlib import Path
 TMP_PREFIX = ".hepinfra-tmp-"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically; parent directories are created (mode 0700)."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically; parent directories are created (mode 0700).
+
+    The rename is atomic for any reader and survives the process being killed at any line.
+    ``sync_dir=False`` leaves the directory fsync (durability of the new name across a power
+    loss) to the caller, who can do it once for many files (see ``fsync_dir``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
@@ -29,7 +34,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -26,7 +26,10 @@ class Sink(Protocol):
         ...
 
     def write(self, file: Path, target: OutputTarget, context: dict[str, Any], digest: Digester) -> str:
-        """Render and write atomically; return the digest of what was written (as ``observe`` computes it)."""
+        """Render and write atomically; return the digest of what was written (as ``observe`` computes it).
+
+        The file is fsynced; its directory is not (the caller fsyncs each directory once).
+        """
         ...
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:

@@ -94,7 +94,7 @@ class DotenvSink:
                 out.append(line)
         out.extend(f"{key}={value}" for key, value in values.items() if key not in done)
         mode = _existing_mode(file, target.mode)
-        atomic_write(file, ("\n".join(out) + "\n").encode(), mode)
+        atomic_write(file, ("\n".join(out) + "\n").encode(), mode, sync_dir=False)
         return _digest(values, tuple(values), digest)
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:

@@ -34,7 +34,7 @@ class TemplateSink:
             data = compile_string(target.template_source).render(context).encode()
         except Exception as exc:  # a template failure, without its values
             raise OutputError(f"{target.path}: {target.template}: {template_error_message(exc)}") from None
-        atomic_write(file, data, target.mode)
+        atomic_write(file, data, target.mode, sync_dir=False)
         return digest(data)
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:

@@ -15,7 +15,17 @@ from hepinfra.state.model import FORMAT_VERSION, State
 
 
 def encode(state: State) -> bytes:
-    return (json.dumps(state.model_dump(mode="json"), sort_keys=True, indent=2) + "\n").encode()
+    """Canonical bytes: fields in declaration order, mapping keys sorted (so diffs stay small).
+
+    Uses pydantic's Rust serialiser: apply writes state after every batch of changes.
+    """
+    ordered = state.model_copy(
+        update={
+            "databases": dict(sorted(state.databases.items())),
+            "outputs": dict(sorted(state.outputs.items())),
+        }
+    )
+    return ordered.model_dump_json(indent=2).encode() + b"\n"
 
 
 def decode(data: bytes, source: str) -> State:

@@ -30,6 +30,10 @@ class LocalBackend:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.broken_locks: list[LockInfo] = []
+        # What this object last wrote per environment, and whether it already kept a backup. Valid
+        # while it holds the lock (apply writes many times per run); read() drops it.
+        self._written: dict[str, State] = {}
+        self._backed_up: set[str] = set()
 
     def _file(self, env: str, suffix: str = ".json") -> Path:
         return self.directory / f"{env}{suffix}"
@@ -40,6 +44,7 @@ class LocalBackend:
         return sorted(p.stem for p in self.directory.glob("*.json"))
 
     def read(self, env: str) -> State | None:
+        self._written.pop(env, None)
         path = self._file(env)
         try:
             data = path.read_bytes()
@@ -53,7 +58,7 @@ class LocalBackend:
         return state
 
     def write(self, env: str, state: State) -> State:
-        current = self.read(env)
+        current = self._written.get(env) or self.read(env)
         if current is not None:
             if current.lineage != state.lineage:
                 raise StateError(
@@ -63,10 +68,13 @@ class LocalBackend:
             if current.same_content(state):
                 return current
             state = state.model_copy(update={"serial": max(current.serial, state.serial) + 1})
-            atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
+            if env not in self._backed_up:  # the version before this run's first change
+                atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
+                self._backed_up.add(env)
         else:
             state = state.model_copy(update={"serial": max(state.serial, 1)})
         atomic_write(self._file(env), codec.encode(state))
+        self._written[env] = state
         return state
 
     # --- locking -----------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class State(_Value):
 
     def same_content(self, other: State) -> bool:
         """Equal but for the serial: a write of this needs no new serial."""
-        return self.model_dump(exclude={"serial"}) == other.model_dump(exclude={"serial"})
+        return self.model_copy(update={"serial": other.serial}) == other
 
     def pending(self, database: str) -> list[JournalEntry]:
         return [j for j in self.journal if j.database == database]

@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -65,7 +66,11 @@ def format_duration(seconds: int) -> str:
 
 Ident = Annotated[str, StringConstraints(pattern=IDENT, max_length=63)]
 EnvVarName = Annotated[str, StringConstraints(pattern=ENV_VAR)]
-Duration = Annotated[int, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    int,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": r"^\s*\d+\s*[smhd]\s*$", "examples": ["30d", "12h"]}),
+]
 Mode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3}$")]
 
 

@@ -40,6 +40,15 @@ bodies, headers or credentials.
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def first_validation_error(exc: Any) -> str:
+    """``loc: msg`` of a pydantic ValidationError's first error, never its input (it may be secret)."""
+    err = exc.errors(include_input=False, include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"{loc}: {err['msg']}"
+
 
 class HepinfraError(Exception):
     """Base of every deliberate hepinfra error. ``str()`` is a single line."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from hepinfra import manifest as manifest_mod
-from hepinfra.errors import PlanError, StalePlanError, UsageError
+from hepinfra.errors import PlanError, StalePlanError, UsageError, first_validation_error
 from hepinfra.fetch import EnvAccess, gather
 from hepinfra.fsutil import atomic_write
 from hepinfra.hepgg import Hepgg
@@ -119,8 +119,7 @@ def load_plan(path: Path) -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_input=False, include_url=False)[0]
-        raise PlanError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        raise PlanError(f"{path}: {first_validation_error(exc)}") from None
 
 
 @dataclass

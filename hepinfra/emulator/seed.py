@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hepinfra.emulator.store import Store, account_tag
+from hepinfra.errors import first_validation_error
 
 
 class _Seed(BaseModel):
@@ -73,9 +74,7 @@ def load_seed(path: Path) -> SeedFile:
     try:
         return SeedFile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_input=False, include_url=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise SeedError(f"{path}: {loc}: {err['msg']}") from None
+        raise SeedError(f"{path}: {first_validation_error(exc)}") from None
 
 
 def apply_seed(store: Store, seed: SeedFile, *, default_slots: int, new_password: Any) -> None:

@@ -10,7 +10,7 @@ import json
 
 from pydantic import ValidationError
 
-from hepinfra.errors import StateError
+from hepinfra.errors import StateError, first_validation_error
 from hepinfra.state.model import FORMAT_VERSION, State
 
 
@@ -43,6 +43,4 @@ def decode(data: bytes, source: str) -> State:
     try:
         return State.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors(include_input=False, include_url=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise StateError(f"{source}: {loc}: {err['msg']}") from None
+        raise StateError(f"{source}: {first_validation_error(exc)}") from None

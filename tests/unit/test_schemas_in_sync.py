@@ -16,13 +16,15 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_manifest_schema_file_is_current() -> None:
-    assert json.loads((DOCS / "manifest.schema.json").read_text()) == manifest_schema(), \
+    assert json.loads((DOCS / "manifest.schema.json").read_text()) == manifest_schema(), (
         "run: hepinfra schema > docs/manifest.schema.json"
+    )
 
 
 def test_plan_schema_file_is_current() -> None:
-    assert json.loads((DOCS / "plan-json.schema.json").read_text()) == plan_schema(), \
+    assert json.loads((DOCS / "plan-json.schema.json").read_text()) == plan_schema(), (
         "run: hepinfra schema --plan > docs/plan-json.schema.json"
+    )
 
 
 def test_example_manifest_validates_against_the_editor_schema() -> None:

@@ -89,10 +89,13 @@ def test_state_commands_reject_unknown_environments(applied: Path, server: Serve
     assert result.code == 1 and "no such environment" in result.err
 
 
-def run_on_a_terminal(args: list[str], server: Server, answer: str, cwd: Path) -> tuple[int, str]:
+def run_on_a_terminal(
+    args: list[str], server: Server, answer: str, cwd: Path, extra_env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Run hepinfra with stdin/stdout on a pseudo-terminal, answer its question, return (code, screen)."""
     env = {**os.environ, **ENV, "HEPGG_URL": server.url, "HEPGG_ID_URL": server.url, "TERM": "xterm"}
     env.pop("NO_COLOR", None)
+    env.update(extra_env or {})
     main, child = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hepinfra", *args],
@@ -137,3 +140,11 @@ def test_apply_asks_on_a_terminal_and_only_yes_proceeds(tmp_path: Path, server: 
     code, screen = run_on_a_terminal(["apply", "-f", str(project)], server, "yes", tmp_path)
     assert code == 0, screen
     assert "created" in screen and "Apply complete: 1 succeeded, 0 failed." in screen
+
+
+def test_no_color_is_honoured_on_a_terminal(tmp_path: Path, server: Server) -> None:
+    project = write_project(tmp_path / "p", BASIC, BASIC_FILES)
+    code, screen = run_on_a_terminal(["plan", "-f", str(project)], server, "", tmp_path, {"NO_COLOR": "1"})
+    assert code == 0 and "will be created" in screen and "\x1b[" not in screen
+    code, screen = run_on_a_terminal(["plan", "-f", str(project)], server, "", tmp_path)
+    assert code == 0 and "\x1b[" in screen

@@ -35,7 +35,8 @@ def dotenv_quote(value: str) -> str:
     """Quote ``value`` for a dotenv line so python-dotenv, docker compose and bash agree.
 
     Single quotes when the value has no ``'`` or ``\\``; else double quotes escaping ``\\``
-    and ``"`` when it has no backtick and no expanding ``$``; else QuotingError.
+    and ``"`` when it has no backtick, no expanding ``$``, and does not end in ``"`` or ``\\``;
+    else QuotingError.
     """
     if any(c in value for c in "\n\r\0"):
         raise QuotingError("it contains a line break or NUL, which dotenv readers disagree on")
@@ -43,6 +44,13 @@ def dotenv_quote(value: str) -> str:
         raise QuotingError("it contains '${', which python-dotenv interpolates even inside quotes")
     if "'" not in value and "\\" not in value:
         return f"'{value}'"
+    if value.endswith(('"', "\\")):
+        # compose-go ends a double-quoted value at the first quote not after a backslash, then trims
+        # every quote at both ends: a trailing quote is lost and a trailing backslash never ends
+        raise QuotingError(
+            "it needs double quotes but ends with a double quote or a backslash, which docker compose's "
+            "env_file parser misreads"
+        )
     if "`" not in value and not _EXPANDING_DOLLAR.search(value):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise QuotingError(

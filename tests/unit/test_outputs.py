@@ -97,6 +97,24 @@ def read_back_with_bash(file: Path, keys: list[str]) -> dict[str, str]:
     return dict(zip(keys, proc.stdout.decode().split("\0")[:-1], strict=True))
 
 
+def read_back_like_compose(line_value: str) -> str:
+    """docker compose's env_file reading of one quoted value (compose-go dotenv/parser.go, ported for
+    the quoted forms hepinfra writes): the first unescaped closing quote ends it, every quote at both
+    ends is trimmed, and double-quoted values get \\n/\\r expanded, then \\X -> X (not \\$)."""
+    import re
+
+    quote = line_value[0]
+    assert quote in "'\""
+    for i in range(1, len(line_value)):
+        if line_value[i] == quote and line_value[i - 1] != "\\":
+            value = line_value[:i].rstrip(quote).lstrip(quote)
+            if quote == '"':
+                value = re.sub(r"\\.", lambda m: {"n": "\n", "r": "\r"}.get(m.group()[1], m.group()), value)
+                value = re.sub(r"\\([^$])", r"\1", value)
+            return value
+    raise ValueError("unterminated quoted value")
+
+
 WRITABLE = [
     "plain",
     "with space and # hash",
@@ -105,6 +123,8 @@ WRITABLE = [
     "single ' quote and \\ backslash and \" double",
     "percent %41 @ : / ? & = ; < > | * ~ ! ( ) [ ] { }",
     "a\\nb is not a newline",
+    '"starts with a quote',
+    "\\starts with a backslash",
     "ünïcødé ✓",
     "",
 ]
@@ -116,6 +136,7 @@ def test_dotenv_quoting_reads_back_exactly_in_python_dotenv_and_bash(value: str,
     file.write_text(f"V={dotenv_quote(value)}\n")
     assert dotenv_values(file) == {"V": value}
     assert read_back_with_bash(file, ["V"]) == {"V": value}
+    assert read_back_like_compose(dotenv_quote(value)) == value
 
 
 @pytest.mark.parametrize(
@@ -125,6 +146,8 @@ def test_dotenv_quoting_reads_back_exactly_in_python_dotenv_and_bash(value: str,
         ("back\\slash and `cmd`", r"backtick or '\$' expansion"),
         ("brace ${VAR}", "python-dotenv interpolates"),
         ("line\nbreak", "line break"),
+        ("ends with a quote ' \"", "ends with a double quote or a backslash"),
+        ("ends with a backslash ' \\", "ends with a double quote or a backslash"),
     ],
 )
 def test_values_no_quoting_can_carry_are_refused(value: str, reason: str) -> None:
@@ -135,7 +158,7 @@ def test_values_no_quoting_can_carry_are_refused(value: str, reason: str) -> Non
 @settings(max_examples=400, deadline=None)
 @given(value=st.text(alphabet=st.sampled_from([*list("aZ9 $'\"#\\`@:/%&;{}()!*?~=,|<>^"), "é"]), max_size=24))
 def test_quoting_never_writes_something_wrong(value: str) -> None:
-    """Any value is either refused or read back exactly by python-dotenv (bash is checked above)."""
+    """Any value is either refused or read back exactly by python-dotenv and compose's rules (bash above)."""
     import io
 
     from dotenv import dotenv_values as parse
@@ -145,6 +168,7 @@ def test_quoting_never_writes_something_wrong(value: str) -> None:
     except QuotingError:
         return
     assert parse(stream=io.StringIO(f"V={quoted}\n")) == {"V": value}
+    assert read_back_like_compose(quoted) == value
 
 
 def test_unquotable_password_fails_the_output_with_a_clear_error(tmp_path: Path) -> None:

@@ -195,6 +195,7 @@ class Executor:
             started = time.perf_counter()
             self.emit({"event": "start", "address": change.address, "action": change.action.value})
             try:
+                self.preflight(change)  # refuse before any API call, never after a rotation
                 outcome = await handlers[change.action](change)
             except (HepinfraError, OSError) as exc:
                 message = exc.message if isinstance(exc, HepinfraError) else f"{type(exc).__name__}: {exc.strerror}"
@@ -236,6 +237,14 @@ class Executor:
                     except OutputError:
                         continue
         remove_stale_temps_of(files)
+
+    def preflight(self, change: Change) -> None:
+        """Checks that need no API call: every output this change writes is inside the project (or
+        allowed outside) and not tracked by Git (or allowed). A refusal here costs no remote call."""
+        if change.action is Action.FORGET:
+            return
+        for target in self._targets(change):
+            self._check_tracked(target, resolve_path(self.manifest.project_dir, target))
 
     def _client(self, env: str) -> _Slotted:
         key = self.access[env].key
@@ -281,8 +290,7 @@ class Executor:
         password_digest = digest(creds.password.get_secret_value())
         records: dict[str, OutputRecord] = {}
         for target in targets:
-            file = resolve_path(self.manifest.project_dir, target)
-            self._check_tracked(target, file)
+            file = resolve_path(self.manifest.project_dir, target)  # checked in preflight
             lock = self._file_locks.setdefault(file, asyncio.Lock())
             async with lock:  # fsync off the event loop, so other changes go on meanwhile
                 written = await asyncio.to_thread(SINKS[target.kind].write, file, target, context, digest)

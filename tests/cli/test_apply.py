@@ -172,6 +172,20 @@ def test_password_no_dotenv_can_carry_fails_clearly_and_writes_nothing(tmp_path:
     assert [c["action"] for c in plan["changes"]] == ["render"]
 
 
+def test_a_rotation_into_a_tracked_file_is_refused_before_rotating(tmp_path: Path, server: Server) -> None:
+    root = tmp_path / "repo"
+    project = write_project(root, BASIC, BASIC_FILES)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 0
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "-C", str(root), "add", "-f", "deploy/prod/shop.json"], check=True)
+    before = reveal_all(server)["shop-prod"]["password"]
+    result = invoke(["rotate", "shop", "-f", str(project), "--auto-approve"], server=server)
+    assert result.code == 1 and "tracked by Git" in result.out
+    assert reveal_all(server)["shop-prod"]["password"] == before  # the old password still works
+    assert not [r for r in server.requests() if r["path"].endswith("/rotate")]
+
+
 def test_writing_into_a_git_tracked_file_is_refused(tmp_path: Path, server: Server) -> None:
     root = tmp_path / "repo"
     project = write_project(root, BASIC, BASIC_FILES)
@@ -183,6 +197,7 @@ def test_writing_into_a_git_tracked_file_is_refused(tmp_path: Path, server: Serv
     assert result.code == 1
     assert ".env.prod: the file is tracked by Git; writing a secret into it would commit the secret" in result.out
     assert (root / ".env.prod").read_text() == "# committed by mistake\n"
+    assert not [r for r in server.requests() if r["method"] == "POST"]  # refused before any API call
     project.write_text(
         BASIC.replace(
             '      - dotenv: ".env.{{ env }}"\n', '      - dotenv: ".env.{{ env }}"\n        allow_tracked: true\n'
@@ -200,6 +215,7 @@ def test_a_symlink_out_of_the_project_is_refused(tmp_path: Path, server: Server)
     result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
     assert result.code == 1 and "resolves outside the manifest's directory" in result.out
     assert list(outside.iterdir()) == []
+    assert not [r for r in server.requests() if r["method"] == "POST"]
 
 
 def test_a_held_lock_names_its_holder_and_lock_timeout_waits(tmp_path: Path, server: Server) -> None:

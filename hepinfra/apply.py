@@ -367,7 +367,7 @@ class Executor:
         owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
         try:
             await self._finish(change, creds, owed, lambda db: db or managed)
-        except BaseException:
+        except Exception:
             # outputs failed: the database exists, so record it, with its outputs owed
             await ledger.commit(
                 lambda s: s.model_copy(

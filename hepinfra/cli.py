@@ -764,8 +764,8 @@ def rotate(
 async def _database_values(project: Any, env: str, keys: list[str]) -> dict[str, dict[str, str]]:
     """Reveal managed databases and render their dotenv keys (or standard fields): key -> values."""
     from hepinfra.fetch import env_access
-    from hepinfra.outputs import SINKS
     from hepinfra.outputs.base import db_context
+    from hepinfra.templates import render_string
 
     current = project.backend.read(env)
     declared = {d.key: d for d in project.manifest.declared[env]}
@@ -784,10 +784,6 @@ async def _database_values(project: Any, env: str, keys: list[str]) -> dict[str,
             values: dict[str, str] = {}
             for target in decl.outputs:
                 if target.kind == "dotenv":
-                    from hepinfra.templates import render_string
-
-                    sink: Any = SINKS["dotenv"]
-                    sink.render_values(target, context)  # refuses what cannot be quoted safely
                     values.update({k: render_string(src, context) for k, src in target.keys})
             if not values:
                 prefix = key.upper().replace("-", "_") + "_"
@@ -822,8 +818,18 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
         for name, value in values.items():
             click.echo(f"export {name}={shlex.quote(value)}")
     else:
+        from hepinfra.errors import OutputError
+        from hepinfra.templates import QuotingError
+
+        lines = []
         for name, value in values.items():
-            click.echo(f"{name}={dotenv_quote(value)}")
+            try:
+                lines.append(f"{name}={dotenv_quote(value)}")
+            except QuotingError as exc:
+                raise OutputError(
+                    f"{name}: cannot be printed as dotenv: {exc}", hint="use --format json or shell"
+                ) from None
+        click.echo("\n".join(lines))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

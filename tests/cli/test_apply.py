@@ -335,3 +335,15 @@ def test_readme_quick_start_against_the_embedded_local_hepgg(tmp_path: Path) -> 
     secret = yaml.safe_load((work / "out/production/shop-secret.yaml").read_text())
     assert base64.b64decode(secret["data"]["PASSWORD"]).decode() == after["SHOP_DB_PASSWORD"]
     assert cli("plan", "--detailed-exitcode").returncode == 0
+
+
+def test_output_formats_carry_what_dotenv_cannot(tmp_path: Path, make_world) -> None:  # type: ignore[no-untyped-def]
+    server = make_world(EmulatorConfig(password_chars="aZ'`$b", password_length=24))
+    project = write_project(tmp_path / "p", BASIC, BASIC_FILES)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 1  # dotenv refused
+    as_dotenv = invoke(["output", "shop", "-f", str(project)], server=server, secret_ok=True)
+    assert as_dotenv.code == 1 and "SHOP_DB_PASSWORD: cannot be printed as dotenv" in as_dotenv.err
+    assert as_dotenv.err.count("\n") == 1 and "internal error" not in as_dotenv.err
+    as_json = invoke(["output", "shop", "-f", str(project), "--format", "json"], server=server, secret_ok=True)
+    assert as_json.code == 0
+    assert json.loads(as_json.out)["SHOP_DB_PASSWORD"] == reveal_all(server)["shop-prod"]["password"]

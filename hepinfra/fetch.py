@@ -103,16 +103,9 @@ async def gather(
         return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh)
 
     facts = dict(zip(envs, await asyncio.gather(*(one_env(e) for e in envs)), strict=True))
-    for env in envs:
-        key = access[env].key
-        peers = tuple(
-            e
-            for e in envs
-            if e != env
-            and key is not None
-            and access[e].key is not None
-            and access[e].key.get_secret_value() == key.get_secret_value()  # type: ignore[union-attr]
-        )
+    secrets = {env: a.key.get_secret_value() for env, a in access.items() if a.key is not None}
+    for env, secret in secrets.items():
+        peers = tuple(e for e, other in secrets.items() if e != env and other == secret)
         if peers:
             facts[env] = replace(facts[env], account_peers=peers)
     if not refresh:

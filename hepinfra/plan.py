@@ -442,33 +442,35 @@ def _plan_env(
 def _account_diagnostics(
     manifest: Manifest, facts: Mapping[str, EnvFacts], claimed: Mapping[str, set[str]]
 ) -> list[Diagnostic]:
-    """Per account (environments sharing a key): name clashes between them, and unmanaged databases."""
+    """Per account (environments sharing a key, reported once by the first of them): platform names
+    declared by two of its environments, and databases none of them manages."""
     diags: list[Diagnostic] = []
     for env, claimed_here in claimed.items():
         env_facts = facts[env]
         assert env_facts.databases is not None
-        peers = [p for p in env_facts.account_peers if p in claimed]
-        if (peers and env < min(peers)) or not peers:
-            names: dict[str, str] = {}
-            for member in sorted([env, *peers]):
-                for decl in manifest.declared[member]:
-                    if decl.name in names and names[decl.name] != member:
-                        diags.append(
-                            Diagnostic(
-                                severity="error",
-                                env=member,
-                                address=decl.address,
-                                message=f"platform name '{decl.name}' is also declared in environment "
-                                f"'{names[decl.name]}', which uses the same hep.gg account",
-                                hint="put {{ env }} in the name template, or give the environments different keys",
-                            )
+        members = sorted({env, *(p for p in env_facts.account_peers if p in claimed)})
+        if env != members[0]:
+            continue
+        owner: dict[str, str] = {}
+        for member in members:
+            for decl in manifest.declared[member]:
+                first = owner.setdefault(decl.name, member)
+                if first != member:
+                    diags.append(
+                        Diagnostic(
+                            severity="error",
+                            env=member,
+                            address=decl.address,
+                            message=f"platform name '{decl.name}' is also declared in environment '{first}', "
+                            "which uses the same hep.gg account",
+                            hint="put {{ env }} in the name template, or give the environments different keys",
                         )
-                    names.setdefault(decl.name, member)
-        everyone = set(claimed_here).union(*(claimed[p] for p in peers))
+                    )
+        everyone = set(claimed_here).union(*(claimed[m] for m in members))
         unmanaged = [d.name for d in env_facts.databases if d.id not in everyone]
-        if unmanaged and (not peers or env < min(peers)):
+        if unmanaged:
             shown = ", ".join(unmanaged[:10]) + (f" and {len(unmanaged) - 10} more" if len(unmanaged) > 10 else "")
-            where = env if not peers else f"{', '.join(sorted([env, *peers]))} (one account)"
+            where = env if len(members) == 1 else f"{', '.join(members)} (one account)"
             diags.append(
                 Diagnostic(
                     severity="warning",

@@ -437,31 +437,11 @@ def state_show(manifest_file: str, address: str) -> None:
 def state_rm(manifest_file: str, lock_timeout: str, addresses: tuple[str, ...]) -> None:
     """Stop managing databases (they stay on hep.gg; their outputs stay on disk)."""
     from hepinfra import runner
-    from hepinfra.state.backend import LockInfo
 
     project = runner.Project.open(manifest_file)
-    timeout = parse_timeout(lock_timeout)
     targets = [_address(project.manifest, project.manifest.environments, a) for a in addresses]
-    for env in dict.fromkeys(e for e, _ in targets):
-        lock = project.backend.lock(env, LockInfo(), timeout)
-        try:
-            current = project.backend.read(env)
-            keys = [k for e, k in targets if e == env]
-            missing = [k for k in keys if current is None or k not in current.databases]
-            if missing or current is None:
-                raise UsageError(f"{env}/databases.{missing[0]}: not in the state of environment '{env}'")
-            current = current.model_copy(
-                update={
-                    "databases": {k: v for k, v in current.databases.items() if k not in keys},
-                    "outputs": {k: v for k, v in current.outputs.items() if v.database not in keys},
-                    "journal": tuple(j for j in current.journal if j.database not in keys),
-                }
-            )
-            project.backend.write(env, current)
-        finally:
-            project.backend.unlock(env, lock.id)
-        for key in keys:
-            click.echo(f"Removed {env}/databases.{key} from state; the database stays on hep.gg.")
+    for env, key in runner.remove_from_state(project, targets, parse_timeout(lock_timeout)):
+        click.echo(f"Removed {env}/databases.{key} from state; the database stays on hep.gg.")
 
 
 @state.command("pull")
@@ -491,39 +471,10 @@ def state_push(manifest_file: str, lock_timeout: str, env: str, force: bool, sta
     from pathlib import Path
 
     from hepinfra import runner
-    from hepinfra.errors import StateError
-    from hepinfra.state import codec
-    from hepinfra.state.backend import LockInfo
 
     project = runner.Project.open(manifest_file)
     runner.select_environments(project.manifest, [env])
-    try:
-        incoming = codec.decode(Path(state_file).read_bytes(), state_file)
-    except OSError as exc:
-        raise UsageError(f"{state_file}: cannot read: {exc.strerror}") from None
-    if incoming.environment != env:
-        raise StateError(f"{state_file}: holds environment '{incoming.environment}', not '{env}'")
-    lock = project.backend.lock(env, LockInfo(), parse_timeout(lock_timeout))
-    try:
-        current = project.backend.read(env)
-        if current is not None and not force:
-            if current.lineage != incoming.lineage:
-                raise StateError(
-                    f"{state_file}: lineage {incoming.lineage} differs from the current "
-                    f"{current.lineage}; use --force to replace it"
-                )
-            if incoming.serial < current.serial:
-                raise StateError(
-                    f"{state_file}: serial {incoming.serial} is older than the current "
-                    f"{current.serial}; use --force to go back"
-                )
-        if current is not None and current.lineage != incoming.lineage:
-            incoming = incoming.model_copy(update={"serial": max(current.serial, incoming.serial)})
-            path = project.backend.directory / f"{env}.json"
-            path.replace(path.with_suffix(".json.backup"))
-        stored = project.backend.write(env, incoming)
-    finally:
-        project.backend.unlock(env, lock.id)
+    stored = runner.push_state(project, env, Path(state_file), force=force, timeout=parse_timeout(lock_timeout))
     click.echo(f"Pushed {state_file} as the state of '{env}' (serial {stored.serial}).")
 
 
@@ -761,40 +712,6 @@ def rotate(
 # --- output / run --------------------------------------------------------------------------------
 
 
-async def _database_values(project: Any, env: str, keys: list[str]) -> dict[str, dict[str, str]]:
-    """Reveal managed databases and render their dotenv keys (or standard fields): key -> values."""
-    from hepinfra.fetch import env_access
-    from hepinfra.outputs.base import db_context
-    from hepinfra.templates import render_string
-
-    current = project.backend.read(env)
-    declared = {d.key: d for d in project.manifest.declared[env]}
-    out: dict[str, dict[str, str]] = {}
-    async with project.hepgg() as hub:
-        access = env_access(project.manifest, env, hub)
-        if access.key is None:
-            raise UsageError(f"no database key for environment '{env}': export {access.source}")
-        for key in keys:
-            if current is None or key not in current.databases:
-                raise UsageError(f"{env}/databases.{key} is not managed yet: run 'hepinfra apply' first")
-            creds = await hub.databases(access.key).reveal(current.databases[key].id)
-            db = db_context(creds)
-            decl = declared[key]
-            context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars, "db": db}
-            values: dict[str, str] = {}
-            for target in decl.outputs:
-                if target.kind == "dotenv":
-                    values.update({k: render_string(src, context) for k, src in target.keys})
-            if not values:
-                prefix = key.upper().replace("-", "_") + "_"
-                values = {
-                    prefix + f.upper(): str(db[f])
-                    for f in ("connection_string", "host", "port", "db_name", "user", "password")
-                }
-            out[key] = values
-    return out
-
-
 @cli.command()
 @manifest_option
 @click.argument("address")
@@ -811,7 +728,7 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
     env, key = _address(project.manifest, project.manifest.environments, address)
     if not any(d.key == key for d in project.manifest.declared[env]):
         raise UsageError(f"{address}: no database '{key}' is declared in environment '{env}'")
-    values = run_async(_database_values(project, env, [key]))[key]
+    values = run_async(runner.database_values(project, env, [key]))[key]
     if fmt == "json":
         click.echo(json.dumps(values, indent=2, sort_keys=True))
     elif fmt == "shell":
@@ -846,7 +763,7 @@ def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
     runner.select_environments(project.manifest, [env])
     keys = [d.key for d in project.manifest.declared[env]]
     values: dict[str, str] = {}
-    for per_db in run_async(_database_values(project, env, keys)).values():
+    for per_db in run_async(runner.database_values(project, env, keys)).values():
         values.update(per_db)
     program = shutil.which(command[0])
     if program is None:

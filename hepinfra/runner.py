@@ -190,3 +190,102 @@ async def apply(
         finally:
             for env, lock in locks.items():
                 project.backend.unlock(env, lock.id)
+
+
+# --- state repairs and explicit value requests ------------------------------------------------------
+
+
+def remove_from_state(project: Project, targets: Sequence[tuple[str, str]], timeout: float) -> list[tuple[str, str]]:
+    """Stop managing (env, key) pairs under each environment's lock; the databases stay on hep.gg."""
+    from hepinfra.state.backend import LockInfo
+
+    removed: list[tuple[str, str]] = []
+    for env in dict.fromkeys(e for e, _ in targets):
+        keys = [k for e, k in targets if e == env]
+        lock = project.backend.lock(env, LockInfo(), timeout)
+        try:
+            current = project.backend.read(env)
+            missing = [k for k in keys if current is None or k not in current.databases]
+            if missing or current is None:
+                raise UsageError(f"{env}/databases.{missing[0]}: not in the state of environment '{env}'")
+            project.backend.write(
+                env,
+                current.model_copy(
+                    update={
+                        "databases": {k: v for k, v in current.databases.items() if k not in keys},
+                        "outputs": {k: v for k, v in current.outputs.items() if v.database not in keys},
+                        "journal": tuple(j for j in current.journal if j.database not in keys),
+                    }
+                ),
+            )
+        finally:
+            project.backend.unlock(env, lock.id)
+        removed.extend((env, k) for k in keys)
+    return removed
+
+
+def push_state(project: Project, env: str, path: Path, *, force: bool, timeout: float) -> State:
+    """Replace an environment's state with a file: same environment, and (unless forced) the same
+    lineage and a serial not older than the current one."""
+    from hepinfra.errors import StateError
+    from hepinfra.state import codec
+    from hepinfra.state.backend import LockInfo
+
+    try:
+        incoming = codec.decode(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    if incoming.environment != env:
+        raise StateError(f"{path}: holds environment '{incoming.environment}', not '{env}'")
+    lock = project.backend.lock(env, LockInfo(), timeout)
+    try:
+        current = project.backend.read(env)
+        if current is not None and not force:
+            if current.lineage != incoming.lineage:
+                raise StateError(
+                    f"{path}: lineage {incoming.lineage} differs from the current {current.lineage}; "
+                    "use --force to replace it"
+                )
+            if incoming.serial < current.serial:
+                raise StateError(
+                    f"{path}: serial {incoming.serial} is older than the current {current.serial}; "
+                    "use --force to go back"
+                )
+        if current is not None and current.lineage != incoming.lineage:
+            return project.backend.replace(env, incoming)
+        return project.backend.write(env, incoming)
+    finally:
+        project.backend.unlock(env, lock.id)
+
+
+async def database_values(project: Project, env: str, keys: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Reveal managed databases and render their dotenv keys (or standard fields). Holds secrets:
+    only for ``output`` and ``run``, which a person asks for explicitly."""
+    from hepinfra.fetch import env_access
+    from hepinfra.outputs.base import db_context
+    from hepinfra.templates import render_string
+
+    current = project.backend.read(env)
+    declared = {d.key: d for d in project.manifest.declared[env]}
+    out: dict[str, dict[str, str]] = {}
+    async with project.hepgg() as hub:
+        access = env_access(project.manifest, env, hub)
+        if access.key is None:
+            raise UsageError(f"no database key for environment '{env}': export {access.source}")
+        for key in keys:
+            if current is None or key not in current.databases:
+                raise UsageError(f"{env}/databases.{key} is not managed yet: run 'hepinfra apply' first")
+            creds = await hub.databases(access.key).reveal(current.databases[key].id)
+            db = db_context(creds)
+            decl = declared[key]
+            context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars, "db": db}
+            values: dict[str, str] = {}
+            for target in decl.outputs:
+                if target.kind == "dotenv":
+                    values.update({k: render_string(src, context) for k, src in target.keys})
+            if not values:
+                prefix = key.upper().replace("-", "_") + "_"
+                fields = ("connection_string", "host", "port", "db_name", "user", "password")
+                values = {prefix + f.upper(): str(db[f]) for f in fields}
+            out[key] = values
+    return out

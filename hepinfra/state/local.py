@@ -77,6 +77,17 @@ class LocalBackend:
         self._written[env] = state
         return state
 
+    def replace(self, env: str, state: State) -> State:
+        """Overwrite with a state of another lineage (``state push --force``), keeping a backup."""
+        if self._file(env).exists():
+            atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
+        current = self.read(env)
+        state = state.model_copy(update={"serial": max(state.serial, current.serial if current else 0) + 1})
+        atomic_write(self._file(env), codec.encode(state))
+        self._written[env] = state
+        self._backed_up.add(env)
+        return state
+
     # --- locking -----------------------------------------------------------------------------------
 
     def lock_holder(self, env: str) -> LockInfo | None:

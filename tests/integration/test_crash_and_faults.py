@@ -209,3 +209,29 @@ def test_kill_hook_really_kills() -> None:
         timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 30
+
+
+def test_sigterm_unwinds_releases_the_lock_and_the_next_apply_converges(
+    make_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A cancelled CI job gets SIGTERM: apply stops cleanly (exit 1, one line, lock released)."""
+    server = make_world(EmulatorConfig(faults=Faults(latency_ms=100)))
+    project = project_for(tmp_path / "p")
+    env = {**os.environ, **ENV, "HEPGG_URL": server.url, "HEPGG_ID_URL": server.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hepinfra", "apply", "-f", str(project), "--auto-approve", "--parallelism", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not [r for r in server.requests() if r["method"] == "POST"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    record_artifact("sigterm apply", out + err)
+    assert proc.returncode == 1, err
+    assert err.startswith("Error: terminated by SIGTERM") and err.count("\n") == 1
+    assert not (project.parent / ".hepinfra/state/prod.lock").exists()
+    assert_converged(project, server, rotations=0)

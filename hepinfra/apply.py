@@ -443,11 +443,13 @@ class Executor:
         entry = next((j for j in ledger.state.pending(change.key) if j.op == "rotate"), None)
         creds: DatabaseCredentials | None = None
         note = "rotated"
+        finished_earlier = False  # the rotation happened in an earlier run: keep its time
         if change.finish_rotation and entry is not None:
             revealed = await client.reveal(change.database_id)
             if entry.password_digest is None or digest(revealed.password.get_secret_value()) != entry.password_digest:
                 # changed, or no digest to tell (an older state): finish, never risk a second rotation
                 creds, note = revealed, "finished an interrupted rotation (Reveal, no second rotate)"
+                finished_earlier = True
             else:
                 note = "the interrupted rotation never reached hep.gg: rotated now"
         if entry is None:
@@ -486,7 +488,7 @@ class Executor:
                     f"{change.address}: the rotation could not be confirmed after {attempts} tries",
                     hint="run the apply again; the journal keeps it pending",
                 )
-        rotated_at = entry.started_at if "interrupted rotation (Reveal" in note else _now()
+        rotated_at = entry.started_at if finished_earlier else _now()
         # the old password is dead from here: write every output before anything else
         _, window = await self._finish(change, creds, entry, lambda db: _rotated(db, rotated_at))
         return Outcome(change.address, change.action.value, True, note, rotation_window_ms=window)

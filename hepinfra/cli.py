@@ -29,6 +29,7 @@ def fail(message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the click app, mapping every failure to one line and an exit code."""
+    _show_warnings()
     try:
         cli.main(args=argv, prog_name="hepinfra", standalone_mode=False)
     except HepinfraError as exc:
@@ -52,6 +53,19 @@ def main(argv: list[str] | None = None) -> None:
             "please report it (HEPINFRA_DEBUG=1 shows the traceback)"
         )
     sys.exit(EXIT_OK)
+
+
+def _show_warnings() -> None:
+    """hepinfra's own warnings (never holding a secret) go to the *current* stderr, one line each."""
+    import logging
+
+    class StderrWarnings(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            sys.stderr.write(f"Warning: {record.getMessage()}\n")
+
+    logger = logging.getLogger("hepinfra")
+    if not any(type(h).__name__ == "StderrWarnings" for h in logger.handlers):
+        logger.addHandler(StderrWarnings(logging.WARNING))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

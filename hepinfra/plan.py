@@ -39,10 +39,6 @@ class Action(StrEnum):
     def symbol(self) -> str:
         return _SYMBOLS[self]
 
-    @property
-    def mutates_remote(self) -> bool:
-        return self in (Action.CREATE, Action.ROTATE)
-
 
 _SYMBOLS = {
     Action.CREATE: "+",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -24,12 +25,12 @@ from hepinfra.state.backend import LockInfo
 from hepinfra.state.model import State
 
 POLL = 0.05
+log = logging.getLogger("hepinfra.state")
 
 
 class LocalBackend:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.broken_locks: list[LockInfo] = []
         # What this object last wrote per environment, and whether it already kept a backup. Valid
         # while it holds the lock (apply writes many times per run); read() drops it.
         self._written: dict[str, State] = {}
@@ -112,7 +113,11 @@ class LocalBackend:
                 if holder is not None and _is_dead(holder):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
-                    self.broken_locks.append(holder)
+                    log.warning(
+                        "cleared the lock of environment '%s' left by a process that is gone: %s",
+                        env,
+                        holder.describe(),
+                    )
                     continue
                 if time.monotonic() >= deadline:
                     who = holder.describe() if holder else "another process"

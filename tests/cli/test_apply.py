@@ -347,3 +347,14 @@ def test_output_formats_carry_what_dotenv_cannot(tmp_path: Path, make_world) -> 
     as_json = invoke(["output", "shop", "-f", str(project), "--format", "json"], server=server, secret_ok=True)
     assert as_json.code == 0
     assert json.loads(as_json.out)["SHOP_DB_PASSWORD"] == reveal_all(server)["shop-prod"]["password"]
+
+
+def test_a_lock_left_by_a_dead_process_is_cleared_with_a_warning(tmp_path: Path, server: Server) -> None:
+    project = write_project(tmp_path / "p", BASIC, BASIC_FILES)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    LocalBackend(project.parent / ".hepinfra/state").lock("prod", LockInfo(pid=dead.pid, command="hepinfra apply"))
+    result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
+    assert result.code == 0, result.err
+    assert "Warning: cleared the lock of environment 'prod' left by a process that is gone" in result.err
+    assert f"pid {dead.pid}" in result.err

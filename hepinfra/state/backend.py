@@ -1,8 +1,9 @@
 """The narrow protocols a state backend implements, and the lock holder's description.
 
-Owns: ``StateReader``, ``StateWriter``, ``Locker`` and ``Backend`` (all three), and
-``LockInfo``. Remote backends (S3, HTTP, ...) implement the same three and pass
-``hepinfra.state.conformance``.
+Owns: ``StateReader``, ``StateWriter``, ``Locker`` and ``Backend`` (all three), ``LockInfo``,
+and the pid test of a holder's liveness (``holder_process_gone``) any backend may use. Remote
+backends (S3, HTTP, ...) implement the same three and pass ``hepinfra.state.conformance``.
+Must not: touch storage, or judge a holder on another host gone.
 """
 
 from __future__ import annotations
@@ -21,18 +22,94 @@ from hepinfra.state.model import State
 
 @dataclass(frozen=True)
 class LockInfo:
+    """Who holds a lock. Read back from storage with ``from_dict`` (tolerates unknown fields).
+
+    ``liveness`` says how a reader on the holder's host tells that the holder is gone:
+    ``"pid"`` (no process ``pid``, a zombie, or one started at another ``start_time``) or
+    ``"flock"`` (the local backend's holder keeps a kernel lock on the lock file for the lock's
+    life; the kernel drops it when the holder dies). Lock files from before these two fields
+    read as ``"pid"`` with no start time. A holder on another host is never judged gone.
+    """
+
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
     user: str = field(default_factory=lambda: _user())
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     command: str = field(default_factory=lambda: " ".join(["hepinfra", *sys.argv[1:3]]))
+    start_time: int | None = None  # the holder's start, clock ticks after boot (/proc/PID/stat field 22)
+    liveness: str = "pid"
 
     def describe(self) -> str:
         return f"{self.user}@{self.host} (pid {self.pid}, '{self.command}', since {self.created}), lock id {self.id}"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: object) -> LockInfo:
+        """The LockInfo stored as ``raw``; unknown fields are ignored, optional ones may be missing.
+
+        ValueError when a required field (those of the first version) is missing or a field has
+        the wrong type.
+        """
+        if not isinstance(raw, dict):
+            raise ValueError("a lock must be a JSON object")
+        missing = [name for name in _REQUIRED if name not in raw]
+        if missing:
+            raise ValueError(f"lock field '{missing[0]}' is missing")
+        values = {name: raw[name] for name in _TYPES if name in raw}
+        for name, value in values.items():
+            if not isinstance(value, _TYPES[name]) or isinstance(value, bool):
+                raise ValueError(f"lock field '{name}' has the wrong type")
+        return cls(**values)
+
+
+_REQUIRED = ("id", "pid", "host", "user", "created", "command")
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "pid": int,
+    "host": str,
+    "user": str,
+    "created": str,
+    "command": str,
+    "start_time": (int, type(None)),
+    "liveness": str,
+}
+
+
+def holder_process_gone(info: LockInfo) -> bool:
+    """The ``"pid"`` liveness test: True only when the holder ran on this host and its process
+    no longer exists, is a zombie, or is another process that reused the pid."""
+    if info.host != socket.gethostname() or info.pid <= 0:
+        return False
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # exists, another user's
+    if _is_zombie(info.pid):
+        return True
+    return info.start_time is not None and process_start_time(info.pid) not in (None, info.start_time)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None if unknown or gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22; fields[0] is field 3 (the state)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _user() -> str:

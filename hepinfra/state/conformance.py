@@ -8,15 +8,24 @@ Usage from a test module::
 
 ``factory()`` must return a new backend object over the *same* storage each call, so two
 objects (or two processes) contend as two hepinfra runs would.
-Must not: depend on a backend's internals.
+
+Mutual exclusion is proven by an external ``Observer``, never by a flag the backend keeps: each
+holder appends ``enter``/``exit`` records (pid, ``time.monotonic_ns()``) to one O_APPEND file
+while it holds the lock, and the parent checks that no two hold intervals overlap.
+Must not: depend on a backend's internals; take more than a few seconds per check.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import os
+import signal
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hepinfra.errors import LockError, StateError
@@ -183,6 +192,147 @@ def _racer(factory: Factory, prefix: str, count: int, errors: Any) -> None:
         raise
 
 
+# --- an external observer of who holds a lock, and when --------------------------------------------
+
+
+class Observer:
+    """Holders append ``EVENT PID MONOTONIC_NS [DETAIL]`` lines to one O_APPEND file.
+
+    ``record("enter")`` right after ``lock()`` returns and ``record("exit")`` right before
+    ``unlock()``; under mutual exclusion the file then alternates enter/exit of one pid at a time
+    and the intervals are disjoint. ``error`` records fail the verification.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def record(self, event: str, detail: str = "") -> None:
+        line = f"{event} {os.getpid()} {time.monotonic_ns()} {' '.join(detail.split())}".rstrip() + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def events(self) -> list[tuple[str, int, int, str]]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            event, pid, ns, *detail = line.split(" ", 3)
+            out.append((event, int(pid), int(ns), detail[0] if detail else ""))
+        return out
+
+    def holds(self) -> list[tuple[int, int, int]]:
+        """``(enter_ns, exit_ns, pid)`` of every hold; AssertionError on an overlap or an error record."""
+        holds: list[tuple[int, int, int]] = []
+        holder: tuple[int, int] | None = None  # (pid, enter_ns) of who holds now, in file order
+        for event, pid, ns, _ in self.events():
+            if event == "enter":
+                assert holder is None, f"pid {pid} entered while pid {holder[0]} held the lock"
+                holder = (pid, ns)
+            elif event == "exit":
+                assert holder is not None and holder[0] == pid, f"pid {pid} left a lock it did not hold"
+                holds.append((holder[1], ns, pid))
+                holder = None
+        holds.sort()
+        for (_, end, pid), (start, _, other) in itertools.pairwise(holds):
+            assert end < start, f"pid {other} held the lock before pid {pid} released it"
+        errors = [f"pid {pid}: {detail}" for event, pid, _, detail in self.events() if event == "error"]
+        assert not errors, f"holders failed: {errors[:3]}"
+        assert holder is None, f"pid {holder[0]} never left the lock"
+        return holds
+
+    def count(self, event: str) -> int:
+        return sum(1 for e, *_ in self.events() if e == event)
+
+
+def _hold(factory: Factory, env: str, observer: Observer, rounds: int, hold: float, start: Any) -> None:
+    """Take ``env``'s lock ``rounds`` times, recording each hold; any failure is an ``error`` record."""
+    try:
+        backend = factory()
+        if start is not None:
+            start.wait(10)
+        for _ in range(rounds):
+            lock = backend.lock(env, LockInfo(command="hepinfra stress"), timeout=20)
+            observer.record("enter")
+            time.sleep(hold)
+            observer.record("exit")
+            backend.unlock(env, lock.id)
+    except BaseException as exc:
+        observer.record("error", repr(exc))
+        raise
+
+
+def race(factory: Factory, env: str, observer: Observer, workers: int, rounds: int, hold: float) -> None:
+    """``workers`` processes released at once by a barrier, each holding the lock ``rounds`` times."""
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_hold, args=(factory, env, observer, rounds, hold, start)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+    holds = observer.holds()
+    assert len(holds) == workers * rounds, f"{len(holds)} holds recorded, {workers * rounds} expected"
+    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
+
+
+def _hold_forever(factory: Factory, env: str, ready: Any) -> None:
+    factory().lock(env, LockInfo(command="hepinfra apply"))
+    ready.set()
+    time.sleep(60)
+
+
+def kill_a_holder(factory: Factory, env: str, *, reap: bool = True) -> Any:
+    """A process takes ``env``'s lock and is SIGKILLed while holding it; returns that process."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_forever, args=(factory, env, ready))
+    holder.start()
+    assert ready.wait(10), "the holder never took the lock"
+    assert holder.pid is not None
+    os.kill(holder.pid, signal.SIGKILL)
+    if reap:
+        holder.join(10)
+    return holder
+
+
+def check_lock_excludes_across_processes(factory: Factory) -> None:
+    """Six processes take the lock eight times each; the observer sees 48 disjoint holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        race(factory, "prod", Observer(Path(tmp) / "observer"), workers=6, rounds=8, hold=0.002)
+    assert factory().lock_holder("prod") is None
+
+
+def check_killed_holder_is_released(factory: Factory) -> None:
+    """A holder SIGKILLed while holding (not yet reaped: a zombie) leaves a lock the next run takes by itself."""
+    holder = kill_a_holder(factory, "prod", reap=False)
+    try:
+        assert factory().lock_holder("prod") is not None
+        started = time.monotonic()
+        got = factory().lock("prod", LockInfo(), timeout=5)
+        assert time.monotonic() - started < 5
+        factory().unlock("prod", got.id)
+    finally:
+        holder.join(10)
+
+
+def check_racers_breaking_a_stale_lock_exclude_each_other(factory: Factory) -> None:
+    """Six processes find the same dead holder's lock at once: one breaks it, all hold it in turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for trial in range(4):
+            kill_a_holder(factory, "prod")
+            assert factory().lock_holder("prod") is not None
+            race(factory, "prod", Observer(Path(tmp) / f"observer-{trial}"), workers=6, rounds=1, hold=0.005)
+            assert factory().lock_holder("prod") is None
+
+
 CHECKS: list[Callable[[Factory], None]] = [
     check_read_missing_is_none,
     check_round_trip,
@@ -194,4 +344,15 @@ CHECKS: list[Callable[[Factory], None]] = [
     check_unlock_needs_the_right_id,
     check_dead_holder_on_this_host_is_broken,
     check_two_processes_racing_never_lose_an_update,
+    check_lock_excludes_across_processes,
+    check_killed_holder_is_released,
+    check_racers_breaking_a_stale_lock_exclude_each_other,
+]
+
+# The checks that need a dead holder on this host to be detected (the local backend does). A
+# backend that cannot tell runs ``[c for c in CHECKS if c not in DEAD_HOLDER_CHECKS]`` and says so.
+DEAD_HOLDER_CHECKS: list[Callable[[Factory], None]] = [
+    check_dead_holder_on_this_host_is_broken,
+    check_killed_holder_is_released,
+    check_racers_breaking_a_stale_lock_exclude_each_other,
 ]

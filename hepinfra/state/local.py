@@ -1,30 +1,43 @@
 """The local state backend: ``.hepinfra/state/<env>.json``, atomic, 0600, with backup and lock.
 
 Owns: the files under one directory. The serial is bumped only when content changed; the
-previous version is kept as ``<env>.json.backup``. The lock is ``<env>.lock`` created with
-O_EXCL and holding its holder's LockInfo; a lock whose holder process is gone on this host
-is broken automatically (the stuck-lock pain), anything else waits up to the timeout and
-then fails naming the holder.
-Must not: know what is inside a state beyond lineage and serial.
+previous version is kept as ``<env>.json.backup``.
+The lock is ``<env>.lock``, holding its holder's LockInfo (written to a temp file and renamed
+in, so a reader never sees half of one). The holder keeps an exclusive flock on that file for
+the lock's life, so the kernel says whether it lives: the flock goes when the holder process
+dies (pid reuse and zombies cannot fool it), or stays while a child it forked keeps the fd.
+Every check-and-take, check-and-break and unlock runs holding a flock on ``<env>.lock.guard``
+(never deleted), for a few syscalls only: of many processes finding one stale lock, exactly one
+breaks it. A lock file whose flock is free is broken, with a warning naming the holder, when
+its holder ran on this host (lock files of older versions, which kept no flock, only when their
+pid is gone); anything else waits up to the timeout and then fails naming the holder.
+``unlock`` with the right id works from any process (``hepinfra state unlock``).
+Must not: know what is inside a state beyond lineage and serial; break a lock of another host;
+create or remove ``<env>.lock`` without holding the guard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 from hepinfra.errors import LockError, StateError
-from hepinfra.fsutil import atomic_write, fsync_dir, remove_stale_temps
+from hepinfra.fsutil import atomic_write, fsync_dir, remove_stale_temps, temp_prefix
+from hepinfra.locking import Flock, flock_path, is_open_at, try_flock
 from hepinfra.state import codec
-from hepinfra.state.backend import LockInfo
+from hepinfra.state.backend import LockInfo, holder_process_gone, process_start_time
 from hepinfra.state.model import State
 
-POLL = 0.05
+POLL_FIRST = 0.002  # seconds between attempts while a live holder has the lock, doubling up to POLL
+POLL = 0.02
+GUARD_WAIT = 30.0  # the guard is held for a few syscalls; only a frozen process holds it longer
 log = logging.getLogger("hepinfra.state")
 
 
@@ -35,6 +48,8 @@ class LocalBackend:
         # while it holds the lock (apply writes many times per run); read() drops it.
         self._written: dict[str, State] = {}
         self._backed_up: set[str] = set()
+        # The flock this object holds per environment on its lock file, with that lock's id.
+        self._held: dict[str, tuple[str, Flock]] = {}
 
     def _file(self, env: str, suffix: str = ".json") -> Path:
         return self.directory / f"{env}{suffix}"
@@ -93,76 +108,150 @@ class LocalBackend:
 
     def lock_holder(self, env: str) -> LockInfo | None:
         try:
-            raw = json.loads(self._file(env, ".lock").read_text())
-            return LockInfo(**raw)
+            return LockInfo.from_dict(json.loads(self._file(env, ".lock").read_bytes()))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError):
-            return LockInfo(id="unreadable", pid=0, host="?", user="?", created="?", command="?")
+        except (OSError, ValueError):
+            return _UNREADABLE
 
     def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._file(env, ".lock")
+        mine = dataclasses.replace(
+            info,
+            liveness="flock",
+            start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
+        )
         deadline = time.monotonic() + max(0.0, timeout)
-        payload = json.dumps(info.as_dict()).encode()
+        delay = POLL_FIRST
         while True:
+            holder = self._take(env, mine)
+            if holder is None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockError(
+                    f"the state of environment '{env}' is locked by {holder.describe()}",
+                    hint="wait with --lock-timeout DURATION, or if that process is gone run "
+                    f"'hepinfra state unlock {holder.id} -e {env}'",
+                )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, POLL)
+        fsync_dir(self.directory)
+        for name in (".json", ".json.backup"):  # ours now: clear what a killed writer left
+            remove_stale_temps(self._file(env, name))
+        return mine
+
+    def _take(self, env: str, mine: LockInfo) -> LockInfo | None:
+        """One attempt under the guard: None when ``mine`` now holds the lock, else the holder.
+
+        Everything that creates, breaks or removes ``<env>.lock`` does so holding the guard, so
+        "is it free or stale?" and "take it" are one step for every other hepinfra process.
+        """
+        path = self._file(env, ".lock")
+        with flock_path(self._file(env, ".lock.guard"), timeout=GUARD_WAIT):
+            stale: LockInfo | None = None
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                holder = self.lock_holder(env)
-                if holder is not None and _is_dead(holder):
+                current = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                current = None
+            except OSError:
+                return self.lock_holder(env) or _UNREADABLE
+            try:
+                if current is not None:
+                    if not try_flock(current):
+                        return _read_holder(current)  # its holder keeps the flock: alive
+                    stale = _read_holder(current)
+                    if not _holder_gone(stale):
+                        return stale
+                held = self._publish(path, mine, replacing=current)
+                if held is None:  # an older hepinfra (it takes no guard) changed the file meanwhile
+                    return self.lock_holder(env) or _UNREADABLE
+            finally:
+                if current is not None:
+                    os.close(current)  # the flock on a stale lock's inode goes with it
+            self._held[env] = (mine.id, held)
+        if stale is not None:
+            log.warning(
+                "cleared the lock of environment '%s' left by a process that is gone: %s", env, stale.describe()
+            )
+        return None
+
+    def _publish(self, path: Path, mine: LockInfo, *, replacing: int | None) -> Flock | None:
+        """Write ``mine`` to a temp file, flock it, and put it at ``path`` (atomic for any reader).
+
+        ``replacing``: the fd of the stale lock file to replace (None: there is none). Returns
+        None when ``path`` is no longer what was judged.
+        """
+        remove_stale_temps(path)  # made only under the guard, as here: any left is a killed taker's
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=self.directory)
+        held = Flock(fd, path)
+        try:
+            os.write(fd, json.dumps(mine.as_dict()).encode())
+            os.fsync(fd)
+            if not try_flock(fd):
+                raise StateError(f"{path}: cannot lock a new file in {self.directory}")
+            if replacing is not None:
+                if not is_open_at(replacing, path):
+                    held.release()
+                    os.unlink(tmp)
+                    return None
+                os.replace(tmp, path)  # the stale lock is never absent: no window for anyone
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    held.release()
+                    return None
+                finally:
                     with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                    log.warning(
-                        "cleared the lock of environment '%s' left by a process that is gone: %s",
-                        env,
-                        holder.describe(),
-                    )
-                    continue
-                if time.monotonic() >= deadline:
-                    who = holder.describe() if holder else "another process"
-                    raise LockError(
-                        f"the state of environment '{env}' is locked by {who}",
-                        hint="wait with --lock-timeout DURATION, or if that process is gone run "
-                        f"'hepinfra state unlock {holder.id if holder else 'LOCK_ID'} -e {env}'",
-                    ) from None
-                time.sleep(POLL)
-                continue
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            fsync_dir(self.directory)
-            for name in (".json", ".json.backup"):  # ours now: clear what a killed writer left
-                remove_stale_temps(self._file(env, name))
-            return info
+                        os.unlink(tmp)
+        except BaseException:
+            held.release()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return held
 
     def unlock(self, env: str, lock_id: str) -> None:
-        holder = self.lock_holder(env)
-        if holder is None:
-            raise LockError(f"the state of environment '{env}' is not locked")
-        if holder.id != lock_id:
-            raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
-        with contextlib.suppress(FileNotFoundError):
-            self._file(env, ".lock").unlink()
+        """Remove the lock if ``lock_id`` is its id, from any process (``state unlock``)."""
+        try:
+            if not self._file(env, ".lock").exists():
+                raise LockError(f"the state of environment '{env}' is not locked")
+            with flock_path(self._file(env, ".lock.guard"), timeout=GUARD_WAIT):
+                holder = self.lock_holder(env)
+                if holder is None:
+                    raise LockError(f"the state of environment '{env}' is not locked")
+                if holder.id != lock_id:
+                    raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
+                with contextlib.suppress(FileNotFoundError):
+                    self._file(env, ".lock").unlink()
+        finally:
+            ours = self._held.get(env)
+            if ours is not None and ours[0] == lock_id:  # gone from the path either way: let go of it
+                del self._held[env]
+                ours[1].release()
 
 
-def _is_dead(holder: LockInfo) -> bool:
-    """True only when the holder ran on this host and its process no longer exists."""
-    if holder.host != socket.gethostname() or holder.pid <= 0:
-        return False
+_UNREADABLE = LockInfo(id="unreadable", pid=0, host="?", user="?", created="?", command="?")
+
+
+def _read_holder(fd: int) -> LockInfo:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
     try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
+        return LockInfo.from_dict(json.loads(b"".join(chunks)))
+    except ValueError:
+        return _UNREADABLE
+
+
+def _holder_gone(holder: LockInfo) -> bool:
+    """Judged with nobody holding the lock file's flock: is its holder gone?
+
+    A holder on another host never is. A holder that kept the flock (this version) is gone
+    once the flock is free; one from an older version (no flock) is tested by its pid.
+    """
+    if holder.host != socket.gethostname():
+        return False
+    if holder.liveness == "flock":
         return True
-    except PermissionError:
-        return False
-    return _is_zombie(holder.pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return holder_process_gone(holder)

@@ -1,12 +1,13 @@
 """The sink protocol and what every sink shares: the render context and path confinement.
 
 Owns: ``Sink`` (observe / write / retire), ``db_context`` (the ``db`` variable templates see),
-and ``resolve_path``. Must not: put a rendered value into an exception or a log line.
+``resolve_path``, and ``existing_mode`` (a rewrite never loosens a file's mode).
+Must not: put a rendered value into an exception or a log line.
 """
 
 from __future__ import annotations
 
-import functools
+import os
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from hepinfra.errors import OutputError
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.manifest import OutputTarget
 from hepinfra.plan import ObservedOutput
+from hepinfra.safety.paths import Boundary, Refused, recheck, shown
 
 
 class Sink(Protocol):
@@ -25,9 +27,20 @@ class Sink(Protocol):
         """Digest what is on disk now (only hepinfra's part of it), without judging it."""
         ...
 
-    def write(self, file: Path, target: OutputTarget, context: dict[str, Any], digest: Digester) -> str:
+    def write(
+        self,
+        file: Path,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+    ) -> str:
         """Render and write atomically; return the digest of what was written (as ``observe`` computes it).
 
+        ``previous_keys``: the keys hepinfra wrote to this file for this output last time (from
+        state); those the target no longer declares are removed in the same write (sinks without
+        keys ignore it). A stricter mode already on the file is kept (``existing_mode``).
         The file is fsynced; its directory is not (the caller fsyncs each directory once).
         """
         ...
@@ -35,6 +48,15 @@ class Sink(Protocol):
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
         """Remove what hepinfra wrote (its keys, or its file)."""
         ...
+
+
+def existing_mode(file: Path, requested: int) -> int:
+    """The mode to write ``file`` with: ``requested``, minus any permission its current mode lacks
+    (a stricter mode someone set is kept, 0400 stays 0400; a looser one is tightened)."""
+    try:
+        return os.stat(file).st_mode & 0o777 & requested or requested
+    except FileNotFoundError:
+        return requested
 
 
 def db_context(creds: DatabaseCredentials) -> dict[str, Any]:
@@ -55,21 +77,12 @@ def db_context(creds: DatabaseCredentials) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=4096)
-def _real(directory: Path) -> Path:
-    return directory.resolve()
-
-
 def resolve_path(project_dir: Path, target: OutputTarget) -> Path:
-    """The file an output writes; confined to the project directory unless allow_outside."""
-    candidate = Path(target.path)
-    file = candidate if candidate.is_absolute() else project_dir / candidate
-    if not target.allow_outside:
-        real_root = _real(project_dir)
-        real = _real(file.parent) / file.name
-        if real_root != real and real_root not in real.parents:
-            raise OutputError(
-                f"{target.path}: resolves outside the manifest's directory (through a link?); "
-                "set allow_outside: true to allow it"
-            )
-    return file
+    """The real path an output writes, checked by the containment rules (``safety.paths``); for a
+    target resolved by the manifest, it must still be the real path checked at load time."""
+    try:
+        if target.real:
+            return recheck(target.path, project_dir, Path(target.real), allow_outside=target.allow_outside)
+        return Boundary(project_dir).check_output(target.path, allow_outside=target.allow_outside)
+    except Refused as exc:
+        raise OutputError(f"{shown(target.path)}: {exc}") from None

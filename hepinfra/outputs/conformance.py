@@ -12,6 +12,7 @@ Must not: depend on a sink's internals.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,34 @@ def check_retire_removes_what_it_wrote(sink: Sink, make: TargetFactory, tmp: Pat
     sink.retire(tmp / "never-written.conf", _keys(target))  # retiring nothing is fine
 
 
+def check_a_stricter_mode_is_kept(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    target = make("h.conf")
+    file = tmp / target.path
+    sink.write(file, target, context("one-password"), DIGEST)
+    os.chmod(file, 0o400)
+    sink.write(file, target, context("another-password"), DIGEST)
+    assert oct(os.stat(file).st_mode & 0o777) == "0o400"
+    assert "another-password" in file.read_text()
+
+
+def check_previous_keys_no_longer_declared_are_removed(sink: Sink, make: TargetFactory, tmp: Path) -> None:
+    """Keys written last time and no longer declared leave the file; the others stay as observed.
+
+    A sink without keys (the whole file is hepinfra's) must accept ``previous_keys`` and ignore it.
+    """
+    target = make("i.conf")
+    file = tmp / target.path
+    keys = _keys(target)
+    written = sink.write(file, target, context(), DIGEST, previous_keys=(*keys, "HEPINFRA_NEVER_WRITTEN"))
+    assert sink.observe(file, target, keys, DIGEST).digest == written
+    if len(keys) < 2:
+        return
+    fewer = dataclasses.replace(target, keys=target.keys[1:])
+    written = sink.write(file, fewer, context(), DIGEST, previous_keys=keys)
+    assert keys[0] not in file.read_text()
+    assert sink.observe(file, fewer, keys[1:], DIGEST).digest == written
+
+
 CHECKS: list[Callable[[Sink, TargetFactory, Path], None]] = [
     check_write_then_observe_agree,
     check_missing_file_is_observed_as_missing,
@@ -115,4 +144,6 @@ CHECKS: list[Callable[[Sink, TargetFactory, Path], None]] = [
     check_mode_is_0600_and_parents_are_created,
     check_no_temp_file_is_left,
     check_retire_removes_what_it_wrote,
+    check_a_stricter_mode_is_kept,
+    check_previous_keys_no_longer_declared_are_removed,
 ]

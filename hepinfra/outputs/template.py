@@ -1,6 +1,7 @@
 """The template sink: a Jinja2 template file rendered to a path (Kubernetes Secret, JSON, TOML...).
 
-Owns: rendering the whole file and writing it atomically. Must not: show a value in an error.
+Owns: rendering the whole file and writing it atomically, keeping a stricter mode already on it
+(``previous_keys`` does not apply: the whole file is hepinfra's). Must not: show a value in an error.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.manifest import OutputTarget
+from hepinfra.outputs.base import existing_mode
 from hepinfra.plan import ObservedOutput
-from hepinfra.templates import compile_string, template_error_message
+from hepinfra.templates import compile_string, render_error
 
 
 class TemplateSink:
@@ -28,13 +30,23 @@ class TemplateSink:
         except OSError as exc:
             return ObservedOutput(exists=True, problem=f"unreadable ({exc.strerror})")
 
-    def write(self, file: Path, target: OutputTarget, context: dict[str, Any], digest: Digester) -> str:
+    def write(
+        self,
+        file: Path,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+    ) -> str:
         assert target.template_source is not None
         try:
             data = compile_string(target.template_source).render(context).encode()
         except Exception as exc:  # a template failure, without its values
-            raise OutputError(f"{target.path}: {target.template}: {template_error_message(exc)}") from None
-        atomic_write(file, data, target.mode, sync_dir=False)
+            raise OutputError(
+                f"{target.path}: {target.template}: {render_error(exc, target.template_source, context)}"
+            ) from None
+        atomic_write(file, data, existing_mode(file, target.mode), sync_dir=False)
         return digest(data)
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:

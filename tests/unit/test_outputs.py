@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,9 @@ from hepinfra.outputs import SINKS
 from hepinfra.outputs import conformance as oc
 from hepinfra.outputs.base import Sink
 from hepinfra.templates import QuotingError, dotenv_quote, render_string
+from tests.unit.test_dotenv_readers import compose_parse, read_back_with_bash
+
+__all__ = ["read_back_like_compose", "read_back_with_bash"]  # used by CLI tests too
 
 
 def dotenv_target(path: str, keys: tuple[tuple[str, str], ...] | None = None) -> OutputTarget:
@@ -71,7 +72,7 @@ def test_dotenv_keeps_other_lines_comments_and_order(tmp_path: Path) -> None:
     file.write_text("# app settings\nFIRST=1\nexport DB_PASSWORD=old\n\n# trailing comment\nLAST='x y'\n")
     SINKS["dotenv"].write(file, dotenv_target(".env"), oc.context("newpass"), oc.DIGEST)
     assert file.read_text() == (
-        "# app settings\nFIRST=1\nDB_PASSWORD='newpass'\n\n# trailing comment\nLAST='x y'\n"
+        "# app settings\nFIRST=1\nexport DB_PASSWORD='newpass'\n\n# trailing comment\nLAST='x y'\n"
         "DB_URL='postgresql://dum_x_1:newpass@db.example:5432/um_x_1'\n"
     )
     SINKS["dotenv"].retire(file, ("DB_URL", "DB_PASSWORD"))
@@ -88,31 +89,10 @@ def test_two_databases_share_one_dotenv_file(tmp_path: Path) -> None:
     assert SINKS["dotenv"].observe(file, b, ("B_PASSWORD",), oc.DIGEST).digest == digest_b
 
 
-def read_back_with_bash(file: Path, keys: list[str]) -> dict[str, str]:
-    script = 'set -a; source "$1"; set +a; ' + "; ".join(f'printf "%s\\0" "${{{k}}}"' for k in keys)
-    proc = subprocess.run(
-        ["bash", "-c", script, "bash", str(file)], capture_output=True, env={"PATH": os.environ["PATH"]}, timeout=10
-    )
-    assert proc.returncode == 0, proc.stderr
-    return dict(zip(keys, proc.stdout.decode().split("\0")[:-1], strict=True))
-
-
 def read_back_like_compose(line_value: str) -> str:
-    """docker compose's env_file reading of one quoted value (compose-go dotenv/parser.go, ported for
-    the quoted forms hepinfra writes): the first unescaped closing quote ends it, every quote at both
-    ends is trimmed, and double-quoted values get \\n/\\r expanded, then \\X -> X (not \\$)."""
-    import re
-
-    quote = line_value[0]
-    assert quote in "'\""
-    for i in range(1, len(line_value)):
-        if line_value[i] == quote and line_value[i - 1] != "\\":
-            value = line_value[:i].rstrip(quote).lstrip(quote)
-            if quote == '"':
-                value = re.sub(r"\\.", lambda m: {"n": "\n", "r": "\r"}.get(m.group()[1], m.group()), value)
-                value = re.sub(r"\\([^$])", r"\1", value)
-            return value
-    raise ValueError("unterminated quoted value")
+    """docker compose's reading of one value as written after ``KEY=`` (compose-go's parser, ported in
+    test_dotenv_readers and checked there against compose-go's own test cases)."""
+    return compose_parse(f"V={line_value}\n")["V"]
 
 
 WRITABLE = [
@@ -127,6 +107,8 @@ WRITABLE = [
     "\\starts with a backslash",
     "ünïcødé ✓",
     "",
+    "multi\nline",
+    "ends with a quote ' \"",
 ]
 
 
@@ -142,12 +124,12 @@ def test_dotenv_quoting_reads_back_exactly_in_python_dotenv_and_bash(value: str,
 @pytest.mark.parametrize(
     "value,reason",
     [
-        ("quote ' and $HOME", r"backtick or '\$' expansion"),
-        ("back\\slash and `cmd`", r"backtick or '\$' expansion"),
+        ("quote ' and $HOME", "python-dotenv and bash cannot share it"),
+        ("back\\slash and `cmd`", "python-dotenv and bash cannot share it"),
         ("brace ${VAR}", "python-dotenv interpolates"),
-        ("line\nbreak", "line break"),
-        ("ends with a quote ' \"", "ends with a double quote or a backslash"),
-        ("ends with a backslash ' \\", "ends with a double quote or a backslash"),
+        ("carriage\rreturn", "python-dotenv and bash cannot share it"),
+        ("nul\0", "NUL"),
+        ("ends with a backslash ' \\", "python-dotenv and bash cannot share it"),
     ],
 )
 def test_values_no_quoting_can_carry_are_refused(value: str, reason: str) -> None:
@@ -168,14 +150,15 @@ def test_quoting_never_writes_something_wrong(value: str) -> None:
     except QuotingError:
         return
     assert parse(stream=io.StringIO(f"V={quoted}\n")) == {"V": value}
-    assert read_back_like_compose(quoted) == value
+    assert compose_parse(f"V={quoted}\n") == {"V": value}
 
 
 def test_unquotable_password_fails_the_output_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError) as info:
         SINKS["dotenv"].write(tmp_path / ".env", dotenv_target(".env"), oc.context("it's $HOME"), oc.DIGEST)
     message = str(info.value)
-    assert "DB_URL: the value cannot be written safely to a dotenv file" in message
+    assert "DB_URL: the value cannot be written safely to a dotenv file read by python-dotenv, compose, bash" in message
+    assert "readers:" in str(info.value.hint)
     assert "$HOME" not in message and not (tmp_path / ".env").exists()
 
 
@@ -196,10 +179,18 @@ def test_template_filters(source: str, expected: str) -> None:
 
 
 def test_dotenv_filter_refuses_what_cannot_be_quoted() -> None:
-    from jinja2 import TemplateRuntimeError
+    from hepinfra.templates import SafeTemplateError
 
-    with pytest.raises(TemplateRuntimeError, match="cannot be quoted"):
+    with pytest.raises(SafeTemplateError, match="cannot be quoted: python-dotenv and bash cannot share it"):
         render_string("{{ v | dotenv }}", {"v": "it's $x"})
+
+
+def test_dotenv_filter_quotes_for_all_three_readers() -> None:
+    # the filter has no readers: what it writes is exact for python-dotenv, compose and bash
+    assert render_string("{{ v | dotenv }}", {"v": "it's $ 5"}) == dotenv_quote(
+        "it's $ 5", ("python-dotenv", "compose", "bash")
+    )
+    assert dotenv_quote("it's $x", ("compose",)) == "'it\\'s $x'"
 
 
 def test_templates_are_sandboxed() -> None:

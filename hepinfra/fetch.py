@@ -22,6 +22,7 @@ from hepinfra.manifest import Manifest
 from hepinfra.outputs import SINKS
 from hepinfra.outputs.base import resolve_path
 from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest, reveal_candidates
+from hepinfra.safety.redact import register
 from hepinfra.state.model import State
 
 
@@ -39,13 +40,15 @@ class EnvAccess:
 
 
 def env_access(manifest: Manifest, env: str, hepgg: Hepgg) -> EnvAccess:
+    if hepgg.local:  # the embedded hep.gg has one account of its own: a real key is never used with it
+        register(hepgg.environ["HEPGG_DB_KEY"])
+        return EnvAccess(env, SecretStr(hepgg.environ["HEPGG_DB_KEY"]), "the local hep.gg's key")
     names = manifest.db_key_var(env)
     for name in names:
         value = (hepgg.environ.get(name) or "").strip()
         if value:
+            register(value)
             return EnvAccess(env, SecretStr(value), name)
-    if hepgg.local and hepgg.environ.get("HEPGG_DB_KEY"):
-        return EnvAccess(env, SecretStr(hepgg.environ["HEPGG_DB_KEY"]), "the local hep.gg's key")
     return EnvAccess(env, None, " or ".join(names))
 
 
@@ -87,6 +90,7 @@ async def gather(
             return EnvFacts(
                 env,
                 None,
+                refreshed=refresh,
                 error=Diagnostic(
                     severity="error",
                     env=env,
@@ -97,17 +101,24 @@ async def gather(
         try:
             databases = await hepgg.databases(acc.key).list()
         except ApiError as exc:
-            return EnvFacts(env, None, error=Diagnostic(severity="error", env=env, message=exc.message, hint=exc.hint))
+            message = f"cannot list the databases of environment '{env}': {exc.message}"
+            diagnostic = Diagnostic(severity="error", env=env, message=message, hint=exc.hint)
+            return EnvFacts(env, None, refreshed=refresh, error=diagnostic)
         state = states.get(env)
         outputs = observe_outputs(manifest, env, state, acc.digester(state)) if state else {}
         return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh)
 
     facts = dict(zip(envs, await asyncio.gather(*(one_env(e) for e in envs)), strict=True))
     secrets = {env: a.key.get_secret_value() for env, a in access.items() if a.key is not None}
+    # environments of this manifest not selected (-e) may share an account: their databases are managed too
+    unselected = (env_access(manifest, e, hepgg) for e in manifest.environments if e not in access)
+    others = {a.env: a.key.get_secret_value() for a in unselected if a.key is not None}
     for env, secret in secrets.items():
         peers = tuple(e for e, other in secrets.items() if e != env and other == secret)
-        if peers:
-            facts[env] = replace(facts[env], account_peers=peers)
+        outside = [e for e, other in others.items() if other == secret]
+        names = frozenset(d.name for e in outside for d in manifest.declared[e])
+        if peers or names:
+            facts[env] = replace(facts[env], account_peers=peers, peer_names=names)
     if not refresh:
         return facts, access
 

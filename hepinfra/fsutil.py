@@ -81,3 +81,29 @@ def remove_stale_temps_of(paths: list[Path]) -> int:
                     entry.unlink()
                     count += 1
     return count
+
+
+HEPINFRA_GITIGNORE = b"""\
+# Written by hepinfra when it created this directory. The local hep.gg's credentials and data,
+# locks and state backups never belong in Git. State files (state/*.json) hold no secret: commit
+# them only if your team shares state through Git (a shared backend is better: see hepinfra's docs).
+*
+!state/
+!state/*.json
+"""
+
+
+def ensure_hepinfra_dir(project_dir: Path) -> Path:
+    """``<project>/.hepinfra`` (mode 0700), with a ``.gitignore`` written the first time, as ``.terraform``
+    users expect: ``git add .`` never picks up the local credentials, locks or emulator data."""
+    directory = project_dir / ".hepinfra"
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(ignore, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return directory
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(HEPINFRA_GITIGNORE)
+    return directory

@@ -144,6 +144,29 @@ def flock_path(lock_file: Path, *, timeout: float | None = None, shared: bool = 
         held.release()
 
 
+def shared_lock_dir(fallback: Path) -> Path:
+    """The per-user directory for output locks on this host, shared by every project (two manifests
+    writing one file exclude each other too): ``<tmp>/hepinfra-locks-<uid>``, mode 0700. If it cannot
+    be made, or is not a private directory of this user (a planted link or another user's), ``fallback``."""
+    import stat
+    import tempfile
+
+    directory = Path(tempfile.gettempdir()) / f"hepinfra-locks-{os.getuid()}"
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return fallback
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return fallback
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return fallback
+    return directory
+
+
 def output_lock_file(lock_dir: Path, real_path: Path | str) -> Path:
     """The sidecar lock file of an output: ``lock_dir/<sha256 of its real path, 32 hex>.lock``."""
     real = os.path.realpath(real_path)

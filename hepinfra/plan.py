@@ -144,6 +144,7 @@ class EnvFacts:
     password_digests: Mapping[str, str] = field(default_factory=dict)  # database id -> keyed digest
     refreshed: bool = False
     account_peers: tuple[str, ...] = ()  # other selected environments using the same database key
+    peer_names: frozenset[str] = frozenset()  # platform names declared by unselected environments on that key
 
     @property
     def remote_digest(self) -> str | None:
@@ -463,7 +464,8 @@ def _account_diagnostics(
                         )
                     )
         everyone = set(claimed_here).union(*(claimed[m] for m in members))
-        unmanaged = [d.name for d in env_facts.databases if d.id not in everyone]
+        theirs = env_facts.peer_names.union(*(facts[m].peer_names for m in members))
+        unmanaged = [d.name for d in env_facts.databases if d.id not in everyone and d.name not in theirs]
         if unmanaged:
             shown = ", ".join(unmanaged[:10]) + (f" and {len(unmanaged) - 10} more" if len(unmanaged) > 10 else "")
             where = env if len(members) == 1 else f"{', '.join(members)} (one account)"

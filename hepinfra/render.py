@@ -62,7 +62,7 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
     lines.append(
         style(
             f"hepinfra plan for {plan.manifest} (environments: {envs}; "
-            f"{'refreshed' if plan.refreshed else 'not refreshed: --no-refresh'})",
+            f"{'refreshed' if plan.refreshed else 'not refreshed: --no-refresh'})",  # the mode asked for
             bold=True,
         )
     )
@@ -79,18 +79,26 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
         for path in change.retire:
             if change.action is not Action.RENDER:
                 lines.append(style(f"       - {path} (hepinfra's part removed)", dim=True))
-    if not plan.actionable:
+    if not plan.actionable and not plan.errors:
         lines.append(style("  No changes. hep.gg and the outputs match the manifest.", fg="green"))
     unchanged = len(plan.changes) - len(plan.actionable)
     if unchanged and not show_noop and plan.actionable:
         lines.append(style(f"  ({unchanged} up to date)", dim=True))
     lines.append("")
-    for diag in plan.diagnostics:
+    for diag in plan.warnings:  # errors go to stderr (``error_lines``)
         lines.append(_diagnostic(diag, style))
     lines.append(style(summary_line(plan), bold=True))
-    if plan.errors:
-        lines.append(style(f"{len(plan.errors)} error(s) block apply.", fg="red", bold=True))
     return "\n".join(lines) + "\n"
+
+
+def error_lines(plan: Plan) -> list[str]:
+    """One line per blocking error, for stderr: where, what, and the fix."""
+    out = []
+    for diag in plan.errors:
+        where = diag.address or diag.env
+        line = f"{where + ': ' if where else ''}{diag.message}"
+        out.append(line + (f" (hint: {diag.hint})" if diag.hint else ""))
+    return out
 
 
 def _diagnostic(diag: Diagnostic, style: Style) -> str:

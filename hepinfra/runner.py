@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from hepinfra import manifest as manifest_mod
 from hepinfra.errors import PlanError, StalePlanError, UsageError, first_validation_error
 from hepinfra.fetch import EnvAccess, gather
-from hepinfra.fsutil import atomic_write
+from hepinfra.fsutil import atomic_write, ensure_hepinfra_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.manifest import Manifest
 from hepinfra.plan import Plan, RotateRequest, make_plan
@@ -101,6 +101,30 @@ async def make(
     return plan, access, states
 
 
+def check_plan_out(path: Path, project_dir: Path) -> None:
+    """Where a plan file may go (checked before any remote call): never into .hepinfra/ or a Git
+    directory, never over a file that is not a plan file (the manifest, a template, a state file)."""
+    import os
+
+    from hepinfra.safety.paths import Boundary, Refused, shown
+
+    written = os.path.abspath(path)
+    try:
+        real = Boundary(project_dir).check_real(Boundary(project_dir).resolve(written, allow_outside=True))
+    except Refused as exc:
+        raise UsageError(f"--out {shown(str(path))}: {exc}") from None
+    if real.exists():
+        try:
+            data = json.loads(real.read_bytes())
+            is_plan = isinstance(data, dict) and "changes" in data and "manifest_digest" in data
+        except (OSError, ValueError):
+            is_plan = False
+        if not is_plan:
+            raise UsageError(
+                f"--out {shown(str(path))}: the file exists and is not a hepinfra plan file; not overwritten"
+            )
+
+
 def save_plan(plan: Plan, path: Path) -> None:
     atomic_write(path, plan.model_dump_json(indent=2).encode() + b"\n", 0o600)
 
@@ -122,6 +146,20 @@ def load_plan(path: Path) -> Plan:
         raise PlanError(f"{path}: {first_validation_error(exc)}") from None
 
 
+def settle_seconds() -> float:
+    """``HEPINFRA_ROTATE_SETTLE``: seconds after an interrupted rotation's request before hepinfra trusts
+    that it never reached hep.gg (default 30: twice the HTTP timeout)."""
+    import os
+
+    from hepinfra.apply.executor import SETTLE_S
+
+    raw = os.environ.get("HEPINFRA_ROTATE_SETTLE", "")
+    try:
+        return max(0.0, float(raw)) if raw.strip() else SETTLE_S
+    except ValueError:
+        raise UsageError(f"HEPINFRA_ROTATE_SETTLE must be a number of seconds, not {raw[:20]!r}") from None
+
+
 @dataclass
 class ApplyOptions:
     plan_file: Path | None = None
@@ -141,7 +179,7 @@ async def apply(
     emit: Callable[[dict[str, Any]], None],
 ) -> tuple[Plan, ApplyResult | None]:
     """Lock, plan (or load and check a saved plan), confirm, execute, unlock."""
-    from hepinfra.apply import Executor, Ledger, check_pins, current_remote_digests
+    from hepinfra.apply import Executor, Ledger, check_changes, check_pins, current_remote, remote_digests
     from hepinfra.fetch import env_access
     from hepinfra.state.backend import LockInfo
 
@@ -160,6 +198,7 @@ async def apply(
     else:
         envs = select_environments(project.manifest, options.envs)
     locks = {}
+    ensure_hepinfra_dir(project.manifest.project_dir)
     async with project.hepgg(parallelism=options.parallelism) as hub:
         try:
             for env in sorted(envs):  # one order everywhere: no deadlock between two applies
@@ -171,20 +210,33 @@ async def apply(
                 missing = [a for a in access.values() if a.key is None]
                 if missing:
                     raise UsageError(f"no database key for environment '{missing[0].env}': export {missing[0].source}")
-                check_pins(plan, states, await current_remote_digests(hub, access, envs))
+                rows = await current_remote(hub, access, envs)
+                check_pins(plan, states, remote_digests(rows))
+                check_changes(plan, project.manifest, states, rows)
             else:
                 rotate = parse_rotate(project.manifest, envs, options.rotate)
                 plan, access, states = await make(project, hub, envs, refresh=options.refresh, rotate=rotate)
                 show_plan(plan)
             if plan.errors:
-                raise PlanError(f"the plan has {len(plan.errors)} error(s); nothing was applied")
+                from hepinfra.render import error_lines
+
+                lines = error_lines(plan)
+                more = f" (and {len(lines) - 1} more error(s): run 'hepinfra plan')" if len(lines) > 1 else ""
+                raise PlanError(f"{lines[0]}{more}; nothing was applied")
             if not plan.has_changes:
                 return plan, None
             if saved is None and not confirm(plan):
                 raise UsageError("apply cancelled; nothing was changed")
             ledgers = {env: Ledger(project.backend, env, states[env] or State(environment=env)) for env in envs}
             executor = Executor(
-                plan, project.manifest, ledgers, hub, access, parallelism=options.parallelism, emit=emit
+                plan,
+                project.manifest,
+                ledgers,
+                hub,
+                access,
+                parallelism=options.parallelism,
+                emit=emit,
+                settle_s=settle_seconds(),
             )
             return plan, await executor.run()
         finally:
@@ -237,6 +289,7 @@ def push_state(project: Project, env: str, path: Path, *, force: bool, timeout: 
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
     if incoming.environment != env:
         raise StateError(f"{path}: holds environment '{incoming.environment}', not '{env}'")
+    ensure_hepinfra_dir(project.manifest.project_dir)
     lock = project.backend.lock(env, LockInfo(), timeout)
     try:
         current = project.backend.read(env)
@@ -261,9 +314,10 @@ def push_state(project: Project, env: str, path: Path, *, force: bool, timeout: 
 async def database_values(project: Project, env: str, keys: Sequence[str]) -> dict[str, dict[str, str]]:
     """Reveal managed databases and render their dotenv keys (or standard fields). Holds secrets:
     only for ``output`` and ``run``, which a person asks for explicitly."""
+    from hepinfra.errors import OutputError
     from hepinfra.fetch import env_access
     from hepinfra.outputs.base import db_context
-    from hepinfra.templates import render_string
+    from hepinfra.templates import render_error, render_string
 
     current = project.backend.read(env)
     declared = {d.key: d for d in project.manifest.declared[env]}
@@ -281,8 +335,15 @@ async def database_values(project: Project, env: str, keys: Sequence[str]) -> di
             context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars, "db": db}
             values: dict[str, str] = {}
             for target in decl.outputs:
-                if target.kind == "dotenv":
-                    values.update({k: render_string(src, context) for k, src in target.keys})
+                if target.kind != "dotenv":
+                    continue
+                for name, source in target.keys:
+                    try:
+                        values[name] = render_string(source, context)
+                    except Exception as exc:  # never the value: the placeholder render describes it
+                        raise OutputError(
+                            f"{env}/databases.{key}: {target.path}: {name}: {render_error(exc, source, context)}"
+                        ) from None
             if not values:
                 prefix = key.upper().replace("-", "_") + "_"
                 fields = ("connection_string", "host", "port", "db_name", "user", "password")

@@ -2,8 +2,9 @@
 
 Owns: one ImmutableSandboxedEnvironment with StrictUndefined (a typo is an error, not an
 empty string), the filters ``dotenv``, ``shell``, ``url``, ``yaml``, ``json``, ``b64``, and
-``dotenv_quote``, the one quoting rule for values that python-dotenv, docker compose's
-env_file parser and ``bash -c 'set -a; source FILE'`` all read back exactly.
+``dotenv_quote``, the one quoting rule for dotenv values: exact for each listed reader
+(python-dotenv, docker compose's env_file parser, ``bash -c 'set -a; source FILE'``; all
+three unless told otherwise), or a QuotingError that names the readers, never the value.
 Must not: do I/O beyond reading a template file it is asked to load, or put a rendered
 value into an error message.
 """
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import re
 import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -27,45 +31,250 @@ class QuotingError(ValueError):
     """A value cannot be quoted safely; ``str()`` says why without showing the value."""
 
 
-# `$` followed by one of these expands in bash double quotes (or interpolates in compose).
-_EXPANDING_DOLLAR = re.compile(r"\$[A-Za-z0-9_{(@*#?!$-]")
+class SafeTemplateError(ValueError):
+    """Raised by hepinfra's own filters: the message is hepinfra's, never a value, so it may be shown."""
 
 
-def dotenv_quote(value: str) -> str:
-    """Quote ``value`` for a dotenv line so python-dotenv, docker compose and bash agree.
+DOTENV_READERS: tuple[str, ...] = ("python-dotenv", "compose", "bash")
 
-    Single quotes when the value has no ``'`` or ``\\``; else double quotes escaping ``\\``
-    and ``"`` when it has no backtick, no expanding ``$``, and does not end in ``"`` or ``\\``;
-    else QuotingError.
-    """
-    if any(c in value for c in "\n\r\0"):
-        raise QuotingError("it contains a line break or NUL, which dotenv readers disagree on")
-    if "${" in value:
-        raise QuotingError("it contains '${', which python-dotenv interpolates even inside quotes")
-    if "'" not in value and "\\" not in value:
-        return f"'{value}'"
-    if value.endswith(('"', "\\")):
-        # compose-go ends a double-quoted value at the first quote not after a backslash, then trims
-        # every quote at both ends: a trailing quote is lost and a trailing backslash never ends
-        raise QuotingError(
-            "it needs double quotes but ends with a double quote or a backslash, which docker compose's "
-            "env_file parser misreads"
+# python-dotenv (dotenv/variables.py) interpolates this in every value, single-quoted ones included.
+_DOTENV_VARIABLE = re.compile(r"\$\{[^}:]*(?::-[^}]*)?\}")
+# compose-go (template/template.go) interpolates `$$`, `$name` and `${...}` in unquoted and
+# double-quoted values; its (?i) also folds k to U+212A and s to U+017F.
+_COMPOSE_DOLLAR = re.compile("\\$[$_A-Za-z{\u017f\u212a]")
+# bash expands `$` followed by these inside double quotes (a name, a digit, a special parameter,
+# `(`, `[` or `{`); any non-ASCII follower counts too, as locales decide what a letter is.
+_BASH_DOLLAR = re.compile(r"\$(?:[A-Za-z0-9_!#$(*?@\[{-]|[^\x00-\x7f])")
+_WHITESPACE_THEN_HASH = re.compile(r"\s#")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What decides which quoting can carry a value (computed once per value)."""
+
+    squote: bool
+    backslash: bool
+    ends_backslash: bool
+    newline: bool
+    cr: bool
+    backtick: bool
+    dollar: bool
+    dotenv_interpolates: bool
+    compose_interpolates: bool
+    bash_expands: bool
+    unquotable: bool  # can stand unquoted for python-dotenv and compose
+
+    @classmethod
+    def of(cls, value: str) -> _Facts:
+        return cls(
+            squote="'" in value,
+            backslash="\\" in value,
+            ends_backslash=value.endswith("\\"),
+            newline="\n" in value,
+            cr="\r" in value,
+            backtick="`" in value,
+            dollar="$" in value,
+            dotenv_interpolates=bool(_DOTENV_VARIABLE.search(value)),
+            compose_interpolates=bool(_COMPOSE_DOLLAR.search(value)),
+            bash_expands=bool(_BASH_DOLLAR.search(value)),
+            unquotable=not any(c in value for c in "\n\r")
+            and (value == "" or (value[0] not in "'\"" and not value[0].isspace() and not value[-1].isspace()))
+            and not _WHITESPACE_THEN_HASH.search(value),
         )
-    if "`" not in value and not _EXPANDING_DOLLAR.search(value):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    raise QuotingError(
-        "it contains both a quote or backslash and a backtick or '$' expansion, which no single "
-        "quoting reads back the same in python-dotenv, docker compose and bash"
+
+
+def _double(value: str, *, dollar: bool = False, backtick: bool = False, newlines: bool = False) -> str:
+    """Double quotes escaping ``\\`` and ``"``; also ``$``, backtick, line feed and carriage return
+    (as ``\\n`` and ``\\r``) when asked."""
+    out = value.replace("\\", "\\\\").replace('"', '\\"')
+    if dollar:
+        out = out.replace("$", "\\$")
+    if backtick:
+        out = out.replace("`", "\\`")
+    if newlines:
+        out = out.replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{out}"'
+
+
+def _ansi_c(value: str) -> str:
+    out = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+    return f"$'{out}'"
+
+
+_Exact = Callable[[_Facts], bool]
+
+
+@dataclass(frozen=True)
+class _Style:
+    """One way to write a value; ``fits``: python-dotenv's grammar still ends the entry right after it
+    (so hepinfra finds it again, whatever follows); ``exact``: that reader reads back the value."""
+
+    name: str
+    encode: Callable[[str], str]
+    fits: _Exact
+    exact: dict[str, _Exact]
+
+
+def _never(_: _Facts) -> bool:
+    return False
+
+
+def _always(_: _Facts) -> bool:
+    return True
+
+
+# In order of preference; the first two are what hepinfra always wrote for all three readers.
+_STYLES = (
+    _Style(
+        "single quotes",
+        lambda v: f"'{v}'",
+        lambda f: not f.squote and not f.backslash,
+        {"python-dotenv": lambda f: not f.dotenv_interpolates and not f.cr, "compose": _always, "bash": _always},
+    ),
+    _Style(
+        'double quotes, escaping \\ and "',
+        _double,
+        lambda f: not f.ends_backslash,
+        {
+            "python-dotenv": lambda f: not f.dotenv_interpolates and not f.cr,
+            "compose": lambda f: not f.compose_interpolates,
+            "bash": lambda f: not f.bash_expands and not f.backtick,
+        },
+    ),
+    _Style(
+        "single quotes, escaping \\ and '",
+        lambda v: "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'",
+        lambda f: not f.ends_backslash,
+        {
+            "python-dotenv": lambda f: not f.dotenv_interpolates and not f.cr,
+            "compose": lambda f: not f.backslash,
+            "bash": lambda f: not f.squote and not f.backslash,
+        },
+    ),
+    _Style(
+        'double quotes, escaping \\, ", $ and `',
+        lambda v: _double(v, dollar=True, backtick=True),
+        lambda f: not f.ends_backslash,
+        {
+            "python-dotenv": lambda f: not f.dollar and not f.backtick and not f.cr,
+            "compose": lambda f: not f.backtick,
+            "bash": _always,
+        },
+    ),
+    _Style(
+        'double quotes, escaping \\, " and line breaks',
+        lambda v: _double(v, newlines=True),
+        lambda f: not f.ends_backslash,
+        {
+            "python-dotenv": lambda f: not f.dotenv_interpolates,
+            "compose": lambda f: not f.compose_interpolates,
+            "bash": lambda f: not f.newline and not f.cr and not f.bash_expands and not f.backtick,
+        },
+    ),
+    _Style(
+        'double quotes, escaping \\, ", $ and line breaks',
+        lambda v: _double(v, dollar=True, newlines=True),
+        lambda f: not f.ends_backslash,
+        {
+            "python-dotenv": lambda f: not f.dollar and not f.dotenv_interpolates,
+            "compose": _always,
+            "bash": lambda f: not f.newline and not f.cr and not f.backtick,
+        },
+    ),
+    _Style(
+        "unquoted",
+        lambda v: v,
+        lambda f: f.unquotable,
+        {
+            "python-dotenv": lambda f: not f.dotenv_interpolates,
+            "compose": lambda f: not f.compose_interpolates,
+            "bash": _never,
+        },
+    ),
+    _Style("bash $'...' quotes", _ansi_c, _always, {"python-dotenv": _never, "compose": _never, "bash": _always}),
+)
+
+
+def dotenv_readers(readers: Iterable[str]) -> tuple[str, ...]:
+    """``readers`` in canonical order, without repeats; ValueError for a name that is not a reader."""
+    wanted = set(readers)
+    unknown = wanted - set(DOTENV_READERS)
+    if unknown:
+        raise ValueError(f"unknown dotenv reader {sorted(unknown)[0]!r} (known: {', '.join(DOTENV_READERS)})")
+    if not wanted:
+        raise ValueError("at least one dotenv reader is needed")
+    return tuple(r for r in DOTENV_READERS if r in wanted)
+
+
+def _style_for(facts: _Facts, readers: tuple[str, ...]) -> _Style | None:
+    for style in _STYLES:
+        if style.fits(facts) and all(style.exact[r](facts) for r in readers):
+            return style
+    return None
+
+
+def dotenv_quote(value: str, readers: Iterable[str] = DOTENV_READERS) -> str:
+    """Quote ``value`` for a ``KEY=value`` dotenv entry so every listed reader reads back exactly ``value``.
+
+    Readers: ``python-dotenv`` (``dotenv_values``, interpolation on), ``compose`` (docker compose's
+    ``env_file``: compose-go's parser) and ``bash`` (``set -a; source FILE``). The first of these
+    that is exact for every listed reader wins: single quotes; double quotes escaping ``\\`` and
+    ``"``; single quotes escaping ``\\`` and ``'`` (python-dotenv, compose); double quotes also
+    escaping ``$`` and backtick (compose, bash); double quotes with ``\\n``/``\\r`` escapes; the
+    same escaping ``$``; unquoted; bash's ``$'...'``. Whatever is chosen, python-dotenv's grammar
+    ends the entry where it ends (so the entry is found again). Else QuotingError, which names
+    the readers that cannot share the value and never shows it.
+    """
+    wanted = dotenv_readers(readers)
+    if "\0" in value:
+        raise QuotingError("it contains a NUL character, which no dotenv reader can carry")
+    facts = _Facts.of(value)
+    style = _style_for(facts, wanted)
+    if style is None:
+        raise QuotingError(_why(facts, wanted))
+    return style.encode(value)
+
+
+def _why(facts: _Facts, readers: tuple[str, ...]) -> str:
+    alone = [r for r in readers if _style_for(facts, (r,)) is None]
+    if alone:
+        return "; ".join(f"{r} cannot read it back exactly in any quoting: {_alone_reason(facts, r)}" for r in alone)
+    for pair in itertools.combinations(readers, 2):
+        if _style_for(facts, pair) is None:
+            return f"{pair[0]} and {pair[1]} cannot share it: {_conflict(facts, 'both')}"
+    return f"{', '.join(readers[:-1])} and {readers[-1]} cannot share it: {_conflict(facts, 'all three')}"
+
+
+def _alone_reason(facts: _Facts, reader: str) -> str:
+    if reader == "python-dotenv" and facts.dotenv_interpolates:
+        return "it contains a '${...}' reference, which python-dotenv interpolates even inside single quotes"
+    return (
+        "it ends with a backslash, which quotes would take as escaping the closing quote, and it has "
+        "characters that cannot stand unquoted"
     )
+
+
+def _conflict(facts: _Facts, together: str) -> str:
+    present = [
+        name
+        for name, there in (
+            ("a single quote", facts.squote),
+            ("a backslash", facts.backslash),
+            ("a backtick", facts.backtick),
+            ("a '$'", facts.dollar),
+            ("a line break", facts.newline or facts.cr),
+        )
+        if there
+    ]
+    has = ", ".join(present[:-1]) + f" and {present[-1]}" if len(present) > 1 else "".join(present)
+    return f"it has {has or 'characters'} and no single quoting reads that back exactly in {together}"
 
 
 def _dotenv_filter(value: Any) -> str:
     try:
         return dotenv_quote(str(value))
     except QuotingError as exc:
-        from jinja2 import TemplateRuntimeError
-
-        raise TemplateRuntimeError(f"dotenv filter: the value cannot be quoted: {exc}") from None
+        raise SafeTemplateError(f"dotenv filter: the value cannot be quoted: {exc}") from None
 
 
 def _yaml_filter(value: Any) -> str:
@@ -83,15 +292,55 @@ FILTERS = {
 }
 
 
+SIZE_LIMIT = 1_000_000  # no template needs a number, a repetition or a padding beyond this
+
+
+def _check_size(value: Any) -> None:
+    from jinja2.exceptions import SecurityError
+
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SIZE_LIMIT:
+        raise SecurityError(f"a number above {SIZE_LIMIT:,} is refused in templates (it could exhaust memory)")
+
+
+def _bounded(func: Any) -> Any:
+    """A filter whose numeric arguments are bounded (``center(10**9)`` would allocate a gigabyte)."""
+
+    @functools.wraps(func)  # keeps Jinja2's pass_context/pass_environment marks
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args[1:], *kwargs.values()):
+            _check_size(value)
+        return func(*args, **kwargs)
+
+    return call
+
+
 @functools.cache
 def environment() -> ImmutableSandboxedEnvironment:
+    """The sandbox, bounded: ``*`` and ``**`` cannot build huge values, and numeric arguments of
+    calls and filters are capped, so a dry-run (``validate``) cannot be made to exhaust memory."""
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, auto_reload=False
-    )
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int) and right > 64:
+                _check_size(SIZE_LIMIT + 1)  # 2 ** 100000 is a number no template needs
+            elif operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                        _check_size(len(seq) * times)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            for value in (*args, *kwargs.values()):
+                _check_size(value)
+            return super().call(__context, __obj, *args, **kwargs)
+
+    env = Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, auto_reload=False)
     env.filters.update(FILTERS)
+    env.filters = {name: _bounded(f) for name, f in env.filters.items()}
     return env
 
 
@@ -117,3 +366,69 @@ def template_error_message(exc: Exception) -> str:
         return f"template uses an undefined value: {exc.message}"
     text = getattr(exc, "message", None) or type(exc).__name__
     return f"template failed: {text}"
+
+
+# --- placeholders and errors that never quote a secret -------------------------------------------
+
+PORTS = {"postgres": 5432, "mariadb": 3306, "mongo": 27017}
+SCHEMES = {"postgres": "postgresql", "mariadb": "mysql", "mongo": "mongodb"}
+
+
+def placeholder_db(engine: str, name: str = "placeholder") -> dict[str, Any]:
+    """A ``db`` variable shaped exactly like a real one of ``engine`` (types included: ``port``
+    is an int), holding no secret: for dry-runs and for describing a failed render."""
+    user, password, db_name, host = "dum_placeholder", "placeholder-password", "um_placeholder", "db.example.invalid"
+    port = PORTS.get(engine, 3306)
+    url = f"{SCHEMES.get(engine, 'mysql')}://{user}:{password}@{host}:{port}/{db_name}"
+    if engine == "mongo":
+        url += "?authSource=admin"
+    return {
+        "id": "01PLACEHOLDER",
+        "name": name,
+        "engine": engine,
+        "db_name": db_name,
+        "db_user": user,
+        "user": user,
+        "password": password,
+        "connection_string": url,
+        "host": host,
+        "port": port,
+    }
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The line of the template where a render failed (Jinja2 rewrites tracebacks to template lines)."""
+    line = getattr(exc, "lineno", None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line if isinstance(line, int) else None
+
+
+def render_error(exc: Exception, source: str, context: dict[str, Any]) -> str:
+    """Describe a render that failed with real values in scope, without ever quoting one.
+
+    The message is taken from rendering the same template with placeholders in place of every
+    secret-bearing variable: a typo fails the same way and is shown in full. A failure that
+    only real values cause is described by its type and template line, message withheld.
+    Either way the result passes the redactor.
+    """
+    from hepinfra.safety.redact import redact
+
+    if isinstance(exc, SafeTemplateError):
+        return redact(f"template failed: {exc}")
+    fake = {**context}
+    if isinstance(context.get("db"), dict):
+        fake["db"] = placeholder_db(str(context["db"].get("engine", "mariadb")), str(context["db"].get("name", "")))
+    try:
+        compile_string(source).render(fake)
+    except Exception as fake_exc:
+        return redact(template_error_message(fake_exc))
+    line = _template_line(exc)
+    where = f" at line {line}" if line else ""
+    return (
+        f"template failed{where} with the real values: {type(exc).__name__} "
+        "(its message is withheld because it may quote a secret)"
+    )

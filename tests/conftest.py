@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from hepinfra.emulator.seed import SeedFile
 from hepinfra.emulator.server import build_app, serve_in_thread
 from hepinfra.hepgg import Hepgg, RetryPolicy
 from hepinfra.hepgg.config import Endpoints
+
+# an interrupted rotation is settled at once in tests (the default waits for late requests: 30 s);
+# test_rotation_and_locks sets it where the wait itself is tested
+os.environ.setdefault("HEPINFRA_ROTATE_SETTLE", "0")
 
 KEY = "hepgg_db_" + "a1" * 16  # active account, 50 slots
 KEY_OTHER = "hepgg_db_" + "b2" * 16  # a second active account

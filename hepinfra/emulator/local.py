@@ -18,6 +18,8 @@ import httpx
 from hepinfra.emulator.app import EmulatorConfig, FaultsAndLog
 from hepinfra.emulator.seed import seed_from_flags
 from hepinfra.emulator.server import build_app
+from hepinfra.fsutil import ensure_hepinfra_dir
+from hepinfra.safety.redact import register
 
 LOCAL_SLOTS = 100
 LOCAL_BASE_URL = "http://hepgg.local"
@@ -46,7 +48,9 @@ def local_dir(project_dir: Path) -> Path:
 def _credentials(directory: Path) -> LocalCredentials:
     path = directory / "credentials.json"
     try:
-        return LocalCredentials(**json.loads(path.read_text()))
+        found = LocalCredentials(**json.loads(path.read_text()))
+        register(found.db_key, found.id_token, found.upload_token)
+        return found
     except (OSError, ValueError, TypeError):
         pass
     creds = LocalCredentials(
@@ -63,11 +67,13 @@ def _credentials(directory: Path) -> LocalCredentials:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    register(creds.db_key, creds.id_token, creds.upload_token)
     return creds
 
 
 def open_local(project_dir: Path, config: EmulatorConfig | None = None) -> tuple[FaultsAndLog, LocalCredentials]:
     """The embedded emulator app and its credentials, creating the world on first use."""
+    ensure_hepinfra_dir(project_dir)
     directory = local_dir(project_dir)
     creds = _credentials(directory)
     seed = seed_from_flags(

@@ -21,6 +21,7 @@ from hepinfra.hepgg.config import Endpoints
 from hepinfra.hepgg.databases import DatabasesClient
 from hepinfra.hepgg.idgen import IdGeneratorClient
 from hepinfra.hepgg.uploader import UploaderClient
+from hepinfra.safety.redact import register
 
 __all__ = ["DatabasesClient", "Endpoints", "Hepgg", "IdGeneratorClient", "RetryPolicy", "UploaderClient"]
 
@@ -67,7 +68,7 @@ class Hepgg:
             from hepinfra.emulator.local import LOCAL_BASE_URL, local_transport, open_local
 
             app, creds = open_local(project_dir or Path.cwd())
-            env = {**creds.as_env(), **{k: v for k, v in env.items() if v}}
+            env = {**env, **creds.as_env()}  # the local world's own credentials: a real key is never sent there
             transport = local_transport(app)
             endpoints = Endpoints(LOCAL_BASE_URL, LOCAL_BASE_URL)
             hub = cls(endpoints, environ=env, transport=transport, **options)  # type: ignore[arg-type]
@@ -81,6 +82,7 @@ class Hepgg:
         slot = (service, secret.get_secret_value() if secret else "")
         core = self._cores.get(slot)
         if core is None:
+            register(slot[1])
             headers = {"Authorization": prefix + secret.get_secret_value()} if secret else None
             core = HttpCore(service, base_url, transport=self._transport, headers=headers, **self._opts)  # type: ignore[arg-type]
             self._cores[slot] = core

@@ -10,10 +10,12 @@ Must not: log or raise anything holding a header or a body.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +59,41 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
         return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+_ERRNO_CAUSES = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ECONNRESET: "connection reset by the server",
+    errno.ETIMEDOUT: "timed out",
+}
+_TEXT_CAUSES = (
+    ("connection refused", "connection refused"),
+    ("name or service not known", "host name not found (DNS)"),
+    ("temporary failure in name resolution", "host name not found (DNS)"),
+    ("certificate", "TLS certificate not trusted"),
+)
+
+
+def transport_cause(exc: Exception) -> str:
+    """What went wrong on the wire, in words ("connection refused", "timed out"), never a payload."""
+    kind = type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({kind})"
+    seen: BaseException | None = exc
+    for _ in range(8):  # the OS error is a few causes down (httpx <- httpcore <- anyio <- socket)
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return f"host name not found (DNS) ({kind})"
+        if isinstance(seen, OSError) and seen.errno in _ERRNO_CAUSES:
+            return f"{_ERRNO_CAUSES[seen.errno]} ({kind})"
+        for needle, cause in _TEXT_CAUSES:
+            if needle in str(seen).lower():
+                return f"{cause} ({kind})"
+        seen = seen.__cause__ or seen.__context__
+    return kind
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -104,18 +141,20 @@ class HttpCore:
             verify=not base_url.startswith("http://"),
         )
 
+        url = httpx.URL(base_url)
+        self._base = str(url.copy_with(userinfo=None)).rstrip("/")  # shown in messages: never credentials
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
     def _transport_error(self, what: str, exc: Exception, *, ambiguous: bool) -> E.TransportError:
         cls = E.AmbiguousResultError if ambiguous else E.TransportError
         name = SERVICE_NAMES.get(self.service, self.service)
-        kind = type(exc).__name__
-        return cls(f"hep.gg {name}: {what} failed: {kind}", service=self.service)
+        return cls(f"hep.gg {name}: {what} failed: {transport_cause(exc)}", service=self.service)
 
     async def call(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
         """Send one logical call, retrying what is safe to retry; return a 2xx response or raise."""
-        what = f"{method} {path}"
+        what = f"{method} {self._base}{path}"
         policy = self.retry
         for attempt in range(policy.attempts):
             last = attempt == policy.attempts - 1

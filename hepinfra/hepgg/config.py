@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from hepinfra.errors import UsageError
+from hepinfra.safety.redact import register
 
 DEFAULT_URL = "https://hep.gg"
 DEFAULT_ID_URL = "https://id.hep.gg"
@@ -41,7 +42,8 @@ def _check_url(value: str, var: str) -> str:
     value = value.strip().rstrip("/")
     if value == LOCAL or value.startswith(("http://", "https://")):
         return value
-    raise UsageError(f"{var} must be 'local' or an http(s) URL, got {value!r}")
+    # never echo the value: a swapped CI variable may hold a key
+    raise UsageError(f"{var} must be 'local' or an http(s) URL (it is set, but to something else)")
 
 
 def endpoints_from_env(environ: Mapping[str, str] | None = None, *, url: str | None = None) -> Endpoints:
@@ -60,6 +62,7 @@ def secret_from_env(var: str, environ: Mapping[str, str] | None = None, *, purpo
     value = (env.get(var) or "").strip()
     if not value:
         raise UsageError(f"{purpose} is not set: export {var}")
+    register(value)
     return SecretStr(value)
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
 from hepinfra.errors import ProtocolError
+from hepinfra.safety.redact import register
 
 ENGINES = ("mariadb", "postgres", "mongo")
 STATUSES = ("active", "over_quota", "disabled")
@@ -50,12 +51,18 @@ class DatabaseCredentials(DatabaseSummary):
     connection_string: SecretStr
     recovered: bool = Field(default=False, exclude=True)
 
+    def model_post_init(self, context: Any) -> None:
+        register(self.password.get_secret_value(), self.connection_string.get_secret_value())
+
 
 class GeneratedId(_ApiModel):
     """One ID Generator result. Both parts are treated as secrets."""
 
     id: SecretStr
     private_id: SecretStr | None = Field(default=None, alias="privateID")
+
+    def model_post_init(self, context: Any) -> None:
+        register(self.id.get_secret_value(), self.private_id.get_secret_value() if self.private_id else None)
 
 
 class Upload(_ApiModel):

@@ -189,8 +189,9 @@ def test_engine_mismatch_blocks_with_a_fix(project: Path, server: Server) -> Non
     api(server, "POST", json={"name": "shop-prod", "engine": "mariadb"})
     result = invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server)
     assert result.code == 1
-    assert "'shop-prod' is a mariadb database on hep.gg, but the manifest declares postgres" in result.out
-    assert "no API changes an engine" in result.out and "1 error(s) block apply." in result.out
+    assert "'shop-prod' is a mariadb database on hep.gg, but the manifest declares postgres" in result.err
+    assert "no API changes an engine" in result.err and result.err.startswith("Error: prod/databases.shop: ")
+    assert "No changes" not in result.out
     doc = plan_json(project, server)
     assert doc["has_errors"] and doc["diagnostics"][0]["severity"] == "error"
     assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 1

@@ -187,5 +187,5 @@ def test_unreachable_host_is_a_transport_error_naming_the_call() -> None:
 
     with pytest.raises(E.TransportError) as info:
         run(scenario())
-    assert "GET /api/v1/db/databases failed: ConnectError" in str(info.value)
+    assert "GET http://127.0.0.1:9/api/v1/db/databases failed: connection refused (ConnectError)" in str(info.value)
     assert not isinstance(info.value, E.AmbiguousResultError)

@@ -1,0 +1,105 @@
+"""A saved plan's pins: refuse it when the state or hep.gg moved on since it was made.
+
+Owns: comparing each environment's lineage, serial and List digest with the plan's.
+Must not: change anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hepinfra.errors import ApiError, StalePlanError
+from hepinfra.fetch import EnvAccess
+from hepinfra.hepgg import Hepgg
+from hepinfra.hepgg.models import DatabaseSummary
+from hepinfra.manifest import Manifest
+from hepinfra.plan import Action, Change, Plan, remote_digest
+from hepinfra.state.model import State
+
+
+def check_pins(plan: Plan, states: dict[str, State | None], remote: dict[str, str | None]) -> None:
+    """Refuse a saved plan whose state or remote moved on since it was made; say what changed."""
+    for env, pin in plan.environments.items():
+        state = states.get(env)
+        lineage, serial = (state.lineage, state.serial) if state else (None, 0)
+        if lineage != pin.lineage and pin.lineage is not None:
+            raise StalePlanError(
+                f"the state of '{env}' is another lineage than the plan's ({lineage} vs {pin.lineage})",
+                hint="make a new plan",
+            )
+        if serial != pin.serial:
+            raise StalePlanError(
+                f"the state of '{env}' changed since the plan was made (serial {pin.serial} -> {serial})",
+                hint="make a new plan; a plan file applies once",
+            )
+        if pin.remote_digest is not None and remote.get(env) != pin.remote_digest:
+            raise StalePlanError(
+                f"the databases on hep.gg for '{env}' changed since the plan was made", hint="make a new plan"
+            )
+
+
+async def current_remote(
+    hepgg: Hepgg, access: dict[str, EnvAccess], envs: list[str]
+) -> dict[str, list[DatabaseSummary] | None]:
+    """List each environment's databases now (None where it cannot be listed)."""
+
+    async def one(env: str) -> list[DatabaseSummary] | None:
+        key = access[env].key
+        if key is None:
+            return None
+        try:
+            return await hepgg.databases(key).list()
+        except ApiError:
+            return None
+
+    return dict(zip(envs, await asyncio.gather(*(one(e) for e in envs)), strict=True))
+
+
+def remote_digests(rows: dict[str, list[DatabaseSummary] | None]) -> dict[str, str | None]:
+    return {env: (remote_digest(found) if found is not None else None) for env, found in rows.items()}
+
+
+def check_changes(
+    plan: Plan, manifest: Manifest, states: dict[str, State | None], rows: dict[str, list[DatabaseSummary] | None]
+) -> None:
+    """A saved plan is data from disk: every change must be one this manifest, the pinned state and
+    hep.gg's List can have produced. Above all, a database id is never taken on the plan's word (an
+    edited id would send one database's credentials into another's outputs, or rotate a stranger)."""
+    declared = {d.address: d for decls in manifest.declared.values() for d in decls}
+
+    def refuse(change: Change, why: str) -> StalePlanError:
+        return StalePlanError(
+            f"the saved plan's change of {change.address} {why}; it was not made from this manifest and state "
+            "(edited?)",
+            hint="make a new plan",
+        )
+
+    for change in plan.changes:
+        if change.env not in plan.environments:
+            raise refuse(change, "is for an environment the plan does not pin")
+        state = states.get(change.env)
+        managed = state.databases.get(change.key) if state else None
+        listed = {d.id: d for d in rows.get(change.env) or []}
+        decl = declared.get(change.address)
+        if change.address != f"{change.env}/databases.{change.key}":
+            raise refuse(change, "has an address that does not match its environment and key")
+        if change.action is Action.FORGET:
+            if decl is not None or managed is None or managed.id != change.database_id:
+                raise refuse(change, "forgets a database that is declared or not managed under that id")
+            continue
+        if decl is None or (decl.name, decl.engine) != (change.name, change.engine):
+            raise refuse(change, "does not match the manifest's declaration")
+        if not {o.path for o in change.outputs} <= {t.path for t in decl.outputs}:
+            raise refuse(change, "writes outputs the manifest does not declare")
+        records = {r.path for r in state.outputs.values() if r.database == change.key} if state else set()
+        if not set(change.retire) <= records:
+            raise refuse(change, "retires outputs the state has no record of")
+        if change.action is Action.CREATE:
+            ok = change.database_id is None
+        elif change.action is Action.ADOPT:
+            found = listed.get(change.database_id or "")
+            ok = found is not None and found.name == change.name
+        else:  # rotate, render, noop: the managed database, as the pinned state knows it
+            ok = managed is not None and managed.id == change.database_id and change.database_id in listed
+        if not ok:
+            raise refuse(change, "names a database id that the pinned state and hep.gg do not give it")

@@ -1,0 +1,181 @@
+"""Writing a database's outputs during an apply: each independently, each under its file's locks.
+
+Owns: re-checking every output's real path right before the write (it must still be the one
+checked at load time), the per-file locks (an asyncio lock in this process, and a flock on a
+sidecar in the per-user lock directory across processes and projects, held for the whole read-modify-write, so
+two runs that share a file never lose each other's keys), removing what hepinfra wrote to
+outputs no longer declared, and the records of what was written.
+Must not: stop at the first failed output (every output of a rotated database must get its
+chance), or let a value reach a failure message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hepinfra.digests import Digester
+from hepinfra.errors import HepinfraError, OutputError
+from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
+from hepinfra.manifest import DeclaredDatabase, OutputTarget
+from hepinfra.outputs import SINKS
+from hepinfra.outputs.base import resolve_path
+from hepinfra.safety.git import GitUnavailable, GitView
+from hepinfra.safety.paths import Boundary, Refused, shown
+from hepinfra.safety.redact import redact
+from hepinfra.state.model import OutputRecord, State
+
+log = logging.getLogger("hepinfra.outputs")
+
+
+def _record_target(record: OutputRecord) -> OutputTarget:
+    """The shape a sink's ``observe`` takes, for an output known only from its record."""
+    return OutputTarget(
+        kind=record.kind,
+        path=record.path,
+        keys=tuple((k, "") for k in record.keys),
+        template=None,
+        template_source=None,
+        mode=0o600,
+        allow_tracked=False,
+        allow_outside=False,
+        definition_digest=record.definition_digest,
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One step of a change that failed: ``render`` of an output, ``retire`` of an old one."""
+
+    step: str
+    target: str
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.step} of {self.target} failed: {self.message}"
+
+    def as_event(self) -> dict[str, str]:
+        return {"step": self.step, "output": self.target, "message": self.message}
+
+
+def failure_message(exc: BaseException) -> str:
+    if isinstance(exc, HepinfraError):
+        return redact(str(exc))
+    if isinstance(exc, OSError):
+        return redact(f"{type(exc).__name__}: {exc.strerror}")
+    return type(exc).__name__
+
+
+class OutputWriter:
+    def __init__(self, project_dir: Path, declared: list[OutputTarget]) -> None:
+        self.project_dir = project_dir
+        # every dotenv key some declaration (any environment) writes, per real path: a key that moved to
+        # another output of the same file is never removed as "no longer declared", whichever writes first
+        self._declared_keys: dict[Path, set[str]] = {}
+        for target in declared:
+            if target.real:
+                self._declared_keys.setdefault(Path(target.real), set()).update(k for k, _ in target.keys)
+        self.lock_dir = shared_lock_dir(project_dir / ".hepinfra" / "locks")
+        self._locks: dict[Path, asyncio.Lock] = {}
+        self.touched_dirs: set[Path] = set()
+
+    def _lock(self, real: Path) -> asyncio.Lock:
+        return self._locks.setdefault(real, asyncio.Lock())
+
+    async def write(
+        self,
+        decl: DeclaredDatabase,
+        targets: list[OutputTarget],
+        context: dict[str, Any],
+        digest: Digester,
+        state: State,
+    ) -> tuple[dict[str, OutputRecord], list[Failure]]:
+        """Write each target independently; return the records of those written and the failures."""
+        password_digest = digest(context["db"]["password"])
+        records: dict[str, OutputRecord] = {}
+        failures: list[Failure] = []
+        for target in targets:
+            output_id = State.output_id(decl.key, target.path)
+            previous = state.outputs.get(output_id)
+            try:
+                real = resolve_path(self.project_dir, target)
+                previous_keys = self._removable(real, previous.keys if previous is not None else ())
+                async with self._lock(real):  # fsync off the event loop, so other changes go on meanwhile
+                    written = await asyncio.to_thread(
+                        self._write_locked, real, target, context, digest, previous_keys
+                    )
+            except (HepinfraError, OSError) as exc:
+                failures.append(Failure("render", target.path, failure_message(exc)))
+                continue
+            self.touched_dirs.add(real.parent)
+            records[output_id] = OutputRecord(
+                database=decl.key,
+                path=target.path,
+                kind=target.kind,
+                digest=written,
+                password_digest=password_digest,
+                definition_digest=target.definition_digest,
+                keys=tuple(k for k, _ in target.keys),
+                written_at=datetime.now(UTC),
+            )
+        return records, failures
+
+    def _write_locked(
+        self,
+        real: Path,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        previous_keys: tuple[str, ...],
+    ) -> str:
+        with flock_path(output_lock_file(self.lock_dir, real)):
+            return SINKS[target.kind].write(real, target, context, digest, previous_keys=previous_keys)
+
+    async def retire(self, records: list[OutputRecord], digest: Digester) -> list[Failure]:
+        """Remove hepinfra's part of outputs no longer declared (their keys, or their file).
+
+        A record's path comes from state, which a pull request can edit: so hepinfra removes only
+        what it can prove it wrote, unchanged (the keyed digest on record matches what is there now;
+        nobody without the API key can forge one), never in a file Git tracks, and under the same
+        path rules as writes. Anything else is left in place with a warning."""
+        failures: list[Failure] = []
+        boundary = Boundary(self.project_dir)
+        git = GitView()
+        for record in records:
+            try:
+                try:
+                    real = boundary.check_real(boundary.resolve(record.path, allow_outside=True))
+                    if git.is_tracked(real):
+                        raise Refused("is tracked by Git")
+                except (Refused, GitUnavailable) as exc:
+                    raise OutputError(f"{shown(record.path)}: {exc}; left as it is") from None
+                async with self._lock(real):
+                    await asyncio.to_thread(self._retire_locked, real, record, digest)
+            except (HepinfraError, OSError) as exc:
+                failures.append(Failure("retire", record.path, failure_message(exc)))
+        return failures
+
+    def _retire_locked(self, real: Path, record: OutputRecord, digest: Digester) -> None:
+        if record.kind == "template" and real in self._declared_keys:
+            return  # another declaration writes this file now: it is theirs, not ours to remove
+        sink = SINKS[record.kind]
+        with flock_path(output_lock_file(self.lock_dir, real)):
+            observed = sink.observe(real, _record_target(record), record.keys, digest)
+            if not observed.exists:
+                return
+            if observed.digest != record.digest:
+                log.warning(
+                    "%s: no longer declared, but it changed since hepinfra wrote it; left in place (remove "
+                    "hepinfra's keys or the file by hand if they are unused)",
+                    shown(record.path),
+                )
+                return
+            sink.retire(real, self._removable(real, record.keys))
+
+    def _removable(self, real: Path, keys: tuple[str, ...]) -> tuple[str, ...]:
+        declared = self._declared_keys.get(real, set())
+        return tuple(k for k in keys if k not in declared)

@@ -2,10 +2,12 @@
 
 Owns: flags, arguments and wiring. Heavy modules (httpx, pydantic, starlette, jinja2, rich)
 are imported inside commands, so ``hepinfra --version`` stays fast.
-Must not: hold logic that belongs to the core, or print a secret (except ``output``, on request).
+Must not: hold logic that belongs to the core, or print a secret (except ``output``, on request,
+and the local emulator's own throwaway key when it minted one).
 
 Exit codes: 0 success or no changes; 1 any error (bad input included); 2 changes present
-(``plan --detailed-exitcode``).
+(``plan --detailed-exitcode``). A bare group (``hepinfra``, ``hepinfra state``) prints its help
+and exits 0.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from hepinfra import __version__
 from hepinfra.errors import HepinfraError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+# A group run without a command raises this (click >= 8.2; older clicks print the help themselves).
+_BARE_GROUP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def fail(message: str) -> NoReturn:
@@ -28,14 +32,36 @@ def fail(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the click app, mapping every failure to one line and an exit code."""
+    """Entry point: every byte written to stdout and stderr passes the redactor (``output`` alone
+    writes around it, on explicit request); then run the click app."""
+    from hepinfra.safety.redact import RedactingStream
+
     _show_warnings()
+    raw = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(raw[0]), RedactingStream(raw[1])
+    try:
+        _dispatch(argv)
+    finally:
+        sys.stdout, sys.stderr = raw
+
+
+def raw_stdout() -> Any:
+    """The real stdout, for ``output`` (the one command that prints secrets, on request)."""
+    from hepinfra.safety.redact import RedactingStream
+
+    return sys.stdout.stream if isinstance(sys.stdout, RedactingStream) else sys.stdout
+
+
+def _dispatch(argv: list[str] | None) -> None:
+    """Run the click app, mapping every failure to one line and an exit code."""
     try:
         cli.main(args=argv, prog_name="hepinfra", standalone_mode=False)
     except HepinfraError as exc:
         fail(str(exc))
     except click.exceptions.Abort:
         fail("aborted")
+    except _BARE_GROUP as exc:  # bare ``hepinfra`` or ``hepinfra state``: the usual help, exit 0
+        click.echo(exc.ctx.get_help(), color=exc.ctx.color)
     except click.ClickException as exc:  # usage errors: one line, exit 1 (2 means "changes")
         fail(exc.format_message().replace("\n", " "))
     except KeyboardInterrupt:
@@ -43,9 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(EXIT_ERROR)
     except Exception as exc:  # a bug: one line, no message (it could hold a third-party secret)
-        if os.environ.get("HEPINFRA_DEBUG"):
-            raise
         import traceback
+
+        if os.environ.get("HEPINFRA_DEBUG"):
+            from hepinfra.safety.redact import format_exception
+
+            sys.stderr.write(format_exception(exc))
+            sys.exit(EXIT_ERROR)
 
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         fail(
@@ -61,7 +91,9 @@ def _show_warnings() -> None:
 
     class StderrWarnings(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            sys.stderr.write(f"Warning: {record.getMessage()}\n")
+            from hepinfra.safety.redact import redact
+
+            sys.stderr.write(f"Warning: {redact(record.getMessage())}\n")
 
     logger = logging.getLogger("hepinfra")
     if not any(type(h).__name__ == "StderrWarnings" for h in logger.handlers):
@@ -168,7 +200,7 @@ def emulator(**opts: Any) -> None:
     from pathlib import Path
 
     from hepinfra.emulator.app import EmulatorConfig, parse_faults
-    from hepinfra.emulator.seed import SeedError, load_seed, seed_from_flags
+    from hepinfra.emulator.seed import SeedError, default_db_key, load_seed, seed_from_flags
     from hepinfra.emulator.server import build_app, serve_forever
 
     engines = tuple(e.strip() for e in opts["engines"].split(",") if e.strip())
@@ -195,13 +227,17 @@ def emulator(**opts: Any) -> None:
         seeds = [load_seed(Path(f)) for f in opts["seed_files"]]
     except (ValueError, SeedError) as exc:
         raise UsageError(str(exc)) from None
+    db_keys = [_credential(k, "--db-key") for k in opts["db_keys"]]
+    # no --db-key: the world's own throwaway key, minted once into the data directory
+    minted = None if db_keys else default_db_key(Path(opts["data_dir"]))
     seeds.insert(
         0,
         seed_from_flags(
-            [_credential(k, "--db-key") for k in opts["db_keys"]],
+            db_keys,
             id_keys,
             [_credential(t, "--upload-token") for t in opts["upload_tokens"]],
             slots=opts["slots"],
+            default_key=minted,
         ),
     )
     config = EmulatorConfig(
@@ -223,6 +259,9 @@ def emulator(**opts: Any) -> None:
     def announce(url: str) -> None:
         click.echo(f"hep.gg emulator listening on {url}", nl=True)
         sys.stdout.flush()
+        if minted:  # the one key hepinfra prints: a local throwaway, printed so it can be used
+            click.echo(f"accepting database key: {minted}", file=raw_stdout())
+            raw_stdout().flush()
 
     serve_forever(app, opts["host"], opts["port"], announce=announce)
 
@@ -384,6 +423,8 @@ def plan(
     project = runner.Project.open(manifest_file)
     selected = runner.select_environments(project.manifest, envs)
     rotate = runner.parse_rotate(project.manifest, selected, rotations)
+    if out_file:
+        runner.check_plan_out(Path(out_file), project.manifest.project_dir)
 
     async def go() -> Any:
         async with project.hepgg() as hub:
@@ -397,6 +438,9 @@ def plan(
     else:
         click.echo(render.text(result, colour=use_colour(), show_noop=show_unchanged), nl=False)
     if result.errors:
+        if not (as_json or markdown):
+            for line in render.error_lines(result):
+                click.echo(f"Error: {line}", err=True)
         sys.exit(EXIT_ERROR)
     if out_file:
         runner.save_plan(result, Path(out_file))
@@ -570,6 +614,9 @@ class EventPrinter:
             took = f"{event['duration_ms']:.0f} ms{extra}"
             line = f"  {symbol:>2} {event['address']}: {event.get('message', 'done')} ({took})"
             styled = click.style(line, fg="green") if self.tty else line
+        elif "failures" in event:  # the action happened; a later step (render of FILE, ...) failed
+            line = f"   ! {event['address']}: {event.get('message', '')}"
+            styled = click.style(line, fg="red") if self.tty else line
         else:
             line = f"   ! {event['address']}: {event['action']} failed: {event.get('message', '')}"
             styled = click.style(line, fg="red") if self.tty else line
@@ -599,6 +646,9 @@ def _apply_command(
 
     if plan_file and (envs or rotations):
         raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
+    source = click.get_current_context().get_parameter_source("manifest_file")
+    if plan_file and source is click.core.ParameterSource.DEFAULT:
+        manifest_file = runner.load_plan(Path(plan_file)).manifest  # the manifest the plan was made from
     project = runner.Project.open(manifest_file)
     printer = EventPrinter(as_json)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -657,7 +707,14 @@ def _apply_command(
                     "elapsed_ms": round(result.elapsed_ms, 1),
                     "state_writes": result.state_writes,
                     "failures": [
-                        {"address": o.address, "action": o.action, "message": o.message} for o in result.failed
+                        {
+                            "address": o.address,
+                            "action": o.action,
+                            "step": o.step,
+                            "message": o.message,
+                            "failures": [f.as_event() for f in o.failures],
+                        }
+                        for o in result.failed
                     ],
                 },
                 sort_keys=True,
@@ -675,7 +732,8 @@ def _apply_command(
             )
         click.echo(click.style(line, bold=True, fg="red" if result.failed else "green") if use_colour() else line)
         for outcome in result.failed:
-            click.echo(f"  failed: {outcome.address} ({outcome.action}): {outcome.message}")
+            what = outcome.message if outcome.failures else f"{outcome.action} failed: {outcome.message}"
+            click.echo(f"  failed: {outcome.address}: {what}")
         if result.failed:
             click.echo("Run 'hepinfra plan' to see what is left; the next apply resumes from the journal.")
     if result.failed:
@@ -762,11 +820,12 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
     if not any(d.key == key for d in project.manifest.declared[env]):
         raise UsageError(f"{address}: no database '{key}' is declared in environment '{env}'")
     values = run_async(runner.database_values(project, env, [key]))[key]
+    out = raw_stdout()
     if fmt == "json":
-        click.echo(json.dumps(values, indent=2, sort_keys=True))
+        click.echo(json.dumps(values, indent=2, sort_keys=True), file=out)
     elif fmt == "shell":
         for name, value in values.items():
-            click.echo(f"export {name}={shlex.quote(value)}")
+            click.echo(f"export {name}={shlex.quote(value)}", file=out)
     else:
         from hepinfra.errors import OutputError
         from hepinfra.templates import QuotingError
@@ -779,7 +838,7 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
                 raise OutputError(
                     f"{name}: cannot be printed as dotenv: {exc}", hint="use --format json or shell"
                 ) from None
-        click.echo("\n".join(lines))
+        click.echo("\n".join(lines), file=out)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

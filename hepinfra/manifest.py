@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import re
 import types
 import typing
@@ -34,14 +35,15 @@ from pydantic import (
 
 from hepinfra import yamlpos
 from hepinfra.errors import ManifestError
+from hepinfra.safety.paths import MANIFEST_LIMIT, Boundary, Refused, read_regular, shown
 
 DEFAULT_FILE = "hepinfra.yaml"
+log = logging.getLogger("hepinfra.manifest")
 PLATFORM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-DB_FIELDS = ("id", "name", "engine", "db_name", "db_user", "user", "password", "connection_string", "host", "port")
 
 
 def parse_duration(value: Any) -> int:
@@ -50,7 +52,8 @@ def parse_duration(value: Any) -> int:
         raise ValueError("must be a duration such as 30d, 12h, 90m or 3600s")
     match = DURATION.match(str(value)) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"bad duration {value!r}: use a whole number and a unit s, m, h or d (e.g. 30d)")
+        shown = f"'{yamlpos.clip(value)}'" if isinstance(value, str) else str(value)
+        raise ValueError(f"bad duration {shown}: use a whole number and a unit s, m, h or d (e.g. 30d)")
     seconds = int(match.group(1)) * UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError("the duration must be more than zero")
@@ -71,7 +74,33 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     WithJsonSchema({"type": "string", "pattern": r"^\s*\d+\s*[smhd]\s*$", "examples": ["30d", "12h"]}),
 ]
-Mode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3}$")]
+MODE_HELP = "must be a file mode such as 0600 (octal; the owner reads it: 0600, 0400 or 0700)"
+
+
+def check_mode(value: Any) -> Any:
+    """A secret file's mode: the owner can read it and nobody else has any access.
+
+    ``0600``, ``"0600"``, ``600`` and ``0o600`` all mean 0600 (an unquoted mode reaches here as
+    its source text, see ``load``). Returns the digits as written, without a ``0o`` prefix.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(MODE_HELP)
+    text = str(value)
+    digits = text[2:] if text[:2] in ("0o", "0O") else text
+    if not re.fullmatch(r"0?[0-7]{3}", digits):
+        raise ValueError(MODE_HELP)
+    bits = int(digits, 8)
+    if bits & 0o077:
+        raise ValueError(
+            f"mode {bits:04o} gives group or other users access to the file, which would expose the secret; "
+            "use 0600 (or 0400)"
+        )
+    if not bits & 0o400:
+        raise ValueError(f"mode {bits:04o} does not let the owner read the file; use 0600 (or 0400)")
+    return digits
+
+
+Mode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3}$"), BeforeValidator(check_mode)]
 
 
 class _Model(BaseModel):
@@ -84,11 +113,17 @@ class _OutputBase(_Model):
     mode: Mode = "0600"
 
 
+DotenvReader = Literal["python-dotenv", "compose", "bash"]
+DOTENV_READERS: tuple[DotenvReader, ...] = ("python-dotenv", "compose", "bash")
+
+
 class DotenvOutput(_OutputBase):
-    """Manage some keys inside a dotenv file, keeping every other line."""
+    """Manage some keys inside a dotenv file, keeping every other entry."""
 
     dotenv: str = Field(min_length=1)
     keys: dict[EnvVarName, str] = Field(min_length=1)
+    # the programs that read the file: every value is quoted so that each reads it back exactly
+    readers: list[DotenvReader] = Field(default=list(DOTENV_READERS), min_length=1)
 
 
 class TemplateOutput(_OutputBase):
@@ -147,8 +182,13 @@ def _none_as_empty(value: Any) -> Any:
     return value
 
 
+def _bool_as_text(value: Any) -> Any:
+    """``version: true`` is not ``1`` (Python's True == 1 would let it through)."""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
 class ManifestModel(_Model):
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_bool_as_text)]
     hepgg: HepggSpec = HepggSpec()
     environments: Annotated[dict[Ident, EnvironmentSpec], BeforeValidator(_none_as_empty)] = Field(min_length=1)
     databases: Annotated[dict[Ident, DatabaseSpec], BeforeValidator(_none_as_empty)] = {}
@@ -170,6 +210,9 @@ class OutputTarget:
     allow_tracked: bool
     allow_outside: bool
     definition_digest: str  # changes when what would be rendered changes (not the secret)
+    real: str = ""  # the real path checked at load time (every link resolved); "" in hand-made targets
+    node: tuple[str | int, ...] = ()  # where in the manifest the path is declared
+    readers: tuple[str, ...] = DOTENV_READERS  # dotenv: who reads the file (templates.dotenv_quote)
 
 
 @dataclass(frozen=True)
@@ -254,10 +297,36 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
+# pydantic's error types -> plain words (its own messages name Python types and echo input)
+_KIND_WORDS = {
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "set_type": "must be a list",
+    "iterable_type": "must be a list",
+    "string_type": "must be text",
+    "string_unicode": "must be text",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "none_required": "must be null",
+    "missing": "is required",
+}
+
+
 def _friendly(err: Any) -> str:
+    """One plain phrase for a pydantic error: never pydantic's wording, never the input."""
     kind, msg = err["type"], err["msg"]
     ctx = err.get("ctx") or {}
-    if kind == "literal_error":
+    if kind in _KIND_WORDS:
+        return _KIND_WORDS[kind]
+    if kind in ("literal_error", "enum"):
         return f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}"
     if kind == "string_pattern_mismatch":
         pattern = ctx.get("pattern")
@@ -265,14 +334,18 @@ def _friendly(err: Any) -> str:
             return "must be letters, digits, '_' or '-', starting with a letter or digit"
         if pattern == ENV_VAR:
             return "must be an environment variable name (letters, digits, '_', not starting with a digit)"
-        return "must be a file mode such as 0600" if "0-7" in str(pattern) else msg
-    if kind == "missing":
-        return "is required"
-    if kind == "value_error":
-        return str(ctx.get("error", msg))
-    if kind == "too_short" and "min_length" in ctx:
+        return MODE_HELP if "0-7" in str(pattern) else "is not in the expected form"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", msg))  # our own validators' words
+    if kind == "output_kind":  # our own discriminator's words
+        return str(msg)
+    if kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
         return "must not be empty"
-    return str(msg[0].lower() + msg[1:] if msg else msg)
+    if kind in ("too_short", "string_too_short"):
+        return f"must have at least {ctx.get('min_length')} {'characters' if kind.startswith('string') else 'items'}"
+    if kind in ("too_long", "string_too_long"):
+        return f"must have at most {ctx.get('max_length')} {'characters' if kind.startswith('string') else 'items'}"
+    return "is not valid here"
 
 
 def _strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
@@ -288,7 +361,9 @@ def _strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
 def _error_from_validation(
     exc: ValidationError, data: Any, values: yamlpos.Positions, keys: yamlpos.Positions, filename: str
 ) -> ManifestError:
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # a misspelt key is both unknown and, under its right name, missing: name the typo ("did you mean")
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = _strip_union_tags(tuple(err["loc"]))
     path = yamlpos.locate(data, loc)
     if err["type"] == "extra_forbidden":
@@ -296,8 +371,8 @@ def _error_from_validation(
         unknown = str(loc[-1])
         model = _model_at(tuple(err["loc"])[:-1])
         allowed = sorted(model.model_fields) if model else []
-        guess = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6)
-        message = f"unknown key '{unknown}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
+        guess = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6) if len(unknown) < 100 else []
+        message = f"unknown key '{yamlpos.clip(unknown)}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
         if allowed:
             message += f"; allowed: {', '.join(allowed)}"
         line, col = keys.get((*parent, unknown), values.get(parent, (None, None)))
@@ -319,21 +394,52 @@ def _error_from_validation(
     return ManifestError(_friendly(err), file=filename, line=line, column=col, path=yamlpos.dotted(path))
 
 
+def _check_names_are_text(doc: yamlpos.Document, filename: str) -> None:
+    """Environment and database names YAML reads as null, true, a number or a date are refused
+    (``null`` would otherwise become the name ``None``)."""
+    for path, (source, what) in doc.typed_keys.items():
+        if len(path) == 2 and path[0] in ("environments", "databases"):
+            kind = "environment" if path[0] == "environments" else "database"
+            line, col = doc.keys[path]
+            raise ManifestError(
+                f"{kind} name must be text; quote it (YAML reads {yamlpos.clip(source) or 'an empty key'} as {what})",
+                file=filename,
+                line=line,
+                column=col,
+                path=path[0],
+            )
+
+
+def _modes_as_written(doc: yamlpos.Document) -> None:
+    """An unquoted output ``mode`` is checked as written: YAML reads ``0600`` as the number 384."""
+    for path, source in doc.spellings.items():
+        at_mode = len(path) == 5 and path[0] == "databases" and path[2] == "outputs" and path[4] == "mode"
+        if at_mode and yamlpos.locate(doc.data, path) == path:
+            output = doc.data["databases"][path[1]]["outputs"][path[3]]
+            if not isinstance(output["mode"], str):
+                output["mode"] = source
+
+
 def load(path: str | Path) -> Manifest:
     """Read, validate and resolve a manifest; every problem is one located ManifestError."""
     file = Path(path)
     filename = str(path)
+    if not file.exists():
+        raise ManifestError("manifest not found (use -f FILE to choose one)", file=filename)
     try:
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        raise ManifestError("manifest not found (use -f FILE to choose one)", file=filename) from None
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest: {exc.strerror}", file=filename) from None
+        raw = read_regular(file, MANIFEST_LIMIT)
+    except Refused as exc:
+        raise ManifestError(f"cannot read the manifest: it {exc}", file=filename) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"not UTF-8 text (byte {exc.start})", file=filename) from None
-    data, values, keys = yamlpos.load(text, filename)
+        before = raw[: exc.start].decode("utf-8")
+        line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
+        raise ManifestError(
+            f"not UTF-8 text (byte {exc.start}: 0x{raw[exc.start]:02x})", file=filename, line=line, column=col
+        ) from None
+    doc = yamlpos.load(text, filename)
+    data, values, keys = doc.data, doc.values, doc.keys
     if not isinstance(data, dict):
         line, col = values.get((), (1, 1))
         raise ManifestError(
@@ -342,6 +448,8 @@ def load(path: str | Path) -> Manifest:
             line=line,
             column=col,
         )
+    _check_names_are_text(doc, filename)
+    _modes_as_written(doc)
     try:
         model = ManifestModel.model_validate(data)
     except ValidationError as exc:
@@ -349,6 +457,9 @@ def load(path: str | Path) -> Manifest:
     project_dir = file.resolve().parent
     resolver = _Resolver(model, project_dir, filename, values, keys)
     declared = {env: resolver.resolve_env(env) for env in model.environments}
+    resolver.boundary.protect(project_dir / file.name, "the manifest")
+    resolver.boundary.protect(file.resolve(), "the manifest")
+    resolver.check_outputs(declared)
     digest = hashlib.sha256(raw + b"".join(resolver.template_bytes[k] for k in sorted(resolver.template_bytes)))
     return Manifest(file, project_dir, model, declared, digest.hexdigest())
 
@@ -363,10 +474,13 @@ class _Resolver:
         self.values, self.keys = values, keys
         self.template_bytes: dict[str, bytes] = {}
         self._template_sources: dict[str, str] = {}
-        self._checked: set[tuple[str, str]] = set()
+        self.boundary = Boundary(project_dir)
+        self._checked: set[tuple[str, str, str]] = set()
+        self._by_env: dict[str, list[str]] | None = None
 
     def error(self, path: tuple[str | int, ...], message: str, *, at_key: bool = False) -> ManifestError:
         pos = (self.keys.get(path) if at_key else None) or self.values.get(path) or (None, None)
+        message = yamlpos.clip_quoted(message)  # a quoted name or template message never echoes huge input
         return ManifestError(message, file=self.filename, line=pos[0], column=pos[1], path=yamlpos.dotted(path))
 
     def render(self, source: str, context: dict[str, Any], path: tuple[str | int, ...]) -> str:
@@ -377,24 +491,46 @@ class _Resolver:
         except Exception as exc:  # jinja2 raises a family of errors; each becomes one located line
             raise self.error(path, template_error_message(exc)) from None
 
+    def databases_in(self, env: str) -> list[str]:
+        """The keys of the databases declared in ``env``, in manifest order.
+
+        The first call checks each database's ``environments`` list once and indexes them, so
+        resolving every environment costs the size of the manifest, not environments x lists.
+        """
+        if self._by_env is None:
+            declared = self.model.environments
+            by_env: dict[str, list[str]] = {name: [] for name in declared}
+            for key, db in self.model.databases.items():
+                if db.environments is None:
+                    for members in by_env.values():
+                        members.append(key)
+                    continue
+                for i, wanted in enumerate(db.environments):
+                    if wanted not in declared:
+                        guess = difflib.get_close_matches(wanted, list(declared), n=1) if len(wanted) < 100 else []
+                        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+                        names = ", ".join(list(declared)[:10]) + (
+                            f", … ({len(declared)} in all)" if len(declared) > 10 else ""
+                        )
+                        raise self.error(
+                            ("databases", key, "environments", i),
+                            f"unknown environment '{yamlpos.clip(wanted)}'{hint}; declared: {names}",
+                        )
+                for wanted in dict.fromkeys(db.environments):
+                    by_env[wanted].append(key)
+            self._by_env = by_env
+        return self._by_env[env]
+
     def resolve_env(self, env: str) -> tuple[DeclaredDatabase, ...]:
         spec = self.model.environments[env]
         out: list[DeclaredDatabase] = []
         names: dict[str, str] = {}
         dotenv_keys: dict[tuple[str, str], str] = {}
+        dotenv_paths: dict[str, str] = {}  # path -> the first database managing keys in it
         template_paths: dict[str, str] = {}
-        for key, db in self.model.databases.items():
+        for key in self.databases_in(env):
+            db = self.model.databases[key]
             base = ("databases", key)
-            for i, wanted in enumerate(db.environments or []):
-                if wanted not in self.model.environments:
-                    guess = difflib.get_close_matches(wanted, list(self.model.environments), n=1)
-                    hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-                    raise self.error(
-                        (*base, "environments", i),
-                        f"unknown environment '{wanted}'{hint}; declared: {', '.join(self.model.environments)}",
-                    )
-            if db.environments is not None and env not in db.environments:
-                continue
             context = {"env": env, "key": key, "vars": spec.vars}
             name_path = (*base, "name") if db.name else base
             name = self.render(db.name, context, name_path) if db.name else f"{key}-{env}"
@@ -433,10 +569,9 @@ class _Resolver:
                                 at_key=True,
                             )
                         dotenv_keys[(target.path, k)] = f"databases.{key}"
+                        dotenv_paths.setdefault(target.path, f"databases.{key}")
                 else:
-                    owner = template_paths.get(target.path) or next(
-                        (o for (p, _), o in dotenv_keys.items() if p == target.path), None
-                    )
+                    owner = template_paths.get(target.path) or dotenv_paths.get(target.path)
                     if owner is not None:
                         raise self.error(
                             (*base, "outputs", i, "path"),
@@ -450,23 +585,31 @@ class _Resolver:
     def resolve_output(
         self, env: str, key: str, index: int, output: DotenvOutput | TemplateOutput, context: dict[str, Any]
     ) -> OutputTarget:
+        from hepinfra.templates import placeholder_db
+
         base: tuple[str | int, ...] = ("databases", key, "outputs", index)
-        fake_db = {field: f"<{field}>" for field in DB_FIELDS}
-        value_context = {**context, "db": fake_db}
+        # the declared engine and realistic types (db.port is an int), as in a real render
+        engine = self.model.databases[key].engine
+        value_context = {**context, "db": placeholder_db(engine, context["name"])}
         if isinstance(output, DotenvOutput):
-            path = self.check_path(self.render(output.dotenv, context, (*base, "dotenv")), output, (*base, "dotenv"))
+            node: tuple[str | int, ...] = (*base, "dotenv")
+            path, real = self.check_path(self.render(output.dotenv, context, node), output, node)
             for k, source in output.keys.items():
                 self.dry_render(source, value_context, (*base, "keys", k))
             definition: dict[str, Any] = {"kind": "dotenv", "keys": sorted(output.keys.items())}
+            readers = tuple(r for r in DOTENV_READERS if r in output.readers)
+            if readers != DOTENV_READERS:  # the default leaves the digest as it always was
+                definition["readers"] = list(readers)
             keys_tuple = tuple(output.keys.items())
             template, template_source = None, None
         else:
-            path = self.check_path(self.render(output.path, context, (*base, "path")), output, (*base, "path"))
+            node = (*base, "path")
+            path, real = self.check_path(self.render(output.path, context, node), output, node)
             template = output.template
-            template_source = self.template_file(template, (*base, "template"))
+            template_source = self.template_file(template, (*base, "template"), output.allow_outside)
             self.dry_render(template_source, value_context, (*base, "template"), file=template)
             definition = {"kind": "template", "source": template_source}
-            keys_tuple = ()
+            keys_tuple, readers = (), DOTENV_READERS
         definition.update(path=path, mode=output.mode)
         digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32]
         return OutputTarget(
@@ -479,29 +622,122 @@ class _Resolver:
             allow_tracked=output.allow_tracked,
             allow_outside=output.allow_outside,
             definition_digest=digest,
+            real=str(real),
+            node=node,
+            readers=readers,
         )
 
-    def check_path(self, rendered: str, output: _OutputBase, path: tuple[str | int, ...]) -> str:
-        if not rendered.strip() or rendered.endswith("/"):
-            raise self.error(path, f"output path '{rendered}' does not name a file")
-        candidate = PurePosixPath(rendered)
-        if not output.allow_outside and (candidate.is_absolute() or ".." in candidate.parts):
-            raise self.error(
-                path, f"output path '{rendered}' leaves the manifest's directory; set allow_outside: true to allow it"
-            )
-        return str(candidate)
-
-    def template_file(self, relative: str, path: tuple[str | int, ...]) -> str:
-        if relative in self._template_sources:
-            return self._template_sources[relative]
-        file = self.project_dir / relative
+    def check_path(self, rendered: str, output: _OutputBase, path: tuple[str | int, ...]) -> tuple[str, Path]:
+        """The output path as written (POSIX form) and its real path, checked (see safety.paths)."""
         try:
-            raw = file.read_bytes()
+            real = self.boundary.resolve(rendered, allow_outside=output.allow_outside)
+        except Refused as exc:
+            raise self.error(path, f"output path '{shown(rendered)}' {exc}") from None
+        return str(PurePosixPath(rendered)), real
+
+    def check_outputs(self, declared: dict[str, tuple[DeclaredDatabase, ...]]) -> None:
+        """Checks across every environment, on real paths (so a link cannot alias two paths):
+        no output overwrites the manifest, a template source or a non-regular file; no output
+        writes a Git-tracked file unless allowed; no two declarations write the same dotenv key,
+        or a file another writes whole. Warns about outputs Git would pick up (untracked, not
+        ignored)."""
+        from hepinfra.safety.git import GitUnavailable, GitView
+
+        git = GitView()
+        whole: dict[str, str] = {}  # real path -> the address writing it whole (template output)
+        keyed: dict[tuple[str, str], str] = {}  # (real path, dotenv key) -> the address writing it
+        by_file: dict[str, set[str]] = {}  # real path -> addresses writing it
+        checked: set[str] = set()
+        exposed: dict[Path, OutputTarget] = {}
+        for decls in declared.values():
+            for decl in decls:
+                for target in decl.outputs:
+                    real = Path(target.real)
+                    if target.real not in checked:
+                        try:
+                            self.boundary.check_real(real)
+                        except Refused as exc:
+                            raise self.error(target.node, f"output path '{shown(target.path)}' {exc}") from None
+                        checked.add(target.real)
+                    try:
+                        tracked = git.is_tracked(real)
+                    except GitUnavailable as exc:
+                        raise self.error(
+                            target.node, f"cannot tell whether Git tracks '{shown(target.path)}': {exc}"
+                        ) from None
+                    if tracked and not target.allow_tracked:
+                        raise self.error(
+                            target.node,
+                            f"output path '{shown(target.path)}' is a file tracked by Git; writing a secret into it "
+                            "would commit the secret (run 'git rm --cached' on it and add it to .gitignore, or set "
+                            "allow_tracked: true)",
+                        )
+                    if not tracked and not target.allow_tracked:
+                        exposed.setdefault(real, target)
+                    self._claim(decl, target, whole, keyed, by_file)
+        try:
+            for real in git.exposed(exposed):
+                log.warning(
+                    "%s: output '%s' is not ignored by Git, so 'git add' would commit a secret; add it to .gitignore",
+                    decl_where(self, exposed[real]),
+                    shown(exposed[real].path),
+                )
+        except GitUnavailable as exc:
+            log.warning("cannot tell whether Git ignores the outputs: %s", exc)
+
+    def _claim(
+        self,
+        decl: DeclaredDatabase,
+        target: OutputTarget,
+        whole: dict[str, str],
+        keyed: dict[tuple[str, str], str],
+        by_file: dict[str, set[str]],
+    ) -> None:
+        real, me = target.real, decl.address
+        others = by_file.setdefault(real, set())
+        if me in others:
+            raise self.error(
+                target.node, f"'{shown(target.path)}' is the same file as another output of {me}; merge the two outputs"
+            )
+        if target.kind == "template" and others:
+            raise self.error(
+                target.node,
+                f"'{shown(target.path)}' is also written by {sorted(others)[0]}; a template output writes the whole "
+                "file, so the two would overwrite each other on every apply",
+            )
+        if real in whole:
+            raise self.error(
+                target.node,
+                f"'{shown(target.path)}' is written whole by the template output of {whole[real]}; the two would "
+                "overwrite each other on every apply",
+            )
+        for key, _ in target.keys:
+            owner = keyed.setdefault((real, key), me)
+            if owner != me:
+                raise self.error(
+                    (*target.node[:-1], "keys", key),
+                    f"key {key} in '{shown(target.path)}' is also written by {owner}; two declarations writing one "
+                    "key would overwrite each other's value on every apply",
+                    at_key=True,
+                )
+        if target.kind == "template":
+            whole[real] = me
+        others.add(me)
+
+    def template_file(self, relative: str, path: tuple[str | int, ...], allow_outside: bool = False) -> str:
+        """A template source: same path rules as outputs, a regular file of at most 1 MiB, UTF-8."""
+        try:
+            if relative in self._template_sources:
+                self.boundary.resolve(relative, allow_outside=allow_outside)
+                return self._template_sources[relative]
+            real, raw = self.boundary.read_source(relative, allow_outside=allow_outside)
+        except Refused as exc:
+            raise self.error(path, f"template file '{shown(relative)}' {exc}") from None
+        try:
             source = raw.decode("utf-8")
-        except FileNotFoundError:
-            raise self.error(path, f"template file '{relative}' not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise self.error(path, f"template file '{relative}' cannot be read: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise self.error(path, f"template file '{shown(relative)}' is not UTF-8 text (byte {exc.start})") from None
+        self.boundary.protect(real, f"the template source '{shown(relative)}'")
         self.template_bytes[relative] = raw
         self._template_sources[relative] = source
         return source
@@ -514,7 +750,11 @@ class _Resolver:
 
         from hepinfra.templates import compile_string, template_error_message
 
-        marker = (source, str(sorted(context["vars"].items())) if context.get("vars") else "")
+        marker = (
+            source,
+            str(sorted(context["vars"].items())) if context.get("vars") else "",
+            context["db"]["engine"],
+        )
         if marker in self._checked:
             return
         try:
@@ -527,6 +767,11 @@ class _Resolver:
             where = f"{file}: " if file else ""
             raise self.error(path, where + template_error_message(exc)) from None
         self._checked.add(marker)
+
+
+def decl_where(resolver: _Resolver, target: OutputTarget) -> str:
+    line, col = resolver.values.get(target.node) or (None, None)
+    return f"{resolver.filename}:{line}:{col}" if line else resolver.filename
 
 
 def schema() -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """The local hep.gg as an ASGI app: the three public APIs on one origin, plus a control API.
 
-Owns: HTTP handling that reproduces ../shared/hepgg-api/ exactly (paths, the three
+Owns: HTTP handling that reproduces hep.gg's public API documentation (the Management API,
+the ID Generator and the Uploader pages; summarised in docs/emulator.md) exactly (paths, the three
 Authorization forms, envelopes, statuses, codes and messages), the request log (no
-secrets), fault injection, and ``/_emulator/*`` test aids. Undocumented choices are listed
-in docs/emulator.md. Must not: log a key, token or password.
+secrets), fault injection, and ``/_emulator/*`` test aids. A client that hangs up mid-request
+is logged with status 499, never as a server error or a traceback. Undocumented choices are
+listed in docs/emulator.md. Must not: log a key, token or password.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -475,5 +477,12 @@ def create_app(store: Store, config: EmulatorConfig | None = None) -> FaultsAndL
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         return db_error(status, "Method not allowed" if status == 405 else "Not found")
 
-    starlette = Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed})
+    async def hung_up(request: Request, exc: Exception) -> Response:
+        # the client left mid-request: nothing to answer and nothing to report (499, nginx's
+        # "client closed request", is what the request log shows)
+        return Response(status_code=499)
+
+    starlette = Starlette(
+        routes=routes, exception_handlers={404: not_routed, 405: not_routed, ClientDisconnect: hung_up}
+    )
     return FaultsAndLog(starlette, emu)

@@ -1,12 +1,16 @@
 """Seeding the local hep.gg: accounts, keys, tokens and databases from flags or a YAML file.
 
-Owns: the seed file format (docs/emulator.md) and its validation. Seeding is idempotent, so
-a restart with the same flags over the same data directory changes nothing.
-Must not: print any key or token.
+Owns: the seed file format (docs/emulator.md) and its validation, and the throwaway database
+key of a world started without ``--db-key`` (minted once into ``DATA/db-key``, mode 0600, so a
+restart accepts the same key). Seeding is idempotent, so a restart with the same flags over the
+same data directory changes nothing.
+Must not: print any key or token (``hepinfra emulator`` prints the minted key, once, on purpose).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,11 +107,43 @@ def apply_seed(store: Store, seed: SeedFile, *, default_slots: int, new_password
                 )
 
 
+DEFAULT_KEY_FILE = "db-key"
+
+
+def default_db_key(data_dir: Path) -> str:
+    """The database key of a world started without ``--db-key``: minted on first use and kept in
+    ``data_dir`` (mode 0600), so every restart over the same data accepts the same key."""
+    path = data_dir / DEFAULT_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except OSError:
+        key = ""
+    if key:
+        return key
+    key = "hepgg_db_" + secrets.token_hex(16)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{DEFAULT_KEY_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return key
+
+
 def seed_from_flags(
-    db_keys: list[str], id_keys: list[tuple[str, str]], upload_tokens: list[str], *, slots: int
+    db_keys: list[str],
+    id_keys: list[tuple[str, str]],
+    upload_tokens: list[str],
+    *,
+    slots: int,
+    default_key: str | None = None,
 ) -> SeedFile:
-    """Each --db-key is its own account; --id-key and --upload-token join the first account."""
-    accounts = [AccountSeed(db_keys=[k], slots=slots) for k in db_keys] or [AccountSeed(id="flags", slots=slots)]
+    """Each --db-key is its own account; --id-key and --upload-token join the first account.
+    Without --db-key, the first account (``flags``) accepts ``default_key`` when one is given."""
+    flags = AccountSeed(id="flags", slots=slots, db_keys=[default_key] if default_key else [])
+    accounts = [AccountSeed(db_keys=[k], slots=slots) for k in db_keys] or [flags]
     first = accounts[0].model_copy(
         update={
             "id_keys": [IdKeySeed(username=u, token=t) for u, t in id_keys],

@@ -53,7 +53,10 @@ def shown(text: str, limit: int = 80) -> str:
 
 
 def inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+    """``path`` is ``root`` or below it (both absolute and normalised; compared as text: this runs for
+    every output against every mount point)."""
+    text, top = str(path), str(root)
+    return text == top or text.startswith(top if top.endswith("/") else top + "/")
 
 
 @functools.cache
@@ -83,14 +86,24 @@ def _special(real: Path) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=4096)
-def _is_git_dir(directory: Path) -> bool:
+@functools.lru_cache(maxsize=16384)
+def _is_git_dir(directory: str) -> bool:
     """A Git directory under any name: ``--separate-git-dir``, a bare repository, a worktree's gitdir."""
-    return (directory / "HEAD").is_file() and (directory / "objects").is_dir() and (directory / "refs").is_dir()
+    join = os.path.join
+    return os.path.isfile(join(directory, "HEAD")) and os.path.isdir(join(directory, "objects")) and (
+        os.path.isdir(join(directory, "refs"))
+    )
 
 
-def in_git_dir(real: Path) -> bool:
-    return ".git" in real.parts or any(_is_git_dir(parent) for parent in real.parents)
+def _in_git_dir(directory: str) -> bool:
+    """``directory`` or one of its parents is a Git directory (under any name)."""
+    while True:
+        if _is_git_dir(directory):
+            return True
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return False
+        directory = parent
 
 
 @dataclass
@@ -104,6 +117,8 @@ class Boundary:
         self.project_dir = Path(os.path.realpath(self.project_dir))
         self.hepinfra_dir = self.project_dir / HEPINFRA_DIR
         self.real_hepinfra_dir = Path(os.path.realpath(self.hepinfra_dir))  # it may be a link
+        self._real_dirs: dict[str, str] = {}
+        self._dir_facts: dict[str, tuple[bool, bool]] = {}
 
     def protect(self, real: Path, what: str) -> None:
         self.protected.setdefault(real, what)
@@ -117,19 +132,40 @@ class Boundary:
         lexical = PurePosixPath(written)
         if not allow_outside and (lexical.is_absolute() or ".." in lexical.parts):
             raise Refused("leaves the manifest's directory; set allow_outside: true to allow it")
-        real = Path(os.path.realpath(self.project_dir / written))
+        real = self._realpath(self.project_dir / written)
         if not allow_outside and not inside(real, self.project_dir):
             raise Refused(
                 f"resolves through a symbolic link to '{shown(str(real))}', outside the manifest's directory; "
                 "set allow_outside: true to allow it"
             )
-        if _special(real):
+        special, git_dir = self._directory_facts(real.parent)
+        if special:
             raise Refused(f"resolves to '{shown(str(real))}' on a special file system (/proc, /sys, /dev)")
         if HEPINFRA_DIR in lexical.parts or HEPINFRA_DIR in real.parts or inside(real, self.real_hepinfra_dir):
             raise Refused("is inside .hepinfra/, hepinfra's own state, locks and local hep.gg data")
-        if ".git" in lexical.parts or in_git_dir(real):
+        if ".git" in lexical.parts or ".git" in real.parts or git_dir:
             raise Refused("is inside a Git directory")
         return real
+
+    def _realpath(self, path: Path) -> Path:
+        """``os.path.realpath``, resolving each directory once per Boundary (thousands of outputs share a
+        handful of directories): realpath(dir/name) is realpath(realpath(dir)/name)."""
+        parent = str(path.parent)
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._real_dirs[parent] = os.path.realpath(parent)
+        candidate = os.path.join(real_parent, path.name)
+        if path.name in ("", ".", "..") or os.path.islink(candidate):
+            return Path(os.path.realpath(candidate))
+        return Path(candidate)
+
+    def _directory_facts(self, directory: Path) -> tuple[bool, bool]:
+        """(on a special file system, inside a Git directory under any name), once per directory."""
+        key = str(directory)
+        facts = self._dir_facts.get(key)
+        if facts is None:
+            facts = self._dir_facts[key] = (_special(directory), _in_git_dir(key))
+        return facts
 
     def check_output(self, written: str, *, allow_outside: bool) -> Path:
         """The real path an output writes; Refused if the rules forbid it."""

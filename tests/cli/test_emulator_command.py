@@ -148,3 +148,79 @@ def test_bad_seed_file_names_file_line_and_column(tmp_path: Path) -> None:
         timeout=30,
     )
     assert proc.returncode == 1 and "accounts.0.slotz: Extra inputs are not permitted" in proc.stderr
+
+
+def _cut(url: str, request: bytes, *, reset: bool = False) -> None:
+    """Send ``request`` (usually incomplete), then hang up (with an RST when ``reset``)."""
+    import socket
+    import struct
+    import time
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=5) as sock:
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(request)
+        time.sleep(0.05)
+
+
+def test_client_disconnects_never_print_tracebacks(tmp_path: Path) -> None:
+    partial_json = b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na'
+    multipart = (
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nabc'
+    )
+    requests = [
+        b"POST /api/v1/db/databases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n" + partial_json,
+        b"POST / HTTP/1.1\r\nHost: x\r\n" + partial_json,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: t\r\n" + multipart,
+        b"PUT /_emulator/faults HTTP/1.1\r\nHost: x\r\n" + partial_json,
+        b"GET /api/v1/db/databases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n",
+        b"GET /api/v1/db/data",
+    ]
+    with emulator("--data", str(tmp_path / "d"), "--db-key", "k", "--latency", "100") as (proc, url):
+        for request in requests:
+            _cut(url, request)
+            _cut(url, request, reset=True)
+        assert db(url, "k").status_code == 200  # still serving
+        log = httpx.get(url + "/_emulator/requests", timeout=5).json()["data"]["requests"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and "Exception in ASGI" not in stderr, stderr
+    assert all(entry["status"] != 500 for entry in log), log  # a hang-up is not a server error
+
+
+def _next_line(proc: subprocess.Popen[str], timeout: float = 10) -> str:
+    import threading
+
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return lines[0] if lines else ""
+
+
+def test_without_db_key_it_prints_the_key_it_accepts_and_keeps_it(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    with emulator("--data", data) as (proc, url):
+        line = _next_line(proc)
+        assert line.startswith("accepting database key: "), line
+        key = line.split()[-1]
+        assert db(url, key).status_code == 200
+        assert db(url, key, "POST", json={"name": "kept"}).status_code == 201
+    with emulator("--data", data) as (proc, url):  # a restart accepts the same key, same account
+        assert _next_line(proc).split()[-1] == key
+        assert [r["name"] for r in db(url, key).json()["data"]["databases"]] == ["kept"]
+    assert oct(os.stat(Path(data) / "db-key").st_mode & 0o777) == "0o600"
+
+
+def test_with_a_db_key_it_prints_no_key(tmp_path: Path) -> None:
+    with emulator("--data", str(tmp_path / "d"), "--db-key", "given-key") as (proc, _):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stdout is not None and proc.stdout.read() == ""
+    assert not (tmp_path / "d" / "db-key").exists()

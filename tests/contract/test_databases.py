@@ -1,4 +1,4 @@
-"""Contract: the database management API, row by row of database-management-api.txt.
+"""Contract: the database management API, row by row of hep.gg's Management API documentation.
 
 Wire tests speak raw HTTP to the emulator over loopback and compare status, envelope,
 code and message exactly; client tests run the same rows through DatabasesClient.

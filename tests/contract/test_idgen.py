@@ -1,4 +1,5 @@
-"""Contract: the ID Generator, row by row of id-generator-*.txt."""
+"""Contract: the ID Generator, row by row of hep.gg's ID Generator documentation (overview,
+generate, authentication)."""
 
 from __future__ import annotations
 

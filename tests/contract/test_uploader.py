@@ -1,4 +1,6 @@
-"""Contract: the uploader, rows of uploader-authentication.txt and the ShareX facts in README.md."""
+"""Contract: the uploader, rows of hep.gg's uploader authentication documentation, and the facts of
+its published ShareX uploader configuration (``POST /upload``, multipart field ``file``, the
+token in ``Authorization``, JSON ``url`` in the answer)."""
 
 from __future__ import annotations
 

@@ -232,6 +232,7 @@ def test_sigterm_unwinds_releases_the_lock_and_the_next_apply_converges(
     out, err = proc.communicate(timeout=60)
     record_artifact("sigterm apply", out + err)
     assert proc.returncode == 1, err
-    assert err.startswith("Error: terminated by SIGTERM") and err.count("\n") == 1
+    assert err.startswith("Error: terminated by SIGTERM: ") and err.count("\n") == 1
+    assert "not started" in err and "in flight" in err
     assert not (project.parent / ".hepinfra/state/prod.lock").exists()
     assert_converged(project, server, rotations=0)

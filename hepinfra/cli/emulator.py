@@ -1,0 +1,171 @@
+"""``hepinfra emulator``: the local hep.gg on a port (flags -> config, seeds, serve until a signal)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from hepinfra.cli import cli, raw_stdout
+from hepinfra.errors import UsageError
+
+# --- emulator ------------------------------------------------------------------------------------
+
+
+def _credential(value: str, flag: str) -> str:
+    """A credential flag value: ``env:NAME`` reads it from the environment (recommended)."""
+    if value.startswith("env:"):
+        name = value[4:]
+        resolved = os.environ.get(name, "")
+        if not resolved:
+            raise UsageError(f"{flag} env:{name}: the environment variable {name} is not set")
+        return resolved
+    return value
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
+@click.option(
+    "--port",
+    default=8700,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on; 0 picks a free one (the address is printed).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    default=".hepinfra/emulator",
+    show_default=True,
+    help="Directory for the SQLite world; a restart keeps it.",
+)
+@click.option(
+    "--db-key",
+    "db_keys",
+    multiple=True,
+    metavar="KEY|env:NAME",
+    help="A database API key; each one is a separate account. Repeatable.",
+)
+@click.option(
+    "--id-key",
+    "id_keys",
+    multiple=True,
+    metavar="USER:TOKEN|env:NAME",
+    help="An ID Generator key (joins the first account). Repeatable.",
+)
+@click.option(
+    "--upload-token",
+    "upload_tokens",
+    multiple=True,
+    metavar="TOKEN|env:NAME",
+    help="An uploader token (joins the first account). Repeatable.",
+)
+@click.option(
+    "--seed",
+    "seed_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="YAML world: accounts, disabled keys, suspensions, revoked tokens, databases.",
+)
+@click.option("--slots", default=50, show_default=True, type=click.IntRange(0), help="Database slots per account.")
+@click.option(
+    "--engines",
+    default="mariadb,postgres,mongo",
+    show_default=True,
+    help="Engines this deployment offers; others get 400 ENGINE_DISABLED.",
+)
+@click.option("--db-host", default="db.teamhydra.dev", show_default=True, help="Host in connection strings.")
+@click.option(
+    "--password-chars", default=None, help="Alphabet for generated passwords; every character appears in each password."
+)
+@click.option("--password-length", default=32, show_default=True, type=click.IntRange(8, 256))
+@click.option("--latency", "latency_ms", default=0.0, type=click.FloatRange(0), help="Added latency, ms.")
+@click.option("--jitter", "jitter_ms", default=0.0, type=click.FloatRange(0), help="Latency jitter, +/- ms.")
+@click.option("--fail-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of API requests that fail.")
+@click.option(
+    "--fault-kinds",
+    default="500,502,503,429,drop-before,drop-after",
+    show_default=True,
+    help="Which faults --fail-rate injects.",
+)
+@click.option(
+    "--retry-after",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Retry-After seconds on injected 429s.",
+)
+@click.option("--fault-seed", default=None, type=int, help="Seed for reproducible latency and faults.")
+def emulator(**opts: Any) -> None:
+    """Run the local hep.gg (all three APIs on one port) until SIGINT/SIGTERM."""
+    import signal
+    from pathlib import Path
+
+    from hepinfra.emulator.app import EmulatorConfig, parse_faults
+    from hepinfra.emulator.seed import SeedError, default_db_key, load_seed, seed_from_flags
+    from hepinfra.emulator.server import build_app, serve_forever
+
+    engines = tuple(e.strip() for e in opts["engines"].split(",") if e.strip())
+    bad = sorted(set(engines) - {"mariadb", "postgres", "mongo"})
+    if bad:
+        raise UsageError(f"--engines: unknown engine(s) {', '.join(bad)}; use mariadb, postgres, mongo")
+    id_keys = []
+    for raw in opts["id_keys"]:
+        value = _credential(raw, "--id-key")
+        user, sep, token = value.partition(":")
+        if not sep or not user or not token:
+            raise UsageError("--id-key must be USER:TOKEN (or env:NAME holding USER:TOKEN)")
+        id_keys.append((user, token))
+    try:
+        faults = parse_faults(
+            {
+                "latency_ms": opts["latency_ms"],
+                "jitter_ms": opts["jitter_ms"],
+                "fail_rate": opts["fail_rate"],
+                "kinds": [k.strip() for k in opts["fault_kinds"].split(",") if k.strip()],
+                "retry_after": opts["retry_after"],
+            }
+        )
+        seeds = [load_seed(Path(f)) for f in opts["seed_files"]]
+    except (ValueError, SeedError) as exc:
+        raise UsageError(str(exc)) from None
+    db_keys = [_credential(k, "--db-key") for k in opts["db_keys"]]
+    # no --db-key: the world's own throwaway key, minted once into the data directory
+    minted = None if db_keys else default_db_key(Path(opts["data_dir"]))
+    seeds.insert(
+        0,
+        seed_from_flags(
+            db_keys,
+            id_keys,
+            [_credential(t, "--upload-token") for t in opts["upload_tokens"]],
+            slots=opts["slots"],
+            default_key=minted,
+        ),
+    )
+    config = EmulatorConfig(
+        engines=engines,
+        password_chars=opts["password_chars"] or None,
+        password_length=opts["password_length"],
+        db_host=opts["db_host"],
+        faults=faults,
+        seed=opts["fault_seed"],
+    )
+    app = build_app(Path(opts["data_dir"]), config, seeds, slots=opts["slots"])
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def announce(url: str) -> None:
+        click.echo(f"hep.gg emulator listening on {url}", nl=True)
+        sys.stdout.flush()
+        if minted:  # the one key hepinfra prints: a local throwaway, printed so it can be used
+            click.echo(f"accepting database key: {minted}", file=raw_stdout())
+            raw_stdout().flush()
+
+    serve_forever(app, opts["host"], opts["port"], announce=announce)

@@ -1,0 +1,111 @@
+"""What the commands share: -f, -e and --lock-timeout options, addresses, colour, and running a
+coroutine so that SIGTERM unwinds (locks released, journal kept). Must not: import anything heavy."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from hepinfra.errors import HepinfraError, UsageError
+
+
+def manifest_option(f: Any) -> Any:
+    return click.option(
+        "-f",
+        "--file",
+        "manifest_file",
+        default="hepinfra.yaml",
+        show_default=True,
+        metavar="FILE",
+        help="The manifest.",
+    )(f)
+
+
+def env_option(f: Any) -> Any:
+    return click.option(
+        "-e",
+        "--env",
+        "envs",
+        multiple=True,
+        metavar="ENV",
+        help="Limit to this environment (repeatable; default: all).",
+    )(f)
+
+
+def lock_timeout_option(f: Any) -> Any:
+    return click.option(
+        "--lock-timeout",
+        default="0s",
+        show_default=True,
+        metavar="DURATION",
+        help="Wait this long for a held state lock (e.g. 30s, 5m).",
+    )(f)
+
+
+def parse_timeout(value: str) -> float:
+    from hepinfra.manifest import parse_duration
+
+    if value.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        raise UsageError(f"--lock-timeout: {exc}") from None
+
+
+def use_colour() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def run_async(coro: Any) -> Any:
+    """asyncio.run, but the main task returns None: on exit asyncio.run repr()s its SIGINT handler,
+    which holds the main task, and a task's repr includes its result (a 1,000-change plan: ~0.1 s)."""
+    import asyncio
+    import contextlib
+    import signal
+
+    box: list[Any] = []
+    terminated: list[int] = []
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:  # a cancelled CI job: unwind (journal, locks) instead of dying
+            terminated.append(1)
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        box.append(await coro)
+
+    from hepinfra.apply.executor import Interrupted
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            raise HepinfraError(
+                "terminated by SIGTERM; locks were released and the journal in state lets the next run resume"
+            ) from None
+        raise
+    except Interrupted as exc:  # cancelled in the middle of an apply: say what was done and what was not
+        if terminated:
+            raise Interrupted(f"terminated by SIGTERM: {exc.message.removeprefix('interrupted: ')}") from None
+        raise
+    return box[0]
+
+
+def parse_address(manifest: Any, envs: list[str], address: str) -> tuple[str, str]:
+    if "/" in address:
+        env, rest = address.split("/", 1)
+    elif len(envs) == 1:
+        env, rest = envs[0], address
+    else:
+        raise UsageError(f"{address}: name the environment, as ENV/databases.NAME")
+    if env not in manifest.model.environments:
+        raise UsageError(f"{address}: no environment '{env}' in the manifest")
+    return env, rest.removeprefix("databases.")

@@ -1,0 +1,76 @@
+"""``output`` and ``run``: values on explicit request (the one place a secret is printed), and a
+command run with them in its environment (never its arguments)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from hepinfra.cli import cli, raw_stdout
+from hepinfra.cli.options import manifest_option, parse_address, run_async
+from hepinfra.errors import UsageError
+
+# --- output / run --------------------------------------------------------------------------------
+
+
+@cli.command()
+@manifest_option
+@click.argument("address")
+@click.option("--format", "fmt", type=click.Choice(["dotenv", "json", "shell"]), default="dotenv", show_default=True)
+def output(manifest_file: str, address: str, fmt: str) -> None:
+    """Print one database's values, secrets included: only on explicit request, never logged."""
+    import json
+    import shlex
+
+    from hepinfra import runner
+    from hepinfra.templates import dotenv_quote
+
+    project = runner.Project.open(manifest_file)
+    env, key = parse_address(project.manifest, project.manifest.environments, address)
+    if not any(d.key == key for d in project.manifest.declared[env]):
+        raise UsageError(f"{address}: no database '{key}' is declared in environment '{env}'")
+    values = run_async(runner.database_values(project, env, [key]))[key]
+    out = raw_stdout()
+    if fmt == "json":
+        click.echo(json.dumps(values, indent=2, sort_keys=True), file=out)
+    elif fmt == "shell":
+        for name, value in values.items():
+            click.echo(f"export {name}={shlex.quote(value)}", file=out)
+    else:
+        from hepinfra.errors import OutputError
+        from hepinfra.templates import QuotingError
+
+        lines = []
+        for name, value in values.items():
+            try:
+                lines.append(f"{name}={dotenv_quote(value)}")
+            except QuotingError as exc:
+                raise OutputError(
+                    f"{name}: cannot be printed as dotenv: {exc}", hint="use --format json or shell"
+                ) from None
+        click.echo("\n".join(lines), file=out)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@manifest_option
+@click.option("-e", "--env", "env", required=True, help="The environment whose values to pass.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the environment's rendered dotenv values in its environment (never its arguments)."""
+    import shutil
+
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    keys = [d.key for d in project.manifest.declared[env]]
+    values: dict[str, str] = {}
+    for per_db in run_async(runner.database_values(project, env, keys)).values():
+        values.update(per_db)
+    program = shutil.which(command[0])
+    if program is None:
+        raise UsageError(f"command not found: {command[0]}")
+    sys.stdout.flush()
+    os.execve(program, list(command), {**os.environ, **values})  # noqa: S606 (no shell, by design)

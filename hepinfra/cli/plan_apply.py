@@ -1,0 +1,343 @@
+"""``validate``, ``schema``, ``plan``, ``apply`` and ``rotate``: the plan/apply cycle, its events and
+summary."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from hepinfra.cli import EXIT_CHANGES, EXIT_ERROR, cli
+from hepinfra.cli.options import env_option, lock_timeout_option, manifest_option, parse_timeout, run_async, use_colour
+from hepinfra.errors import UsageError
+
+# --- validate / schema ---------------------------------------------------------------------------
+
+
+@cli.command()
+@manifest_option
+def validate(manifest_file: str) -> None:
+    """Check a manifest offline: schema, names, templates (no network access)."""
+    from hepinfra import manifest
+
+    loaded = manifest.load(manifest_file)
+    count = sum(len(v) for v in loaded.declared.values())
+    click.echo(
+        f"{manifest_file}: valid ({len(loaded.environments)} environment(s), "
+        f"{len(loaded.model.databases)} database(s), {count} declaration(s) in all)"
+    )
+
+
+@cli.command()
+@click.option("--plan", "plan_schema", is_flag=True, help="Print the plan JSON schema instead.")
+def schema(plan_schema: bool) -> None:
+    """Print the manifest's JSON Schema (for yaml-language-server and editors)."""
+    import json
+
+    if plan_schema:
+        from hepinfra.render import json_schema
+
+        click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+    else:
+        from hepinfra.manifest import schema as manifest_schema
+
+        click.echo(json.dumps(manifest_schema(), indent=2, sort_keys=True))
+
+
+# --- plan ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@manifest_option
+@env_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (docs/plan-json.md).")
+@click.option("--markdown", is_flag=True, help="Print the plan as Markdown for a pull-request comment.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for 'apply PLANFILE'.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 no changes, 2 changes present, 1 error.")
+@click.option("--no-refresh", is_flag=True, help="One List call per environment; no Reveal (stale passwords unseen).")
+@click.option(
+    "--rotate",
+    "rotations",
+    multiple=True,
+    metavar="ADDR",
+    help="Plan a rotation: ENV/databases.NAME, or NAME for every selected environment.",
+)
+@click.option("--show-unchanged", is_flag=True, help="List up-to-date databases too (text output).")
+def plan(
+    manifest_file: str,
+    envs: tuple[str, ...],
+    as_json: bool,
+    markdown: bool,
+    out_file: str | None,
+    detailed_exitcode: bool,
+    no_refresh: bool,
+    rotations: tuple[str, ...],
+    show_unchanged: bool,
+) -> None:
+    """Show what apply would do: diff the manifest against state and hep.gg."""
+    from pathlib import Path
+
+    from hepinfra import render, runner
+
+    if as_json and markdown:
+        raise UsageError("--json and --markdown are exclusive")
+    project = runner.Project.open(manifest_file)
+    selected = runner.select_environments(project.manifest, envs)
+    rotate = runner.parse_rotate(project.manifest, selected, rotations)
+    if out_file:
+        runner.check_plan_out(Path(out_file), project.manifest.project_dir)
+
+    async def go() -> Any:
+        async with project.hepgg() as hub:
+            return await runner.make(project, hub, selected, refresh=not no_refresh, rotate=rotate)
+
+    result, _, _ = run_async(go())
+    if as_json:
+        click.echo(render.json_text(result), nl=False)
+    elif markdown:
+        click.echo(render.markdown(result), nl=False)
+    else:
+        click.echo(render.text(result, colour=use_colour(), show_noop=show_unchanged), nl=False)
+    if result.errors:
+        if not (as_json or markdown):
+            for line in render.error_lines(result):
+                click.echo(f"Error: {line}", err=True)
+        sys.exit(EXIT_ERROR)
+    if out_file:
+        runner.save_plan(result, Path(out_file))
+        if not (as_json or markdown):
+            click.echo(f"Saved the plan to {out_file}; apply it with: hepinfra apply {out_file}")
+    if detailed_exitcode and result.has_changes:
+        sys.exit(EXIT_CHANGES)
+
+
+# --- apply / rotate ------------------------------------------------------------------------------
+
+
+class EventPrinter:
+    """Line per event (CI, pipes), JSON lines with --json, a progress bar on a TTY."""
+
+    SYMBOLS = {"create": "+", "adopt": "<=", "rotate": "~", "render": ">", "forget": "-"}
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.tty = sys.stdout.isatty() and not as_json
+        self.progress: Any = None
+        self.task: Any = None
+        self.total = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.tty and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("apply", total=total)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import json
+
+        if self.as_json:
+            click.echo(json.dumps(event, sort_keys=True))
+            return
+        if event["event"] == "start":
+            return
+        symbol = self.SYMBOLS.get(event["action"], "*")
+        if event["event"] == "done":
+            extra = f", window {event['rotation_window_ms']:.1f} ms" if "rotation_window_ms" in event else ""
+            took = f"{event['duration_ms']:.0f} ms{extra}"
+            line = f"  {symbol:>2} {event['address']}: {event.get('message', 'done')} ({took})"
+            styled = click.style(line, fg="green") if self.tty else line
+        elif "failures" in event:  # the action happened; a later step (render of FILE, ...) failed
+            line = f"   ! {event['address']}: {event.get('message', '')}"
+            styled = click.style(line, fg="red") if self.tty else line
+        else:
+            line = f"   ! {event['address']}: {event['action']} failed: {event.get('message', '')}"
+            styled = click.style(line, fg="red") if self.tty else line
+        if self.progress is not None:
+            self.progress.console.print(styled, highlight=False, markup=False)
+            self.progress.advance(self.task)
+        else:
+            click.echo(styled)
+
+
+def _apply_command(
+    manifest_file: str,
+    plan_file: str | None,
+    envs: tuple[str, ...],
+    auto_approve: bool,
+    rotations: tuple[str, ...],
+    parallelism: int,
+    as_json: bool,
+    lock_timeout: str,
+    no_refresh: bool,
+) -> None:
+    import json
+    import statistics
+    from pathlib import Path
+
+    from hepinfra import render, runner
+
+    if plan_file and (envs or rotations):
+        raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
+    source = click.get_current_context().get_parameter_source("manifest_file")
+    if plan_file and source is click.core.ParameterSource.DEFAULT:
+        manifest_file = runner.load_plan(Path(plan_file)).manifest  # the manifest the plan was made from
+    project = runner.Project.open(manifest_file)
+    printer = EventPrinter(as_json)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not plan_file and not auto_approve and not interactive:
+        raise UsageError(
+            "apply needs --auto-approve in a non-interactive session (or a saved PLANFILE from 'hepinfra plan --out')"
+        )
+
+    def show_plan(plan: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": "plan", "plan": render.document(plan)}, sort_keys=True))
+        else:
+            click.echo(render.text(plan, colour=use_colour()), nl=False)
+
+    def confirm(plan: Any) -> bool:
+        if auto_approve:
+            printer.start(len(plan.actionable))
+            return True
+        answer = click.prompt(
+            "Do you want to perform these actions? Only 'yes' will be accepted", default="", show_default=False
+        )
+        ok = bool(answer.strip() == "yes")
+        if ok:
+            printer.start(len(plan.actionable))
+        return ok
+
+    options = runner.ApplyOptions(
+        plan_file=Path(plan_file) if plan_file else None,
+        envs=envs,
+        rotate=rotations,
+        parallelism=parallelism,
+        lock_timeout=parse_timeout(lock_timeout),
+        refresh=not no_refresh,
+    )
+    if plan_file:
+        printer.start(0)
+    try:
+        _, result = run_async(runner.apply(project, options, show_plan=show_plan, confirm=confirm, emit=printer))
+    finally:
+        printer.stop()
+    if result is None:
+        if as_json:
+            click.echo(json.dumps({"event": "summary", "succeeded": 0, "failed": 0, "changes": 0}))
+        else:
+            click.echo("No changes to apply.")
+        return
+    windows = list(result.rotation_windows.values())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "event": "summary",
+                    "succeeded": len(result.succeeded),
+                    "failed": len(result.failed),
+                    "rotation_windows_ms": {k: round(v, 2) for k, v in result.rotation_windows.items()},
+                    "elapsed_ms": round(result.elapsed_ms, 1),
+                    "state_writes": result.state_writes,
+                    "failures": [
+                        {
+                            "address": o.address,
+                            "action": o.action,
+                            "step": o.step,
+                            "message": o.message,
+                            "failures": [f.as_event() for f in o.failures],
+                        }
+                        for o in result.failed
+                    ],
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        line = (
+            f"Apply {'complete' if not result.failed else 'incomplete'}: {len(result.succeeded)} succeeded, "
+            f"{len(result.failed)} failed."
+        )
+        if windows:
+            line += (
+                f" Rotation window: median {statistics.median(windows):.1f} ms, max {max(windows):.1f} ms "
+                "(old password dead until outputs were written)."
+            )
+        click.echo(click.style(line, bold=True, fg="red" if result.failed else "green") if use_colour() else line)
+        for outcome in result.failed:
+            what = outcome.message if outcome.failures else f"{outcome.action} failed: {outcome.message}"
+            click.echo(f"  failed: {outcome.address}: {what}")
+        if result.failed:
+            click.echo("Run 'hepinfra plan' to see what is left; the next apply resumes from the journal.")
+    if result.failed:
+        sys.exit(EXIT_ERROR)
+
+
+def apply_options(f: Any) -> Any:
+    for decorator in reversed(
+        [
+            manifest_option,
+            env_option,
+            click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation."),
+            click.option(
+                "--parallelism",
+                default=8,
+                show_default=True,
+                type=click.IntRange(1, 256),
+                help="How many changes run at once.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="One JSON event per line (for CI)."),
+            lock_timeout_option,
+            click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
+        ]
+    ):
+        f = decorator(f)  # type: ignore[operator]
+    return f
+
+
+@cli.command()
+@click.argument("plan_file", required=False, type=click.Path(dir_okay=False))
+@apply_options
+@click.option("--rotate", "rotations", multiple=True, metavar="ADDR", help="Also rotate this database (repeatable).")
+def apply(
+    plan_file: str | None,
+    manifest_file: str,
+    envs: tuple[str, ...],
+    auto_approve: bool,
+    parallelism: int,
+    as_json: bool,
+    lock_timeout: str,
+    no_refresh: bool,
+    rotations: tuple[str, ...],
+) -> None:
+    """Make hep.gg and the outputs match the manifest (or apply a saved PLANFILE exactly)."""
+    _apply_command(
+        manifest_file, plan_file, envs, auto_approve, rotations, parallelism, as_json, lock_timeout, no_refresh
+    )
+
+
+@cli.command()
+@click.argument("addresses", nargs=-1, required=True)
+@apply_options
+def rotate(
+    addresses: tuple[str, ...],
+    manifest_file: str,
+    envs: tuple[str, ...],
+    auto_approve: bool,
+    parallelism: int,
+    as_json: bool,
+    lock_timeout: str,
+    no_refresh: bool,
+) -> None:
+    """Rotate passwords now (plan + apply with --rotate ADDR...): ENV/databases.NAME or NAME."""
+    _apply_command(manifest_file, None, envs, auto_approve, addresses, parallelism, as_json, lock_timeout, no_refresh)

@@ -1,0 +1,115 @@
+"""``hepinfra state ...``: inspect and repair state (it holds no secrets)."""
+
+from __future__ import annotations
+
+import click
+
+from hepinfra.cli import cli
+from hepinfra.cli.options import env_option, lock_timeout_option, manifest_option, parse_address, parse_timeout
+from hepinfra.errors import UsageError
+
+# --- state ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def state() -> None:
+    """Inspect and repair state (it holds no secrets)."""
+
+
+@state.command("list")
+@manifest_option
+@env_option
+def state_list(manifest_file: str, envs: tuple[str, ...]) -> None:
+    """List managed databases: address, platform name, id, engine."""
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    for env in runner.select_environments(project.manifest, envs):
+        current = project.backend.read(env)
+        for key, db in sorted((current.databases if current else {}).items()):
+            click.echo(f"{env}/databases.{key}\t{db.name}\t{db.id}\t{db.engine}")
+
+
+@state.command("show")
+@manifest_option
+@click.argument("address")
+def state_show(manifest_file: str, address: str) -> None:
+    """Show one managed database and its output records (digests only)."""
+    import json
+
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    env, key = parse_address(project.manifest, project.manifest.environments, address)
+    current = project.backend.read(env)
+    if current is None or key not in current.databases:
+        raise UsageError(f"{address}: not in the state of environment '{env}'")
+    out = {
+        "address": f"{env}/databases.{key}",
+        "database": current.databases[key].model_dump(mode="json"),
+        "outputs": [r.model_dump(mode="json") for r in current.outputs.values() if r.database == key],
+        "journal": [j.model_dump(mode="json") for j in current.pending(key)],
+    }
+    click.echo(json.dumps(out, indent=2, sort_keys=True))
+
+
+@state.command("rm")
+@manifest_option
+@lock_timeout_option
+@click.argument("addresses", nargs=-1, required=True)
+def state_rm(manifest_file: str, lock_timeout: str, addresses: tuple[str, ...]) -> None:
+    """Stop managing databases (they stay on hep.gg; their outputs stay on disk)."""
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    targets = [parse_address(project.manifest, project.manifest.environments, a) for a in addresses]
+    for env, key in runner.remove_from_state(project, targets, parse_timeout(lock_timeout)):
+        click.echo(f"Removed {env}/databases.{key} from state; the database stays on hep.gg.")
+
+
+@state.command("pull")
+@manifest_option
+@click.option("-e", "--env", "env", required=True, help="The environment.")
+def state_pull(manifest_file: str, env: str) -> None:
+    """Print an environment's state file to stdout."""
+    from hepinfra import runner
+    from hepinfra.state import codec
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    current = project.backend.read(env)
+    if current is None:
+        raise UsageError(f"environment '{env}' has no state yet")
+    click.echo(codec.encode(current).decode(), nl=False)
+
+
+@state.command("push")
+@manifest_option
+@lock_timeout_option
+@click.option("-e", "--env", "env", required=True, help="The environment.")
+@click.option("--force", is_flag=True, help="Allow another lineage or an older serial.")
+@click.argument("state_file", type=click.Path(dir_okay=False))
+def state_push(manifest_file: str, lock_timeout: str, env: str, force: bool, state_file: str) -> None:
+    """Replace an environment's state with STATE_FILE (checked: environment, lineage, serial)."""
+    from pathlib import Path
+
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    stored = runner.push_state(project, env, Path(state_file), force=force, timeout=parse_timeout(lock_timeout))
+    click.echo(f"Pushed {state_file} as the state of '{env}' (serial {stored.serial}).")
+
+
+@state.command("unlock")
+@manifest_option
+@click.option("-e", "--env", "env", required=True, help="The environment whose lock to clear.")
+@click.argument("lock_id")
+def state_unlock(manifest_file: str, env: str, lock_id: str) -> None:
+    """Clear a stuck lock by its id (the lock error names it)."""
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    runner.select_environments(project.manifest, [env])
+    project.backend.unlock(env, lock_id)
+    click.echo(f"Unlocked the state of '{env}'.")

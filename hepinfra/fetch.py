@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from hepinfra.digests import Digester
 from hepinfra.errors import ApiError, OutputError
 from hepinfra.hepgg import Hepgg
+from hepinfra.hepgg.config import check_credential
 from hepinfra.manifest import Manifest
 from hepinfra.outputs import SINKS
 from hepinfra.outputs.base import resolve_path
@@ -48,6 +49,7 @@ def env_access(manifest: Manifest, env: str, hepgg: Hepgg) -> EnvAccess:
         value = (hepgg.environ.get(name) or "").strip()
         if value:
             register(value)
+            check_credential(value, name)
             return EnvAccess(env, SecretStr(value), name)
     return EnvAccess(env, None, " or ".join(names))
 

@@ -748,7 +748,7 @@ class _Resolver:
         """Compile and render with placeholder values, so typos fail at validate time, not at apply."""
         from jinja2 import TemplateSyntaxError
 
-        from hepinfra.templates import compile_string, template_error_message
+        from hepinfra.templates import compile_string, render_template, template_error_message
 
         marker = (
             source,
@@ -758,7 +758,7 @@ class _Resolver:
         if marker in self._checked:
             return
         try:
-            compile_string(source).render(context)
+            render_template(compile_string(source), context)
         except TemplateSyntaxError as exc:
             if file is not None:
                 raise self.error(path, f"{file}:{exc.lineno}: {template_error_message(exc)}") from None

@@ -174,7 +174,7 @@ def markdown(plan: Plan) -> str:
                 f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}` | "
                 f"{change.action.value} | {_md_escape(why)} |"
             )
-    else:
+    elif not plan.errors:
         lines.append("No changes: hep.gg and the outputs match the manifest.")
     if plan.diagnostics:
         lines.append("")

@@ -136,8 +136,8 @@ def load_plan(path: Path) -> Plan:
         raise PlanError(f"{path}: cannot read plan file: {exc.strerror}") from None
     try:
         data = json.loads(raw)
-    except ValueError:
-        raise PlanError(f"{path}: not a hepinfra plan file (not JSON)") from None
+    except (ValueError, RecursionError):
+        raise PlanError(f"{path}: not a hepinfra plan file (not JSON, or nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format_version") != 1:
         raise PlanError(f"{path}: not a hepinfra plan file of format 1")
     try:

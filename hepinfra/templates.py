@@ -292,26 +292,99 @@ FILTERS = {
 }
 
 
-SIZE_LIMIT = 1_000_000  # no template needs a number, a repetition or a padding beyond this
+SIZE_LIMIT = 1_000_000  # no template needs a number, a repetition, a padding or a value beyond this
+OUTPUT_LIMIT = 4 * 1024 * 1024  # characters one render may produce
+RENDER_SECONDS = 10.0  # a dry-run (validate, plan, apply) may take this long per template
+_WIDTH = re.compile(r"%[#0\- +]*(\d+)?(?:\.(\d+))?|\{[^{}]*?(\d{7,})[^{}]*\}")
+
+
+def _too_big(what: str = "a number") -> Exception:
+    from jinja2.exceptions import SecurityError
+
+    return SecurityError(f"{what} above {SIZE_LIMIT:,} is refused in templates (it could exhaust memory)")
 
 
 def _check_size(value: Any) -> None:
-    from jinja2.exceptions import SecurityError
-
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SIZE_LIMIT:
-        raise SecurityError(f"a number above {SIZE_LIMIT:,} is refused in templates (it could exhaust memory)")
+        raise _too_big()
+
+
+def _check_result(value: Any) -> Any:
+    if isinstance(value, str | list | tuple | dict) and len(value) > SIZE_LIMIT * 4:
+        raise _too_big("a value")
+    return value
+
+
+def _check_format(spec: Any) -> None:
+    """Widths and precisions in a ``%`` or ``str.format`` template ('%0999999999d' allocates a gigabyte)."""
+    if isinstance(spec, str):
+        for match in _WIDTH.finditer(spec):
+            for group in match.groups():
+                if group:
+                    _check_size(int(group))
+
+
+def _estimate(obj: Any, args: tuple[Any, ...]) -> None:
+    """Refuse string methods whose result would be huge, before they allocate it."""
+    owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
+    if not isinstance(owner, str):
+        return
+    if name in ("format", "format_map"):
+        _check_format(owner)
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        grow = owner.count(args[0]) * max(0, len(args[1]) - len(args[0])) if args[0] else len(owner) * len(args[1])
+        _check_size(len(owner) + grow)
+    elif name == "join" and args and isinstance(args[0], list | tuple):
+        _check_size(sum(len(str(x)) for x in args[0]) + len(owner) * max(0, len(args[0]) - 1))
 
 
 def _bounded(func: Any) -> Any:
-    """A filter whose numeric arguments are bounded (``center(10**9)`` would allocate a gigabyte)."""
+    """A filter whose numeric arguments and result are bounded (``center(10**9)``, ``indent`` of many
+    lines by a wide margin)."""
 
     @functools.wraps(func)  # keeps Jinja2's pass_context/pass_environment marks
     def call(*args: Any, **kwargs: Any) -> Any:
         for value in (*args[1:], *kwargs.values()):
             _check_size(value)
-        return func(*args, **kwargs)
+        if func.__name__ == "do_replace" and len(args) >= 4:  # (eval_ctx, value, old, new[, count])
+            _estimate(str(args[1]).replace, (str(args[2]), str(args[3])))
+        if func.__name__ in ("do_indent", "do_wordwrap", "do_center") and args:
+            widths = [v for v in (*args[1:], *kwargs.values()) if isinstance(v, int) and not isinstance(v, bool)]
+            text = args[1] if not isinstance(args[0], str) and len(args) > 1 else args[0]
+            if isinstance(text, str) and widths:
+                _check_size((text.count("\n") + 1) * max(widths) + len(text))
+        return _check_result(func(*args, **kwargs))
 
     return call
+
+
+def render_template(template: Template, context: dict[str, Any]) -> str:
+    """Render with the output bounded to ``OUTPUT_LIMIT`` characters (a loop cannot fill memory) and,
+    in the main thread, the time to ``RENDER_SECONDS`` (a loop cannot hang validate or plan)."""
+    import signal
+    import threading
+
+    from jinja2.exceptions import SecurityError
+
+    def expired(signum: int, frame: Any) -> None:
+        raise SecurityError(f"the template took longer than {RENDER_SECONDS:g} s to render")
+
+    timed = threading.current_thread() is threading.main_thread() and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    previous = signal.signal(signal.SIGALRM, expired) if timed else None
+    if timed:
+        signal.setitimer(signal.ITIMER_REAL, RENDER_SECONDS)
+    try:
+        parts, total = [], 0
+        for chunk in template.generate(context):
+            total += len(chunk)
+            if total > OUTPUT_LIMIT:
+                raise SecurityError(f"the template renders more than {OUTPUT_LIMIT:,} characters")
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 @functools.cache
@@ -322,7 +395,7 @@ def environment() -> ImmutableSandboxedEnvironment:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Bounded(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**"})
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             if operator == "**" and isinstance(right, int) and right > 64:
@@ -331,12 +404,22 @@ def environment() -> ImmutableSandboxedEnvironment:
                 for seq, times in ((left, right), (right, left)):
                     if isinstance(seq, str | list | tuple) and isinstance(times, int):
                         _check_size(len(seq) * times)
-            return super().call_binop(context, operator, left, right)
+            elif operator == "%":
+                _check_format(left)
+            return _check_result(super().call_binop(context, operator, left, right))
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
             for value in (*args, *kwargs.values()):
                 _check_size(value)
-            return super().call(__context, __obj, *args, **kwargs)
+            _estimate(__obj, args)
+            return _check_result(super().call(__context, __obj, *args, **kwargs))
+
+        def wrap_str_format(self, value: Any) -> Any:
+            wrapped = super().wrap_str_format(value)  # str.format / format_map, wrapped at attribute access
+            if wrapped is None:
+                return None
+            _check_format(value.__self__)
+            return wrapped
 
     env = Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, auto_reload=False)
     env.filters.update(FILTERS)
@@ -353,7 +436,7 @@ def compile_string(source: str) -> Template:
 def render_string(source: str, context: dict[str, Any]) -> str:
     if "{" not in source:  # fast path: most names and paths are plain
         return source
-    return compile_string(source).render(context)
+    return render_template(compile_string(source), context)
 
 
 def template_error_message(exc: Exception) -> str:
@@ -423,7 +506,7 @@ def render_error(exc: Exception, source: str, context: dict[str, Any]) -> str:
     if isinstance(context.get("db"), dict):
         fake["db"] = placeholder_db(str(context["db"].get("engine", "mariadb")), str(context["db"].get("name", "")))
     try:
-        compile_string(source).render(fake)
+        render_template(compile_string(source), fake)
     except Exception as fake_exc:
         return redact(template_error_message(fake_exc))
     line = _template_line(exc)

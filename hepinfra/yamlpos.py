@@ -24,6 +24,7 @@ Path = tuple[str | int, ...]
 Positions = dict[Path, tuple[int, int]]
 
 MAX_DEPTH = 64
+FLOW_SCAN_FROM = 8_000  # brackets in a text before its nesting is checked on the event stream
 MAX_ALIAS_NODES = 100_000  # values built again through aliases: stops a "billion laughs" early
 QUOTE_LIMIT = 60  # characters of user input quoted in a message
 
@@ -81,6 +82,29 @@ def _tag_name(tag: str) -> str:
     return "!!" + tag[len(_YAML) :] if tag.startswith(_YAML) else tag
 
 
+def _nesting_beyond(text: str, limit: int) -> tuple[int, int] | None:
+    """(line, column) where mappings and sequences first nest deeper than ``limit``, from the event
+    stream (flat, no recursion); None when they do not, or when the text is not valid YAML (the
+    composer then reports it, located)."""
+    if text.count("[") + text.count("{") < FLOW_SCAN_FROM:
+        # block nesting needs indentation growing with depth (16 MiB allows ~4,000 levels) and libyaml's
+        # composer handles ~10,000 flow levels: only a text with this many brackets needs the extra pass
+        return None
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > limit:
+                    mark = event.start_mark
+                    return (mark.line + 1, mark.column + 1) if mark else (None, None)  # type: ignore[return-value]
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None
+    return None
+
+
 def load(text: str, filename: str) -> Document:
     """Parse one YAML document into plain data and the positions of its values and keys."""
     lines = _LINE_BREAK.split(text)
@@ -96,6 +120,9 @@ def load(text: str, filename: str) -> Document:
             return '; quote a value that starts with {{, e.g. name: "{{ env }}-shop"'
         return ""
 
+    too_deep = _nesting_beyond(text, MAX_DEPTH)
+    if too_deep is not None:  # checked on the flat event stream: composing it would recurse in C and crash
+        raise fail("nesting is too deep", *too_deep)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()

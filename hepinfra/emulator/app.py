@@ -388,6 +388,12 @@ class FaultsAndLog:
         path, emu = scope["path"], self.emu
         service = _service(path)
         if service == "control":
+            client = (scope.get("client") or ("", 0))[0]
+            if not _loopback(client):  # the test aids answer loopback only (check-password is an oracle)
+                await JSONResponse({"ok": False, "error": "the control API answers loopback only"}, 403)(
+                    scope, receive, send
+                )
+                return
             await self.app(scope, receive, send)
             return
         faults = emu.faults
@@ -486,3 +492,14 @@ def create_app(store: Store, config: EmulatorConfig | None = None) -> FaultsAndL
         routes=routes, exception_handlers={404: not_routed, 405: not_routed, ClientDisconnect: hung_up}
     )
     return FaultsAndLog(starlette, emu)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("", "testclient"):  # in-process transports (the embedded local hep.gg) have no address
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from hepinfra import errors as E
+from hepinfra.safety.paths import shown
 
 # (service, status, machine code or exact server message) -> class. Looked up most specific first.
 _BY_DETAIL: dict[tuple[str, int, str], type[E.ApiError]] = {
@@ -77,5 +78,6 @@ def error_from_response(service: str, request: str, response: httpx.Response) ->
     code = code if isinstance(code, str) else None
     cls = error_class(service, response.status_code, code, message)
     detail = " ".join(x for x in (code, message) if x) or response.reason_phrase or "no message"
+    detail = shown(detail, 300)  # the server's words, as they are: but no terminal escapes, no novel
     text = f"hep.gg {SERVICE_NAMES.get(service, service)}: {request} returned {response.status_code}: {detail}"
     return cls(text, service=service, status=response.status_code, code=code, server_message=message)

@@ -39,11 +39,37 @@ class Endpoints:
 
 
 def _check_url(value: str, var: str) -> str:
+    """'local' or a base URL: http(s), a host, an optional port and path; no query, fragment or
+    credentials (they would be pasted into every request and message). Never echoes the value: a
+    swapped CI variable may hold a key."""
     value = value.strip().rstrip("/")
-    if value == LOCAL or value.startswith(("http://", "https://")):
+    if value == LOCAL:
         return value
-    # never echo the value: a swapped CI variable may hold a key
-    raise UsageError(f"{var} must be 'local' or an http(s) URL (it is set, but to something else)")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+        ok = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and not parts.query
+            and not parts.fragment
+            and "?" not in value
+            and "#" not in value
+            and parts.username is None
+            and (port is None or 0 < port < 65536)
+            and value.isascii()
+            and value.isprintable()
+        )
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(
+            f"{var} must be 'local' or an http(s) base URL: a host, an optional port and path, no query, "
+            "fragment or credentials (it is set, but to something else)"
+        )
+    return value
 
 
 def endpoints_from_env(environ: Mapping[str, str] | None = None, *, url: str | None = None) -> Endpoints:
@@ -56,6 +82,12 @@ def endpoints_from_env(environ: Mapping[str, str] | None = None, *, url: str | N
     return Endpoints(base, _check_url(env.get("HEPGG_ID_URL") or id_default, "HEPGG_ID_URL"))
 
 
+def check_credential(value: str, var: str) -> None:
+    """A credential goes into an HTTP header or body: printable ASCII only (never echoed)."""
+    if not (value.isascii() and value.isprintable()):
+        raise UsageError(f"{var} holds characters no credential has (non-ASCII or control characters); copy it again")
+
+
 def secret_from_env(var: str, environ: Mapping[str, str] | None = None, *, purpose: str) -> SecretStr:
     """Read one credential; a missing or empty variable is a UsageError naming it."""
     env = os.environ if environ is None else environ
@@ -63,6 +95,7 @@ def secret_from_env(var: str, environ: Mapping[str, str] | None = None, *, purpo
     if not value:
         raise UsageError(f"{purpose} is not set: export {var}")
     register(value)
+    check_credential(value, var)
     return SecretStr(value)
 
 

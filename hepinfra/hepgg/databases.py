@@ -41,7 +41,7 @@ class DatabasesClient:
 
     async def reveal(self, database_id: str) -> DatabaseCredentials:
         response = await self._core.call("GET", f"{BASE}/{database_id}", idempotent=True)
-        return parse(DatabaseCredentials, self._data(response), service=SERVICE, what="reveal")
+        return _same(parse(DatabaseCredentials, self._data(response), service=SERVICE, what="reveal"), id=database_id)
 
     async def create(self, name: str, engine: str = "mariadb") -> DatabaseCredentials:
         """Create ``name``. If the answer is lost, List finds out whether it was created.
@@ -53,7 +53,8 @@ class DatabasesClient:
         for attempt in range(attempts):
             try:
                 response = await self._core.call("POST", BASE, idempotent=False, json={"name": name, "engine": engine})
-                return parse(DatabaseCredentials, self._data(response), service=SERVICE, what="create")
+                made = parse(DatabaseCredentials, self._data(response), service=SERVICE, what="create")
+                return _same(made, name=name, engine=engine)
             except E.AmbiguousResultError:
                 found = await self.find(name)
                 if found is not None:
@@ -75,4 +76,17 @@ class DatabasesClient:
         except E.AmbiguousResultError:
             revealed = await self.reveal(database_id)
             return revealed.model_copy(update={"recovered": True})
-        return parse(DatabaseCredentials, self._data(response), service=SERVICE, what="rotate")
+        return _same(parse(DatabaseCredentials, self._data(response), service=SERVICE, what="rotate"), id=database_id)
+
+
+def _same(answer: DatabaseCredentials, **asked: str) -> DatabaseCredentials:
+    """An answer about another database than the one asked for is refused: its credentials must never
+    reach this database's outputs or state."""
+    for field, wanted in asked.items():
+        if getattr(answer, field) != wanted:
+            raise E.ProtocolError(
+                f"hep.gg database API: the answer is about another database (its {field} is not the one asked "
+                "for); nothing was written",
+                service=SERVICE,
+            )
+    return answer

@@ -26,11 +26,17 @@ class _ApiModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
 
 
+# what hep.gg's ids and names look like: ids go into request paths and state, names into messages,
+# so an answer outside these shapes is refused as a protocol error, never stored or printed
+API_ID = r"^[A-Za-z0-9_-]{1,128}$"
+API_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+
+
 class DatabaseSummary(_ApiModel):
     """One entry of List: no secrets."""
 
-    id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
+    id: str = Field(pattern=API_ID)
+    name: str = Field(pattern=API_NAME)
     engine: str = "mariadb"
     db_name: str | None = None
     db_user: str | None = None

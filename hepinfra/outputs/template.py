@@ -16,7 +16,7 @@ from hepinfra.fsutil import atomic_write
 from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import existing_mode
 from hepinfra.plan import ObservedOutput
-from hepinfra.templates import compile_string, render_error
+from hepinfra.templates import compile_string, render_error, render_template
 
 
 class TemplateSink:
@@ -41,7 +41,7 @@ class TemplateSink:
     ) -> str:
         assert target.template_source is not None
         try:
-            data = compile_string(target.template_source).render(context).encode()
+            data = render_template(compile_string(target.template_source), context).encode()
         except Exception as exc:  # a template failure, without its values
             raise OutputError(
                 f"{target.path}: {target.template}: {render_error(exc, target.template_source, context)}"

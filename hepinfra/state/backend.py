@@ -41,7 +41,14 @@ class LockInfo:
     liveness: str = "pid"
 
     def describe(self) -> str:
-        return f"{self.user}@{self.host} (pid {self.pid}, '{self.command}', since {self.created}), lock id {self.id}"
+        """The holder in one line; every field comes from a file anyone could write: escaped and capped."""
+        from hepinfra.safety.paths import shown
+
+        user, host, command = shown(str(self.user), 40), shown(str(self.host), 80), shown(str(self.command), 80)
+        return (
+            f"{user}@{host} (pid {self.pid}, '{command}', since {shown(str(self.created), 40)}), "
+            f"lock id {shown(str(self.id), 40)}"
+        )
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -33,6 +33,8 @@ def decode(data: bytes, source: str) -> State:
         raw = json.loads(data)
     except ValueError as exc:
         raise StateError(f"{source}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise StateError(f"{source}: not a state file (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise StateError(f"{source}: a state file must hold a JSON object")
     version = raw.get("format_version")

@@ -28,7 +28,7 @@ from hepinfra.apply.ledger import Ledger, settled, with_entry
 from hepinfra.apply.writer import Failure, OutputWriter, failure_message
 from hepinfra.errors import ApiError, HepinfraError, OutputError
 from hepinfra.fetch import EnvAccess
-from hepinfra.fsutil import fsync_dir, remove_stale_temps_of
+from hepinfra.fsutil import fsync_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.manifest import DeclaredDatabase, Manifest, OutputTarget
@@ -234,7 +234,7 @@ class Executor:
                         files.append(resolve_path(self.manifest.project_dir, target))
                     except OutputError:
                         continue
-        remove_stale_temps_of(files)
+        self.writer.clear_stale_temps(files)
 
     def _calls(self, change: Change) -> _Calls:
         key = self.access[change.env].key

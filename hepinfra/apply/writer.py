@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hepinfra.digests import Digester
-from hepinfra.errors import HepinfraError, OutputError
+from hepinfra.errors import HepinfraError, LockError, OutputError
+from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
 from hepinfra.manifest import DeclaredDatabase, OutputTarget
 from hepinfra.outputs import SINKS
@@ -82,6 +83,16 @@ class OutputWriter:
         self.lock_dir = shared_lock_dir(project_dir / ".hepinfra" / "locks")
         self._locks: dict[Path, asyncio.Lock] = {}
         self.touched_dirs: set[Path] = set()
+
+    def clear_stale_temps(self, reals: list[Path]) -> None:
+        """Remove temp files a killed run left beside these outputs, each only while holding that file's
+        lock: another process writing the same file (another environment) has its temp file there."""
+        for real in dict.fromkeys(reals):
+            try:
+                with flock_path(output_lock_file(self.lock_dir, real), timeout=0):
+                    remove_stale_temps_of([real])
+            except LockError:
+                continue  # being written right now: its temps are live; a later run clears what is stale
 
     def _lock(self, real: Path) -> asyncio.Lock:
         return self._locks.setdefault(real, asyncio.Lock())

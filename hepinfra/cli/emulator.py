@@ -134,6 +134,10 @@ def emulator(**opts: Any) -> None:
         raise UsageError(str(exc)) from None
     db_keys = [_credential(k, "--db-key") for k in opts["db_keys"]]
     # no --db-key: the world's own throwaway key, minted once into the data directory
+    try:
+        Path(opts["data_dir"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise UsageError(f"--data {opts['data_dir']}: cannot keep the emulator's world there: {exc.strerror}") from None
     minted = None if db_keys else default_db_key(Path(opts["data_dir"]))
     seeds.insert(
         0,
@@ -153,7 +157,10 @@ def emulator(**opts: Any) -> None:
         faults=faults,
         seed=opts["fault_seed"],
     )
-    app = build_app(Path(opts["data_dir"]), config, seeds, slots=opts["slots"])
+    try:
+        app = build_app(Path(opts["data_dir"]), config, seeds, slots=opts["slots"])
+    except OSError as exc:
+        raise UsageError(f"--data {opts['data_dir']}: cannot keep the emulator's world there: {exc.strerror}") from None
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)

@@ -104,12 +104,21 @@ def state_push(manifest_file: str, lock_timeout: str, env: str, force: bool, sta
 @state.command("unlock")
 @manifest_option
 @click.option("-e", "--env", "env", required=True, help="The environment whose lock to clear.")
+@click.option("--force", is_flag=True, help="Clear it even though its holder is still running.")
 @click.argument("lock_id")
-def state_unlock(manifest_file: str, env: str, lock_id: str) -> None:
+def state_unlock(manifest_file: str, env: str, lock_id: str, force: bool) -> None:
     """Clear a stuck lock by its id (the lock error names it)."""
     from hepinfra import runner
+    from hepinfra.errors import LockError
 
     project = runner.Project.open(manifest_file)
     runner.select_environments(project.manifest, [env])
+    holder = project.backend.lock_holder(env)
+    if not force and holder is not None and holder.id == lock_id and project.backend.holder_alive(env):
+        raise LockError(
+            f"the lock of environment '{env}' is held by a process that is still running: {holder.describe()}",
+            hint="stop that run (Ctrl-C or SIGTERM unwinds it and releases the lock), or add --force: its "
+            "state writes would then race with the next run's",
+        )
     project.backend.unlock(env, lock_id)
     click.echo(f"Unlocked the state of '{env}'.")

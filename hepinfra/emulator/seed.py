@@ -68,9 +68,13 @@ class SeedError(ValueError):
 
 def load_seed(path: Path) -> SeedFile:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise SeedError(f"{path}: cannot read seed file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SeedError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise SeedError(f"{path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -242,6 +242,7 @@ class DotenvSink:
         body = text.removeprefix(_BOM)
         entries = parse_entries(body)
         gone = set(previous_keys) - set(values)
+        _refuse_hidden_keys(target, body, entries, set(values) | gone)
         eol = _dominant_eol(body)
         pieces: list[tuple[str, Entry | None]] = []  # (text, the foreign entry it keeps, if any)
         done: set[str] = set()
@@ -309,3 +310,20 @@ def _check_reads_the_same(
         "(an unterminated quote, or a quoted value ending in a backslash?); the file is left as it was",
         hint="fix or remove that line, then apply again",
     )
+
+
+def _refuse_hidden_keys(target: OutputTarget, body: str, entries: list[Entry], managed: set[str]) -> None:
+    """A part of the file python-dotenv cannot parse (an unterminated quote, say) that holds one of
+    hepinfra's keys: rewriting around it would leave the old value there, in plain text, and a file
+    bash cannot source. Refuse, naming the line, and leave the file as it is."""
+    for entry in entries:
+        if not entry.error:
+            continue
+        for key in managed:
+            match = re.search(rf"(?m)^[ \t]*(?:export[ \t]+)?{re.escape(key)}[ \t]*=", entry.text)
+            if match:
+                line = body.count("\n", 0, entry.offset + match.start()) + 1
+                raise OutputError(
+                    f"{target.path}: line {line}: {key} sits in a part of the file that python-dotenv cannot "
+                    "parse (an unterminated quote above it?); fix the file, the write was refused",
+                )

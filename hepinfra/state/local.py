@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -211,6 +212,24 @@ class LocalBackend:
             raise
         return held
 
+    def holder_alive(self, env: str) -> bool:
+        """True when the lock's holder provably runs: it keeps the flock on the lock file (and it is not
+        this object). ``state unlock`` refuses to pull such a lock without ``--force``."""
+        path = self._file(env, ".lock")
+        if env in self._held:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if try_flock(fd, shared=True):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            return True
+        finally:
+            os.close(fd)
+
     def unlock(self, env: str, lock_id: str) -> None:
         """Remove the lock if ``lock_id`` is its id, from any process (``state unlock``)."""
         try:
@@ -240,7 +259,7 @@ def _read_holder(fd: int) -> LockInfo:
         chunks.append(chunk)
     try:
         return LockInfo.from_dict(json.loads(b"".join(chunks)))
-    except ValueError:
+    except (ValueError, RecursionError):
         return _UNREADABLE
 
 

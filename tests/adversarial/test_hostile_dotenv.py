@@ -62,3 +62,14 @@ def test_hostile_existing_files_keep_foreign_entries_and_get_exact_keys(
     assert "SHOP_URL" not in after and live["SHOP_URL"] not in file.read_text()
     assert {k: v for k, v in after.items() if not k.startswith("SHOP_")} == foreign_before
     assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server).code == 0
+
+
+def test_a_managed_key_hidden_behind_an_unterminated_quote_is_refused(tmp_path: Path, server: Server) -> None:
+    project = write_project(tmp_path / "p", MANIFEST)
+    file = project.parent / ".env"
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 0
+    broken = "BROKEN='unterminated\n" + file.read_text()
+    file.write_text(broken)
+    result = invoke(["rotate", "shop", "-f", str(project), "--auto-approve"], server=server)
+    assert result.code == 1 and "line 2: SHOP_PASSWORD sits in a part of the file that python-dotenv cannot" in result.out
+    assert file.read_text() == broken  # left exactly as it was

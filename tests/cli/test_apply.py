@@ -232,8 +232,12 @@ def test_a_held_lock_names_its_holder_and_lock_timeout_waits(tmp_path: Path, ser
     started = time.monotonic()
     waited = invoke(["apply", "-f", str(project), "--auto-approve", "--lock-timeout", "10s"], server=server)
     assert waited.code == 0 and time.monotonic() - started >= 0.5
-    held = backend.lock("prod", LockInfo())
-    assert invoke(["state", "unlock", held.id, "-e", "prod", "-f", str(project)], server=server).code == 0
+    held = backend.lock("prod", LockInfo())  # held by this (live) process
+    refused = invoke(["state", "unlock", held.id, "-e", "prod", "-f", str(project)], server=server)
+    assert refused.code == 1 and "held by a process that is still running" in refused.err
+    assert backend.lock_holder("prod") is not None
+    forced = invoke(["state", "unlock", held.id, "-e", "prod", "-f", str(project), "--force"], server=server)
+    assert forced.code == 0
     assert backend.lock_holder("prod") is None
 
 

@@ -331,7 +331,7 @@ def test_saved_plan_refused_when_remote_or_manifest_changed(project: Path, serve
 @pytest.mark.parametrize(
     "content,message",
     [
-        ("not json", "not a hepinfra plan file (not JSON)"),
+        ("not json", "not a hepinfra plan file (not JSON, or nested too deeply)"),
         ('{"format_version": 7}', "not a hepinfra plan file of format 1"),
         ('{"format_version": 1}', "created_at: Field required"),
     ],

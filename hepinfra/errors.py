@@ -10,6 +10,7 @@ bodies, headers or credentials.
     ├── ManifestError                  the manifest is wrong: file:line:col, key path
     ├── StateError                     a state file is unreadable or inconsistent
     │   └── LockError                  the state lock is held: names the holder
+    ├── Interrupted                    Ctrl-C / SIGTERM mid-apply: what finished, was in flight, never started
     ├── PlanError                      a plan cannot be made or applied
     │   └── StalePlanError             a saved plan no longer matches state or remote
     ├── OutputError                    an output cannot be written safely
@@ -94,6 +95,10 @@ class ManifestError(HepinfraError):
             where += ": "
         key = f"{path}: " if path else ""
         super().__init__(f"{where}{key}{message}", hint=hint)
+
+
+class Interrupted(HepinfraError):
+    """Ctrl-C or SIGTERM during an apply; the message says what was done, in flight, and not started."""
 
 
 class StateError(HepinfraError):

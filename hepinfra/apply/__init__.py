@@ -6,14 +6,13 @@ re-check, in-process and cross-process file locks, one failure per output), ``ex
 checks against state and hep.gg).
 """
 
-from hepinfra.apply.executor import ApplyResult, Executor, Interrupted, Outcome
+from hepinfra.apply.executor import ApplyResult, Executor, Outcome
 from hepinfra.apply.ledger import Ledger
 from hepinfra.apply.pins import check_changes, check_pins, current_remote, remote_digests
 
 __all__ = [
     "ApplyResult",
     "Executor",
-    "Interrupted",
     "Ledger",
     "Outcome",
     "check_changes",

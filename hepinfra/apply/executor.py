@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from hepinfra.apply.ledger import Ledger, settled, with_entry
 from hepinfra.apply.writer import Failure, OutputWriter, failure_message
-from hepinfra.errors import ApiError, HepinfraError, OutputError
+from hepinfra.errors import ApiError, HepinfraError, Interrupted, OutputError
 from hepinfra.fetch import EnvAccess
 from hepinfra.fsutil import fsync_dir
 from hepinfra.hepgg import Hepgg
@@ -46,10 +46,6 @@ T = TypeVar("T")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Interrupted(HepinfraError):
-    """Ctrl-C or SIGTERM during an apply; the message says what was done, in flight, and not started."""
 
 
 @dataclass
@@ -94,6 +90,7 @@ class _Tracker:
     def __init__(self) -> None:
         self.queued = 0.0
         self.in_flight = False
+        self.early_intent: tuple[str, str] | None = None  # (env, journal id) of an intent journaled before its slot
 
 
 class _Calls:
@@ -116,10 +113,13 @@ class _Calls:
         finally:
             self._slots.release()
 
-    async def mutate(self, journal: Callable[[], Awaitable[None]], call: Callable[[Any], Awaitable[T]]) -> T:
+    async def mutate(
+        self, journal: Callable[[], Awaitable[None]] | None, call: Callable[[Any], Awaitable[T]]
+    ) -> T:
         await self._slot()
         try:
-            await journal()
+            if journal is not None:
+                await journal()
             self._tracker.in_flight = True
             return await call(self._client)
         finally:
@@ -196,6 +196,7 @@ class Executor:
             await asyncio.gather(*tasks, return_exceptions=True)
             for ledger in self.ledgers.values():
                 await ledger.settle()
+            await self._drop_early_intents(finished)
             raise Interrupted(self._interrupt_summary(work, finished)) from None
         for directory in self.writer.touched_dirs:  # once per directory, not once per output
             await asyncio.to_thread(fsync_dir, directory)
@@ -249,9 +250,27 @@ class Executor:
         targets = list(self._decl(change).outputs)
         return [t for t in targets if only is None or t.path in only]
 
-    async def _journal(self, change: Change, entry: JournalEntry, *, urgent: bool = False) -> None:
-        self._trackers.setdefault(change.address, _Tracker()).in_flight = True
+    async def _journal(self, change: Change, entry: JournalEntry, *, urgent: bool = False, early: bool = False) -> None:
+        """Journal ``entry``. ``early``: before waiting for a slot (a create: many intents share one write,
+        and an interrupt removes those whose call never started), else right before the call."""
+        tracker = self._trackers.setdefault(change.address, _Tracker())
+        if early:
+            tracker.early_intent = (change.env, entry.id)
+        else:
+            tracker.in_flight = True
         await self.ledgers[change.env].commit(lambda s: with_entry(s, entry), urgent=urgent)
+
+    async def _drop_early_intents(self, finished: dict[str, Outcome]) -> None:
+        """After an interrupt: intents journaled ahead of a call that never started are not kept."""
+        for address, tracker in self._trackers.items():
+            if tracker.early_intent is None or tracker.in_flight or address in finished:
+                continue
+            env, entry_id = tracker.early_intent
+
+            def drop(s: State, gone: str = entry_id) -> State:
+                return s.model_copy(update={"journal": tuple(j for j in s.journal if j.id != gone)})
+
+            await self.ledgers[env].commit(drop)
 
     async def _finish(
         self,
@@ -312,9 +331,8 @@ class Executor:
     async def create(self, change: Change) -> Outcome:
         outputs = tuple(t.path for t in self._targets(change))
         intent = JournalEntry(op="create", database=change.key, name=change.name, started_at=_now(), outputs=outputs)
-        creds = await self._calls(change).mutate(
-            lambda: self._journal(change, intent, urgent=True), lambda c: c.create(change.name, change.engine)
-        )
+        await self._journal(change, intent, urgent=True, early=True)  # a whole batch of intents in one write
+        creds = await self._calls(change).mutate(None, lambda c: c.create(change.name, change.engine))
         now = _now()
         managed = ManagedDatabase(
             key=change.key,

@@ -82,7 +82,7 @@ def run_async(coro: Any) -> Any:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         box.append(await coro)
 
-    from hepinfra.apply.executor import Interrupted
+    from hepinfra.errors import Interrupted
 
     try:
         asyncio.run(main())

@@ -129,6 +129,7 @@ class HttpCore:
         self.service = service
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._deadline = 4 * timeout  # one whole request and its answer, however slowly it trickles in
         self._client = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
@@ -164,7 +165,10 @@ class HttpCore:
             number = _calls
             _maybe_kill("before", number)
             try:
-                response = await self._client.request(method, path, **kwargs)
+                try:  # a per-read timeout alone lets a server that drips one byte at a time hold a run forever
+                    response = await asyncio.wait_for(self._client.request(method, path, **kwargs), self._deadline)
+                except TimeoutError:
+                    raise httpx.ReadTimeout(f"no complete answer within {self._deadline:g} s") from None
                 _maybe_kill("after", number)
             except NOT_SENT as exc:
                 log.debug("%s: %s (attempt %d), not sent", what, type(exc).__name__, attempt + 1)

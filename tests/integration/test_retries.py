@@ -189,3 +189,47 @@ def test_unreachable_host_is_a_transport_error_naming_the_call() -> None:
         run(scenario())
     assert "GET http://127.0.0.1:9/api/v1/db/databases failed: connection refused (ConnectError)" in str(info.value)
     assert not isinstance(info.value, E.AmbiguousResultError)
+
+
+def test_a_server_that_drips_its_answer_is_cut_off_by_a_deadline() -> None:
+    import socket
+    import threading
+    import time as _time
+
+    from hepinfra.hepgg import Hepgg
+    from hepinfra.hepgg.config import Endpoints
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():  # one byte every 0.1 s: no single read ever times out
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            _time.sleep(0.1)
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def scenario() -> None:
+        hub = Hepgg(Endpoints(url, url), environ={"HEPGG_DB_KEY": "k" * 12}, retry=RetryPolicy(attempts=1), timeout=0.5)
+        async with hub:
+            await hub.databases().list()
+
+    started = _time.monotonic()
+    try:
+        with pytest.raises(E.TransportError) as info:
+            run(scenario())
+    finally:
+        stop.set()
+        listener.close()
+    assert _time.monotonic() - started < 10
+    assert "timed out" in str(info.value)

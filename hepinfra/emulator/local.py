@@ -59,7 +59,7 @@ def _credentials(directory: Path) -> LocalCredentials:
         id_token=secrets.token_urlsafe(24),
         upload_token="hyd-up-" + secrets.token_urlsafe(18),
     )
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

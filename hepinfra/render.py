@@ -62,7 +62,7 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
     lines.append(
         style(
             f"hepinfra plan for {plan.manifest} (environments: {envs}; "
-            f"{'refreshed' if plan.refreshed else 'not refreshed: --no-refresh'})",  # the mode asked for
+            f"{'refreshed' if plan.refreshed else 'not refreshed: --no-refresh'})",
             bold=True,
         )
     )

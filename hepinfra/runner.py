@@ -108,9 +108,9 @@ def check_plan_out(path: Path, project_dir: Path) -> None:
 
     from hepinfra.safety.paths import Boundary, Refused, shown
 
-    written = os.path.abspath(path)
+    boundary = Boundary(project_dir)
     try:
-        real = Boundary(project_dir).check_real(Boundary(project_dir).resolve(written, allow_outside=True))
+        real = boundary.check_real(boundary.resolve(os.path.abspath(path), allow_outside=True))
     except Refused as exc:
         raise UsageError(f"--out {shown(str(path))}: {exc}") from None
     if real.exists():

@@ -2,9 +2,9 @@
 
 Owns: re-checking every output's real path right before the write (it must still be the one
 checked at load time), the per-file locks (an asyncio lock in this process, and a flock on a
-sidecar in the per-user lock directory across processes and projects, held for the whole read-modify-write, so
-two runs that share a file never lose each other's keys), removing what hepinfra wrote to
-outputs no longer declared, and the records of what was written.
+sidecar in the per-user lock directory across processes and projects, held for the whole
+read-modify-write, so two runs that share a file never lose each other's keys), removing what
+hepinfra wrote to outputs no longer declared, and the records of what was written.
 Must not: stop at the first failed output (every output of a rotated database must get its
 chance), or let a value reach a failure message.
 """

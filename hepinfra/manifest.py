@@ -36,6 +36,7 @@ from pydantic import (
 from hepinfra import yamlpos
 from hepinfra.errors import ManifestError
 from hepinfra.safety.paths import MANIFEST_LIMIT, Boundary, Refused, read_regular, shown
+from hepinfra.state.spec import LocalState, PostgresState, S3State, StateSpec
 
 DEFAULT_FILE = "hepinfra.yaml"
 log = logging.getLogger("hepinfra.manifest")
@@ -104,7 +105,7 @@ Mode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3}$"), BeforeValidato
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, defer_build=True)
 
 
 class _OutputBase(_Model):
@@ -190,6 +191,7 @@ def _bool_as_text(value: Any) -> Any:
 class ManifestModel(_Model):
     version: Annotated[Literal[1], BeforeValidator(_bool_as_text)]
     hepgg: HepggSpec = HepggSpec()
+    state: StateSpec = LocalState()
     environments: Annotated[dict[Ident, EnvironmentSpec], BeforeValidator(_none_as_empty)] = Field(min_length=1)
     databases: Annotated[dict[Ident, DatabaseSpec], BeforeValidator(_none_as_empty)] = {}
 
@@ -275,12 +277,21 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
             current = typing.get_args(current)[1]
         elif origin is list:
             current = typing.get_args(current)[0]
-        elif part in ("dotenv", "template"):
-            current = DotenvOutput if part == "dotenv" else TemplateOutput
+        elif part in _TAGGED:  # a tagged union: the tag names the member
+            current = _TAGGED[part]
         else:
             return None
     current = _unwrap(current)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+_TAGGED: dict[str, type[BaseModel]] = {
+    "dotenv": DotenvOutput,
+    "template": TemplateOutput,
+    "local": LocalState,
+    "s3": S3State,
+    "postgres": PostgresState,
+}
 
 
 def _unwrap(tp: Any) -> Any:
@@ -337,7 +348,7 @@ def _friendly(err: Any) -> str:
         return MODE_HELP if "0-7" in str(pattern) else "is not in the expected form"
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", msg))  # our own validators' words
-    if kind == "output_kind":  # our own discriminator's words
+    if kind in ("output_kind", "state_backend"):  # our own discriminators' words
         return str(msg)
     if kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
         return "must not be empty"
@@ -354,6 +365,8 @@ def _strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     for i, part in enumerate(loc):
         if i >= 2 and loc[i - 2] == "outputs" and isinstance(loc[i - 1], int) and part in ("dotenv", "template"):
             continue
+        if i == 1 and loc[0] == "state" and part in ("local", "s3", "postgres"):
+            continue
         out.append(part)
     return tuple(out)
 
@@ -365,12 +378,14 @@ def _error_from_validation(
     # a misspelt key is both unknown and, under its right name, missing: name the typo ("did you mean")
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = _strip_union_tags(tuple(err["loc"]))
+    if err["type"] == "state_backend" and isinstance(data.get("state"), dict) and "backend" in data["state"]:
+        loc = ("state", "backend")
     path = yamlpos.locate(data, loc)
     if err["type"] == "extra_forbidden":
         parent = yamlpos.locate(data, loc[:-1])
         unknown = str(loc[-1])
         model = _model_at(tuple(err["loc"])[:-1])
-        allowed = sorted(model.model_fields) if model else []
+        allowed = sorted(f.alias or name for name, f in model.model_fields.items()) if model else []
         guess = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6) if len(unknown) < 100 else []
         message = f"unknown key '{yamlpos.clip(unknown)}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
         if allowed:

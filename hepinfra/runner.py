@@ -23,22 +23,24 @@ from hepinfra.fsutil import atomic_write, ensure_hepinfra_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.manifest import Manifest
 from hepinfra.plan import Plan, RotateRequest, make_plan
-from hepinfra.state.local import LocalBackend
 from hepinfra.state.model import State
 
 if TYPE_CHECKING:
     from hepinfra.apply import ApplyResult
+    from hepinfra.state.backend import Backend
 
 
 @dataclass
 class Project:
     manifest: Manifest
-    backend: LocalBackend
+    backend: Backend
 
     @classmethod
     def open(cls, manifest_path: str | Path) -> Project:
+        from hepinfra.state import open_backend
+
         manifest = manifest_mod.load(manifest_path)
-        return cls(manifest, LocalBackend(manifest.project_dir / ".hepinfra" / "state"))
+        return cls(manifest, open_backend(manifest.model.state, manifest.project_dir))
 
     def hepgg(self, *, parallelism: int = 16) -> Hepgg:
         return Hepgg.from_env(
@@ -309,6 +311,58 @@ def push_state(project: Project, env: str, path: Path, *, force: bool, timeout: 
         return project.backend.write(env, incoming)
     finally:
         project.backend.unlock(env, lock.id)
+
+
+def migrate_state(project: Project, *, force: bool, timeout: float) -> list[tuple[str, State]]:
+    """Copy every environment's local state to the configured backend, holding both locks of each.
+
+    Checked before anything is written: the target is not local, there is a local state, and
+    (unless ``force``) the target holds no state for any of those environments. Each copy keeps its
+    lineage and serial (past the target's own serial when forced) and is read back to compare.
+    """
+    from hepinfra.errors import StateError
+    from hepinfra.state.backend import LockInfo
+    from hepinfra.state.local import LocalBackend
+
+    target = project.backend
+    if isinstance(target, LocalBackend):
+        raise UsageError(
+            f"{project.manifest.path}: the state: block names the local backend; set backend: s3 or postgres, "
+            "then migrate"
+        )
+    source = LocalBackend(project.manifest.project_dir / ".hepinfra" / "state")
+    envs = source.environments()
+    if not envs:
+        raise UsageError(f"{source.directory}: no local state to migrate")
+    held: list[tuple[Backend, str, str]] = []
+    try:
+        for env in envs:  # sorted: one order everywhere
+            held.append((source, env, source.lock(env, LockInfo(), timeout).id))
+            held.append((target, env, target.lock(env, LockInfo(), timeout).id))
+        states = {env: source.read(env) for env in envs}
+        there = {env: target.read(env) for env in envs}
+        taken = [env for env in envs if there[env] is not None]
+        if taken and not force:
+            first = there[taken[0]]
+            raise StateError(
+                f"{target.where} already holds the state of {', '.join(repr(e) for e in taken)} "
+                f"('{taken[0]}': serial {first.serial if first else '?'}); nothing was copied",
+                hint="use --force to overwrite it",
+            )
+        copied: list[tuple[str, State]] = []
+        for env in envs:
+            state = states[env]
+            if state is None:
+                continue
+            stored = target.replace(env, state)
+            again = target.read(env)
+            if again is None or again.model_copy(update={"serial": 0}) != stored.model_copy(update={"serial": 0}):
+                raise StateError(f"{target.where}: the state of '{env}' read back differs from what was written")
+            copied.append((env, stored))
+        return copied
+    finally:
+        for backend, env, lock_id in reversed(held):
+            backend.unlock(env, lock_id)
 
 
 async def database_values(project: Project, env: str, keys: Sequence[str]) -> dict[str, dict[str, str]]:

@@ -120,5 +120,29 @@ def state_unlock(manifest_file: str, env: str, lock_id: str, force: bool) -> Non
             hint="stop that run (Ctrl-C or SIGTERM unwinds it and releases the lock), or add --force: its "
             "state writes would then race with the next run's",
         )
-    project.backend.unlock(env, lock_id)
+    project.backend.unlock(env, lock_id, force=force)
     click.echo(f"Unlocked the state of '{env}'.")
+
+
+@state.command("migrate")
+@manifest_option
+@lock_timeout_option
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["local"]),
+    required=True,
+    help="Where the state is now: local (.hepinfra/state next to the manifest).",
+)
+@click.option("--force", is_flag=True, help="Overwrite environments the target already holds a state for.")
+def state_migrate(manifest_file: str, lock_timeout: str, source: str, force: bool) -> None:
+    """Copy every environment's state to the manifest's state: backend (lineage and serial kept)."""
+    from hepinfra import runner
+
+    project = runner.Project.open(manifest_file)
+    for env, stored in runner.migrate_state(project, force=force, timeout=parse_timeout(lock_timeout)):
+        click.echo(
+            f"Copied the state of '{env}' (lineage {stored.lineage}, serial {stored.serial}, "
+            f"{len(stored.databases)} database(s)) to {project.backend.where}."
+        )
+    click.echo("The local files stay in .hepinfra/state; remove them once the new backend has served a run.")

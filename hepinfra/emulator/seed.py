@@ -22,7 +22,7 @@ from hepinfra.errors import first_validation_error
 
 
 class _Seed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class DbKeySeed(_Seed):

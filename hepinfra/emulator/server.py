@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import uvicorn
+from typing import TYPE_CHECKING, Any
 
 from hepinfra.emulator.app import EmulatorConfig, FaultsAndLog, create_app
 from hepinfra.emulator.seed import SeedFile, apply_seed
 from hepinfra.emulator.store import Store
+
+if TYPE_CHECKING:  # uvicorn is imported only to serve: the embedded emulator never needs it
+    import uvicorn
 
 DB_FILE = "hepgg.sqlite3"
 
@@ -43,6 +44,8 @@ def build_app(data_dir: Path | None, config: EmulatorConfig, seeds: list[SeedFil
 
 
 def _config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+    import uvicorn
+
     logging.getLogger("uvicorn.error").addFilter(_QuietInjectedFaults())
     return uvicorn.Config(
         app,
@@ -64,6 +67,8 @@ def bound_address(server: uvicorn.Server) -> str:
 
 def serve_forever(app: Any, host: str, port: int, *, announce: Any) -> None:
     """Run until SIGINT/SIGTERM (uvicorn installs the handlers); ``announce(url)`` once listening."""
+    import uvicorn
+
     config = _config(app, host, port, "warning")
     server = uvicorn.Server(config)
 
@@ -89,6 +94,8 @@ class RunningEmulator:
 @contextmanager
 def serve_in_thread(app: FaultsAndLog, host: str = "127.0.0.1") -> Iterator[RunningEmulator]:
     """Serve ``app`` on a free loopback port in a daemon thread (as httpx's own tests do)."""
+    import uvicorn
+
     server = uvicorn.Server(_config(app, host, 0, "error"))
     thread = threading.Thread(target=server.run, daemon=True, name="hepgg-emulator")
     thread.start()

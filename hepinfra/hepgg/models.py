@@ -23,7 +23,9 @@ ID_TYPES = ("uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "k
 
 
 class _ApiModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel, defer_build=True
+    )
 
 
 # what hep.gg's ids and names look like: ids go into request paths and state, names into messages,

@@ -85,6 +85,27 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+UNREADABLE = LockInfo(id="unreadable", pid=0, host="?", user="?", created="?", command="?")
+
+
+def holder_from(data: bytes) -> LockInfo:
+    """A LockInfo read back from storage; one that cannot be read is named as such."""
+    import json
+
+    try:
+        return LockInfo.from_dict(json.loads(data))
+    except (ValueError, RecursionError, TypeError):
+        return UNREADABLE
+
+
+def holder_process_alive(info: LockInfo) -> bool:
+    """True only when the holder provably runs: on this host, its pid exists, is no zombie, and
+    started when the lock says (a holder elsewhere is never judged)."""
+    if info.host != socket.gethostname() or info.pid <= 0 or info.start_time is None:
+        return False
+    return not holder_process_gone(info) and process_start_time(info.pid) == info.start_time
+
+
 def holder_process_gone(info: LockInfo) -> bool:
     """The ``"pid"`` liveness test: True only when the holder ran on this host and its process
     no longer exists, is a zombie, or is another process that reused the pid."""
@@ -152,4 +173,26 @@ class Locker(Protocol):
 
 
 class Backend(StateReader, StateWriter, Locker, Protocol):
-    """A full backend: read, write, lock."""
+    """A full backend: read, write, lock; plus what ``state`` commands and messages need."""
+
+    @property
+    def where(self) -> str:
+        """The place, for messages: "local (.hepinfra/state)", "s3 (s3://bucket/prefix)", ..."""
+        ...
+
+    @property
+    def frees_dead_holders(self) -> bool:
+        """A holder that dies releases its lock by itself (the next run takes it at once)."""
+        ...
+
+    def replace(self, env: str, state: State) -> State:
+        """Store a state of any lineage (on explicit request), keeping a backup."""
+        ...
+
+    def holder_alive(self, env: str) -> bool:
+        """True when the lock's holder provably still runs (``state unlock`` then needs --force)."""
+        ...
+
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> None: ...
+
+    def close(self) -> None: ...

@@ -33,7 +33,7 @@ from hepinfra.errors import LockError, StateError
 from hepinfra.fsutil import atomic_write, fsync_dir, remove_stale_temps, temp_prefix
 from hepinfra.locking import Flock, flock_path, is_open_at, try_flock
 from hepinfra.state import codec
-from hepinfra.state.backend import LockInfo, holder_process_gone, process_start_time
+from hepinfra.state.backend import UNREADABLE, LockInfo, holder_from, holder_process_gone, process_start_time
 from hepinfra.state.model import State
 
 POLL_FIRST = 0.002  # seconds between attempts while a live holder has the lock, doubling up to POLL
@@ -43,11 +43,16 @@ log = logging.getLogger("hepinfra.state")
 
 
 class LocalBackend:
+    where = "local (.hepinfra/state)"
+    frees_dead_holders = True  # on this host: the holder's flock goes with its process
+
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         # What this object last wrote per environment, and whether it already kept a backup. Valid
         # while it holds the lock (apply writes many times per run); read() drops it.
         self._written: dict[str, State] = {}
+        self._base: dict[str, int] = {}  # the serial this object last read or wrote per environment
+        self._inode: dict[str, tuple[int, int, int] | None] = {}  # the file this object last wrote (each write is a new inode)
         self._backed_up: set[str] = set()
         # The flock this object holds per environment on its lock file, with that lock's id.
         self._held: dict[str, tuple[str, Flock]] = {}
@@ -62,6 +67,11 @@ class LocalBackend:
 
     def read(self, env: str) -> State | None:
         self._written.pop(env, None)
+        state = self._read_file(env)
+        self._base[env] = state.serial if state is not None else 0
+        return state
+
+    def _read_file(self, env: str) -> State | None:
         path = self._file(env)
         try:
             data = path.read_bytes()
@@ -75,7 +85,19 @@ class LocalBackend:
         return state
 
     def write(self, env: str, state: State) -> State:
-        current = self._written.get(env) or self.read(env)
+        current = self._written.get(env)
+        if current is not None and self._inode.get(env) != _inode(self._file(env)):
+            current = None  # replaced since this object wrote it: judge by what is there now
+        if current is None:
+            current = self._read_file(env)
+            base = self._base.get(env)
+            if base is not None and base != (current.serial if current is not None else 0):
+                raise StateError(
+                    f"{self._file(env)}: the state changed since it was read (serial {base}, now "
+                    f"{current.serial if current is not None else 'gone'}); another run wrote it without holding "
+                    "the lock. Nothing was overwritten",
+                    hint="run again: it reads the new state",
+                )
         if current is not None:
             if current.lineage != state.lineage:
                 raise StateError(
@@ -92,6 +114,8 @@ class LocalBackend:
             state = state.model_copy(update={"serial": max(state.serial, 1)})
         atomic_write(self._file(env), codec.encode(state))
         self._written[env] = state
+        self._base[env] = state.serial
+        self._inode[env] = _inode(self._file(env))
         return state
 
     def replace(self, env: str, state: State) -> State:
@@ -99,9 +123,12 @@ class LocalBackend:
         if self._file(env).exists():
             atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
         current = self.read(env)
-        state = state.model_copy(update={"serial": max(state.serial, current.serial if current else 0) + 1})
+        if current is not None and state.serial <= current.serial:  # kept when newer, else just past it
+            state = state.model_copy(update={"serial": current.serial + 1})
         atomic_write(self._file(env), codec.encode(state))
         self._written[env] = state
+        self._base[env] = state.serial
+        self._inode[env] = _inode(self._file(env))
         self._backed_up.add(env)
         return state
 
@@ -113,7 +140,7 @@ class LocalBackend:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            return _UNREADABLE
+            return UNREADABLE
 
     def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:
         mine = dataclasses.replace(
@@ -155,7 +182,7 @@ class LocalBackend:
             except FileNotFoundError:
                 current = None
             except OSError:
-                return self.lock_holder(env) or _UNREADABLE
+                return self.lock_holder(env) or UNREADABLE
             try:
                 if current is not None:
                     if not try_flock(current):
@@ -165,7 +192,7 @@ class LocalBackend:
                         return stale
                 held = self._publish(path, mine, replacing=current)
                 if held is None:  # an older hepinfra (it takes no guard) changed the file meanwhile
-                    return self.lock_holder(env) or _UNREADABLE
+                    return self.lock_holder(env) or UNREADABLE
             finally:
                 if current is not None:
                     os.close(current)  # the flock on a stale lock's inode goes with it
@@ -230,8 +257,12 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def unlock(self, env: str, lock_id: str) -> None:
-        """Remove the lock if ``lock_id`` is its id, from any process (``state unlock``)."""
+    def close(self) -> None:
+        """Nothing to close: a lock still held stays until ``unlock`` or this process ends."""
+
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> None:
+        """Remove the lock if ``lock_id`` is its id, from any process (``state unlock``; ``force``
+        changes nothing here: the caller already decided to pull a live holder's lock)."""
         try:
             if not self._file(env, ".lock").exists():
                 raise LockError(f"the state of environment '{env}' is not locked")
@@ -250,17 +281,20 @@ class LocalBackend:
                 ours[1].release()
 
 
-_UNREADABLE = LockInfo(id="unreadable", pid=0, host="?", user="?", created="?", command="?")
+def _inode(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at ``path`` (inode numbers are reused, so with its change time and size)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns, st.st_size
 
 
 def _read_holder(fd: int) -> LockInfo:
     chunks = []
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
-    try:
-        return LockInfo.from_dict(json.loads(b"".join(chunks)))
-    except (ValueError, RecursionError):
-        return _UNREADABLE
+    return holder_from(b"".join(chunks))
 
 
 def _holder_gone(holder: LockInfo) -> bool:

@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 
 
 class _Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class ManagedDatabase(_Value):

@@ -1,0 +1,260 @@
+"""The PostgreSQL state backend: rows of ``<schema>.states`` and ``<schema>.locks``.
+
+Owns: one connection per backend object (autocommit), the tables (created if missing, under a
+transaction-level advisory lock so that racing first runs do not collide), and turning
+psycopg's failures into one line naming the schema and server, never the password.
+- A state row holds env, lineage, serial, the canonical JSON body, the previous body (backup)
+  and updated_at. A write is one ``UPDATE ... WHERE lineage = read AND serial = read``: a write
+  that raced another changes no row and is refused, never lost.
+- The lock is a session-level ``pg_try_advisory_lock`` held for the whole run, plus a row in
+  ``locks`` naming the holder. A holder that dies (or whose connection drops) releases the
+  advisory lock at once, so its row no longer counts: nothing is ever stuck.
+The libpq URL comes from the variable the manifest's ``url_env`` names, so PGPASSWORD,
+~/.pgpass and sslmode work as usual.
+Must not: import psycopg before it is used, or put the URL or its password in any message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hepinfra.errors import LockError, StateError
+from hepinfra.state.backend import LockInfo, holder_from
+from hepinfra.state.model import State
+from hepinfra.state.spec import PostgresState
+from hepinfra.state.stored import Conflict, StoredBackend
+
+CONNECT_TIMEOUT_S = 10
+
+
+class PostgresBackend(StoredBackend):
+    frees_dead_holders = True  # the advisory lock dies with its session
+
+    def __init__(self, spec: PostgresState, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.where = spec.where()
+        self._environ = os.environ if environ is None else environ
+        self._conn: Any = None
+        self._mine: dict[str, LockInfo] = {}
+        self._server = ""
+
+    def source(self, env: str) -> str:
+        return f"postgres {self.spec.schema_}.states[{env}]"
+
+    # --- the connection ---------------------------------------------------------------------------------
+
+    def _place(self) -> str:
+        return f"state backend postgres (schema {self.spec.schema_}{' at ' + self._server if self._server else ''})"
+
+    def _connect(self) -> Any:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            import psycopg
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise StateError(
+                f"{self._place()}: the PostgreSQL backend needs psycopg 3, which is not installed",
+                hint="pip install 'hepinfra[postgres]'",
+            ) from None
+        from hepinfra.safety.redact import register
+
+        url = self._environ.get(self.spec.url_env, "")
+        if not url.strip():
+            raise StateError(
+                f"{self._place()}: {self.spec.url_env} is not set",
+                hint=f"export {self.spec.url_env}=postgresql://USER@HOST:PORT/DBNAME (the password from "
+                "PGPASSWORD or ~/.pgpass, not the manifest)",
+            )
+        register(url, self._environ.get("PGPASSWORD", ""))
+        try:
+            parts = conninfo_to_dict(url)
+        except psycopg.Error:
+            raise StateError(
+                f"{self._place()}: {self.spec.url_env} is not a libpq URL or key=value string"
+            ) from None
+        register(str(parts.get("password") or ""))
+        host, port = str(parts.get("host") or "localhost"), str(parts.get("port") or "5432")
+        db, user = str(parts.get("dbname") or ""), str(parts.get("user") or "")
+        self._server = f"{user + '@' if user else ''}{host}:{port}/{db}"
+        try:
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="hepinfra")
+        except psycopg.Error as exc:
+            raise StateError(f"{self._place()}: cannot connect: {_first_line(exc)}") from None
+        self._conn = conn
+        try:
+            self._prepare(conn)
+        except psycopg.Error as exc:
+            self.close()
+            raise StateError(f"{self._place()}: cannot prepare the tables: {_first_line(exc)}") from None
+        return conn
+
+    def _prepare(self, conn: Any) -> None:
+        from psycopg import sql
+
+        schema = sql.Identifier(self.spec.schema_)
+        conn.execute("SET statement_timeout = '30s'")
+        found = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+            (f'"{self.spec.schema_}".states', f'"{self.spec.schema_}".locks'),
+        ).fetchone()
+        if found and found[0]:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("", "schema"),))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.states ("
+                    " env text PRIMARY KEY, lineage text NOT NULL, serial bigint NOT NULL,"
+                    " body text NOT NULL, backup text, updated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(schema)
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.locks ("
+                    " env text PRIMARY KEY, lock_id text NOT NULL, holder jsonb NOT NULL,"
+                    " session_pid integer NOT NULL, taken_at timestamptz NOT NULL DEFAULT now())"
+                ).format(schema)
+            )
+
+    def _sql(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run one statement (``{s}`` is the schema); every failure is one StateError line."""
+        import psycopg
+        from psycopg import sql
+
+        conn = self._connect()
+        try:
+            return conn.execute(sql.SQL(query).format(s=sql.Identifier(self.spec.schema_)), params)
+        except psycopg.Error as exc:
+            raise StateError(f"{self._place()}: {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # any advisory lock still held goes with the session
+        self._conn = None
+        self._held.clear()
+        self._mine.clear()
+
+    # --- StoredBackend primitives -----------------------------------------------------------------------
+
+    def _load(self, env: str) -> tuple[bytes, str] | None:
+        row = self._sql("SELECT body, lineage, serial FROM {s}.states WHERE env = %s", (env,)).fetchone()
+        if row is None:
+            return None
+        return str(row[0]).encode(), f"{row[1]}:{row[2]}"
+
+    def _store(self, env: str, data: bytes, state: State, expect: str | None) -> str:
+        body = data.decode()
+        if expect is None:
+            cur = self._sql(
+                "INSERT INTO {s}.states (env, lineage, serial, body) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (env) DO NOTHING",
+                (env, state.lineage, state.serial, body),
+            )
+        else:
+            lineage, _, serial = expect.rpartition(":")
+            cur = self._sql(
+                "UPDATE {s}.states SET lineage = %s, serial = %s, body = %s, updated_at = now() "
+                "WHERE env = %s AND lineage = %s AND serial = %s",
+                (state.lineage, state.serial, body, env, lineage, int(serial)),
+            )
+        if cur.rowcount != 1:
+            raise Conflict
+        return f"{state.lineage}:{state.serial}"
+
+    def _backup(self, env: str, data: bytes) -> None:
+        self._sql("UPDATE {s}.states SET backup = %s WHERE env = %s", (data.decode(), env))
+
+    def _names(self) -> list[str]:
+        return [str(row[0]) for row in self._sql("SELECT env FROM {s}.states").fetchall()]
+
+    def _try_lock(self, env: str, mine: LockInfo) -> LockInfo | None:
+        if env in self._mine:  # session locks nest: refuse a second hold as any other holder would be
+            return self._mine[env]
+        key = _advisory_key(self.spec.schema_, env)
+        row = self._sql("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)).fetchone()
+        if row is not None and row[0]:
+            self._sql(
+                "INSERT INTO {s}.locks (env, lock_id, holder, session_pid) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (env) DO UPDATE SET lock_id = EXCLUDED.lock_id, holder = EXCLUDED.holder, "
+                "session_pid = EXCLUDED.session_pid, taken_at = now()",
+                (env, mine.id, json.dumps(mine.as_dict()), row[1]),
+            )
+            self._mine[env] = mine
+            return None
+        for _ in range(50):  # the holder takes the advisory lock, then writes its row
+            holder = self._live_holder(env)
+            if holder is not None:
+                return holder[0]
+            time.sleep(0.01)
+        return LockInfo(id="?", pid=0, host="?", user="?", created="?", command="(taking the lock)")
+
+    # --- Locker ---------------------------------------------------------------------------------------
+
+    def _live_holder(self, env: str) -> tuple[LockInfo, int] | None:
+        """The holder row whose session holds the advisory lock now, with that session's pid."""
+        unsigned = _advisory_key(self.spec.schema_, env) & 0xFFFFFFFFFFFFFFFF
+        row = self._sql(
+            "SELECT l.holder::text, l.session_pid FROM {s}.locks l WHERE l.env = %s AND EXISTS ("
+            " SELECT 1 FROM pg_locks p WHERE p.locktype = 'advisory' AND p.granted AND p.pid = l.session_pid"
+            " AND p.classid = %s::bigint::oid AND p.objid = %s::bigint::oid AND p.objsubid = 1"
+            " AND p.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            (env, unsigned >> 32, unsigned & 0xFFFFFFFF),
+        ).fetchone()
+        return (holder_from(str(row[0]).encode()), int(row[1])) if row is not None else None
+
+    def lock_holder(self, env: str) -> LockInfo | None:
+        live = self._live_holder(env)
+        return live[0] if live is not None else None
+
+    def holder_alive(self, env: str) -> bool:
+        live = self._live_holder(env)
+        return live is not None and self._mine.get(env, None) is None
+
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> None:
+        mine = self._mine.get(env)
+        if mine is not None and mine.id == lock_id:
+            self._sql("DELETE FROM {s}.locks WHERE env = %s AND lock_id = %s", (env, lock_id))
+            self._sql("SELECT pg_advisory_unlock(%s)", (_advisory_key(self.spec.schema_, env),))
+            del self._mine[env]
+            self._held.pop(env, None)
+            return
+        live = self._live_holder(env)
+        if live is None:
+            self._sql("DELETE FROM {s}.locks WHERE env = %s AND lock_id = %s", (env, lock_id))  # a dead row
+            raise LockError(f"the state of environment '{env}' in {self.where} is not locked")
+        holder, session = live
+        if holder.id != lock_id:
+            raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
+        if not force:
+            raise LockError(
+                f"the lock of environment '{env}' is held by a live database session (server pid {session}) "
+                f"of {holder.describe()}",
+                hint="it is released the moment that run ends; --force ends that session",
+            )
+        self._sql("SELECT pg_terminate_backend(%s)", (session,))
+        deadline = time.monotonic() + 10
+        while self._live_holder(env) is not None:
+            if time.monotonic() > deadline:
+                raise LockError(f"the session holding the lock of environment '{env}' did not end")
+            time.sleep(0.05)
+        self._sql("DELETE FROM {s}.locks WHERE env = %s AND lock_id = %s", (env, lock_id))
+
+
+def _advisory_key(schema: str, env: str) -> int:
+    digest = hashlib.sha256(f"hepinfra\0{schema}\0{env}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    from hepinfra.safety.redact import redact
+
+    text = str(exc).strip().splitlines()
+    return redact(" ".join(text[0].split()))[:300] if text else type(exc).__name__

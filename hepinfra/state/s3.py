@@ -1,0 +1,238 @@
+"""The S3 state backend: ``<prefix><env>.json``, ``.json.backup`` and ``.lock`` in one bucket.
+
+Owns: boto3 calls and turning their failures into one line naming the bucket and key.
+- The lock is a ``PUT`` of ``<env>.lock`` with ``If-None-Match: *`` (S3 creates it only if it is
+  absent), holding the holder's LockInfo; it is deleted on release with ``If-Match`` on its ETag.
+- Each state write is a ``PUT`` with ``If-Match`` on the ETag read (``If-None-Match: *`` when
+  there was none): a write that raced another is refused, never lost.
+- A holder that dies leaves its lock: the next run's error names it; ``state unlock ID`` clears it.
+  hepinfra never breaks an S3 lock by itself (another machine's run cannot be judged gone).
+Credentials come from boto3's default chain, the endpoint from ``AWS_ENDPOINT_URL(_S3)``.
+Must not: import boto3 before it is used (start-up), or print a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hepinfra.errors import LockError, StateError
+from hepinfra.state.backend import LockInfo, holder_from, holder_process_alive
+from hepinfra.state.model import State
+from hepinfra.state.spec import S3State
+from hepinfra.state.stored import Conflict, StoredBackend
+
+MAX_STATE_BYTES = 64 * 1024 * 1024
+_CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
+_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+
+
+def client_for(spec: S3State) -> Any:
+    """A boto3 S3 client from the default chain; StateError (one line) when that cannot be."""
+    where = f"state backend {spec.where()}"
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        raise StateError(
+            f"{where}: the S3 backend needs boto3, which is not installed", hint="pip install 'hepinfra[s3]'"
+        ) from None
+    from hepinfra.safety.redact import register
+
+    try:
+        session = boto3.session.Session(region_name=spec.region)
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        raise StateError(f"{where}: cannot read the AWS configuration: {type(exc).__name__}") from None
+    if credentials is None:
+        raise StateError(
+            f"{where}: no AWS credentials found",
+            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role",
+        )
+    frozen = credentials.get_frozen_credentials()
+    register(frozen.secret_key or "", frozen.token or "")
+    custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        connect_timeout=5,
+        read_timeout=15,
+        retries={"max_attempts": 4, "mode": "standard"},
+        s3={"addressing_style": "path"} if custom_endpoint else {},
+    )
+    return session.client("s3", config=config)
+
+
+class S3Backend(StoredBackend):
+    frees_dead_holders = False
+
+    def __init__(self, spec: S3State, client: Any = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.where = spec.where()
+        self._client = client
+
+    @property
+    def s3(self) -> Any:
+        if self._client is None:
+            self._client = client_for(self.spec)
+        return self._client
+
+    def _key(self, env: str, suffix: str) -> str:
+        return f"{self.spec.prefix}{env}{suffix}"
+
+    def source(self, env: str) -> str:
+        return f"s3://{self.spec.bucket}/{self._key(env, '.json')}"
+
+    def close(self) -> None:
+        if self._client is not None and hasattr(self._client, "close"):
+            self._client.close()
+        self._client = None
+
+    # --- calls, each failure one line ------------------------------------------------------------------
+
+    def _call(self, op: str, key: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.s3, op)(Bucket=self.spec.bucket, **({"Key": key} if key else {}), **kwargs)
+        except ClientError as exc:
+            raise _S3Failure(_code(exc), self._failure(exc, key)) from None
+        except BotoCoreError as exc:
+            raise self._failure(exc, key) from None
+
+    def _failure(self, exc: Exception, key: str) -> StateError:
+        from botocore import exceptions as bx
+
+        from hepinfra.safety.redact import redact
+
+        place = f"state backend s3 (s3://{self.spec.bucket}/{key})"
+        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+            return StateError(
+                f"{place}: no AWS credentials found",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role",
+            )
+        if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError):
+            endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "") or self.s3.meta.endpoint_url
+            return StateError(f"{place}: cannot reach {endpoint}: {type(exc).__name__}")
+        if isinstance(exc, bx.ClientError):
+            code = _code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            if code == "NoSuchBucket":
+                return StateError(f"{place}: bucket '{self.spec.bucket}' does not exist", hint="create it (hepinfra never creates buckets) or fix 'bucket' in the state: block")
+            if code in _DENIED:
+                return StateError(
+                    f"{place}: access denied",
+                    hint="the credentials need s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket there",
+                )
+            if code in _REFUSED:
+                return StateError(f"{place}: the AWS credentials were refused ({code})")
+            return StateError(f"{place}: {redact(code)[:60]} (HTTP {status})")
+        return StateError(f"{place}: {type(exc).__name__}: {redact(str(exc))[:200]}")
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            answer = self._call("get_object", key)
+        except _S3Failure as failure:
+            if failure.code in ("NoSuchKey", "404"):
+                return None
+            raise failure.error from None
+        if int(answer.get("ContentLength") or 0) > MAX_STATE_BYTES:
+            raise StateError(f"s3://{self.spec.bucket}/{key}: larger than {MAX_STATE_BYTES} bytes; not a state")
+        return answer["Body"].read(MAX_STATE_BYTES + 1), str(answer["ETag"])
+
+    def _put_object(self, key: str, data: bytes, **conditions: str) -> str:
+        try:
+            answer = self._call("put_object", key, Body=data, ContentType="application/json", **conditions)
+        except _S3Failure as failure:
+            if failure.code in _CONFLICT:
+                raise Conflict from None
+            raise failure.error from None
+        return str(answer.get("ETag", ""))
+
+    # --- StoredBackend primitives ---------------------------------------------------------------------
+
+    def _load(self, env: str) -> tuple[bytes, str] | None:
+        return self._get(self._key(env, ".json"))
+
+    def _store(self, env: str, data: bytes, state: State, expect: str | None) -> str:
+        condition = {"IfMatch": expect} if expect is not None else {"IfNoneMatch": "*"}
+        return self._put_object(self._key(env, ".json"), data, **condition)
+
+    def _backup(self, env: str, data: bytes) -> None:
+        self._put_object(self._key(env, ".json.backup"), data)
+
+    def _names(self) -> list[str]:
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            try:
+                page = self._call("list_objects_v2", "", Prefix=self.spec.prefix, **extra)
+            except _S3Failure as failure:
+                raise failure.error from None
+            for item in page.get("Contents", []):
+                rest = str(item["Key"])[len(self.spec.prefix) :]
+                if rest.endswith(".json") and "/" not in rest:
+                    names.append(rest[: -len(".json")])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return names
+
+    def _try_lock(self, env: str, mine: LockInfo) -> LockInfo | None:
+        body = json.dumps(mine.as_dict()).encode()
+        for _ in range(5):
+            try:
+                self._put_object(self._key(env, ".lock"), body, IfNoneMatch="*")
+                return None
+            except Conflict:
+                holder = self.lock_holder(env)
+                if holder is not None:
+                    return holder
+                # released between our PUT and our GET: try again at once
+        return LockInfo(id="?", pid=0, host="?", user="?", created="?", command="(changing hands)")
+
+    # --- Locker -------------------------------------------------------------------------------------
+
+    def lock_holder(self, env: str) -> LockInfo | None:
+        found = self._get(self._key(env, ".lock"))
+        return holder_from(found[0]) if found is not None else None
+
+    def holder_alive(self, env: str) -> bool:
+        holder = self.lock_holder(env)
+        if holder is None or self._held.get(env) == holder.id:
+            return False
+        return holder_process_alive(holder)
+
+    def unlock(self, env: str, lock_id: str, *, force: bool = False) -> None:
+        key = self._key(env, ".lock")
+        try:
+            found = self._get(key)
+            if found is None:
+                raise LockError(f"the state of environment '{env}' in {self.where} is not locked")
+            holder = holder_from(found[0])
+            if holder.id != lock_id:
+                raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
+            try:
+                self._call("delete_object", key, IfMatch=found[1])
+            except _S3Failure as failure:
+                if failure.code in _CONFLICT:
+                    raise LockError(f"the lock of environment '{env}' changed while it was being released") from None
+                if failure.code != "NotImplemented":
+                    raise failure.error from None
+                self._call("delete_object", key)  # a store without conditional deletes
+        finally:
+            if self._held.get(env) == lock_id:
+                del self._held[env]
+
+
+class _S3Failure(Exception):
+    def __init__(self, code: str, error: StateError) -> None:
+        super().__init__(code)
+        self.code = code
+        self.error = error
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))

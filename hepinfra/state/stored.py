@@ -1,0 +1,160 @@
+"""The state rules every remote backend shares, on top of four storage primitives.
+
+Owns: read (remembering the version read), write (lineage must match; the serial is bumped
+only when content changed; the version before a run's first change is kept as a backup; the
+store is conditional on the version read, so a write that raced another is refused, never
+lost), replace (another lineage, on request), and the lock wait loop with its one-line error.
+A backend supplies ``_load``, ``_store``, ``_backup``, ``_names`` and ``_try_lock``.
+Must not: know how bytes are stored, or break a lock (backends decide what a dead holder is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import ClassVar
+
+from hepinfra.errors import LockError, StateError
+from hepinfra.state import codec
+from hepinfra.state.backend import LockInfo, process_start_time
+from hepinfra.state.model import State
+
+POLL_FIRST = 0.05  # seconds between lock attempts, doubling up to POLL
+POLL = 1.0
+
+
+class Conflict(Exception):
+    """The stored version is not the one this write was conditional on."""
+
+
+class StoredBackend:
+    """A backend over versioned storage; subclasses name the place in ``where`` ("s3://b/p")."""
+
+    where: str = "?"
+    # Whether a holder that dies releases its lock by itself (the next run takes it at once).
+    frees_dead_holders: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        # per environment: the version this object last read or wrote, and that state
+        self._seen: dict[str, tuple[str, State]] = {}
+        self._backed_up: set[str] = set()
+        self._held: dict[str, str] = {}  # env -> id of the lock this object holds
+
+    # --- primitives ---------------------------------------------------------------------------------
+
+    def _load(self, env: str) -> tuple[bytes, str] | None:
+        """The stored bytes and their version, or None."""
+        raise NotImplementedError
+
+    def _store(self, env: str, data: bytes, state: State, expect: str | None) -> str:
+        """Store ``data`` if the stored version is still ``expect`` (None: nothing stored yet);
+        return the new version, or raise Conflict."""
+        raise NotImplementedError
+
+    def _backup(self, env: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _try_lock(self, env: str, mine: LockInfo) -> LockInfo | None:
+        """One attempt: None when ``mine`` now holds the lock, else the holder."""
+        raise NotImplementedError
+
+    def source(self, env: str) -> str:
+        """Where ``env``'s state is, for messages."""
+        return f"{self.where} {env}"
+
+    # --- StateReader / StateWriter -------------------------------------------------------------------
+
+    def environments(self) -> list[str]:
+        return sorted(self._names())
+
+    def read(self, env: str) -> State | None:
+        self._seen.pop(env, None)
+        found = self._load(env)
+        if found is None:
+            return None
+        data, version = found
+        state = codec.decode(data, self.source(env))
+        if state.environment != env:
+            raise StateError(f"{self.source(env)}: holds the state of environment '{state.environment}', not '{env}'")
+        self._seen[env] = (version, state)
+        return state
+
+    def _current(self, env: str) -> tuple[str | None, State | None]:
+        if env not in self._seen:
+            self.read(env)
+        version, state = self._seen.get(env, (None, None))
+        return version, state
+
+    def write(self, env: str, state: State) -> State:
+        version, current = self._current(env)
+        if current is not None:
+            if current.lineage != state.lineage:
+                raise StateError(
+                    f"{self.source(env)}: lineage {current.lineage} differs from the state being written "
+                    f"({state.lineage}); refusing to overwrite another state"
+                )
+            if current.same_content(state):
+                return current
+            state = state.model_copy(update={"serial": max(current.serial, state.serial) + 1})
+        else:
+            state = state.model_copy(update={"serial": max(state.serial, 1)})
+        return self._put(env, state, version, current)
+
+    def replace(self, env: str, state: State) -> State:
+        """Store a state of any lineage (``state push --force``, ``state migrate --force``): its serial
+        is kept when newer than the stored one, else set just past it."""
+        version, current = self._current(env)
+        if current is not None and state.serial <= current.serial:
+            state = state.model_copy(update={"serial": current.serial + 1})
+        return self._put(env, state, version, current)
+
+    def _put(self, env: str, state: State, version: str | None, current: State | None) -> State:
+        if current is not None and env not in self._backed_up:  # the version before this run's first change
+            self._backup(env, codec.encode(current))
+            self._backed_up.add(env)
+        try:
+            new_version = self._store(env, codec.encode(state), state, version)
+        except Conflict:
+            self._seen.pop(env, None)
+            raise StateError(
+                f"{self.source(env)}: the state changed since it was read (serial {current.serial if current else 0}); "
+                "another run wrote it without holding the lock. Nothing was overwritten",
+                hint="run again: it reads the new state",
+            ) from None
+        self._seen[env] = (new_version, state)
+        return state
+
+    # --- Locker ---------------------------------------------------------------------------------------
+
+    def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:
+        mine = dataclasses.replace(
+            info,
+            liveness="pid",
+            start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
+        )
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = POLL_FIRST
+        while True:
+            holder = self._try_lock(env, mine)
+            if holder is None:
+                self._held[env] = mine.id
+                self._backed_up.discard(env)
+                return mine
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockError(
+                    f"the state of environment '{env}' in {self.where} is locked by {holder.describe()}",
+                    hint=self.stuck_hint(env, holder),
+                )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, POLL)
+
+    def stuck_hint(self, env: str, holder: LockInfo) -> str:
+        return (
+            "wait with --lock-timeout DURATION, or if that run is gone (a cancelled CI job) run "
+            f"'hepinfra state unlock {holder.id} -e {env}'"
+        )
+

@@ -1,0 +1,224 @@
+"""Real servers for the state backends, started by the tests on loopback and stopped after.
+
+- ``moto_server``: moto in server mode (``python -m moto.server``), spoken to over real HTTP.
+- ``postgres_server``: a PostgreSQL cluster from Debian's ``postgresql`` package, made with
+  initdb in a temp dir and started with pg_ctl on a free port, as the ``postgres`` user when
+  the tests run as root (PostgreSQL refuses to run as root), with password authentication.
+A server that cannot start fails the tests that need it; nothing skips.
+Before each server stops, everything it stores joins the session's secret scan.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- moto ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Moto:
+    url: str
+    env: dict[str, str]  # what a hepinfra process needs to reach it (credentials, endpoint, region)
+
+    def client(self) -> object:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def bucket(self) -> str:
+        """A new empty bucket."""
+        name = f"hepinfra-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+        return name
+
+    def objects(self, only: str | None = None) -> dict[str, bytes]:
+        """Every object of every bucket (or of bucket ``only``): ``bucket/key`` -> body."""
+        s3: object = self.client()
+        out = {}
+        for bucket in s3.list_buckets()["Buckets"]:  # type: ignore[attr-defined]
+            if only is not None and bucket["Name"] != only:
+                continue
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"])  # type: ignore[attr-defined]
+            for page in pages:
+                for item in page.get("Contents", []):
+                    body = s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()  # type: ignore[attr-defined]
+                    out[f"{bucket['Name']}/{item['Key']}"] = body
+        return out
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Moto]:
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="hepinfra-moto-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url + "/moto-api/", timeout=1)
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto server did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.1)
+    from tests.conftest import ISSUED, record_artifact
+
+    secret = "moto-secret-" + secrets.token_hex(12)
+    ISSUED.add(secret)
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIAHEPINFRATEST0001",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    moto = Moto(url, env)
+    try:
+        yield moto
+        for name, body in moto.objects().items():
+            record_artifact(f"s3 object {name}", body.decode(errors="replace"))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.unlink(log.name)
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @property
+    def url(self) -> str:
+        """The libpq URL with its password: what HEPINFRA_STATE_PG holds (a secret)."""
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+
+    @property
+    def url_without_password(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def schema(self) -> str:
+        """A new schema name (hepinfra creates it)."""
+        return f"s_{uuid.uuid4().hex[:12]}"
+
+    def rows(self) -> list[str]:
+        """Every row of every hepinfra table in every schema, as text."""
+        import psycopg
+
+        out = []
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_name IN ('states', 'locks') AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchall()
+            for schema, table in tables:
+                for row in conn.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall():  # noqa: S608
+                    out.append(" ".join(str(v) for v in row))
+        return out
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's 'postgresql' package)")
+    return Path(found[-1]).parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    bindir = _pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="hepinfra-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the unprivileged 'postgres'
+        account = pwd.getpwnam("postgres")
+        os.chown(root, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    os.chmod(root, 0o700)
+    from tests.conftest import ISSUED, record_artifact
+
+    password = "pg-" + secrets.token_urlsafe(18)
+    ISSUED.add(password)
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")
+    if as_user:
+        shutil.chown(pwfile, "postgres", "postgres")
+    data, sockets, port = root / "data", root / "sock", free_port()
+    sockets.mkdir()
+    if as_user:
+        shutil.chown(sockets, "postgres", "postgres")
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            pytest.fail(f"{args[0]} failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+
+    run(
+        str(bindir / "initdb"), "-D", str(data), "-U", "hepinfra", "--auth=scram-sha-256",
+        f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync", "--no-instructions",
+    )  # fmt: skip
+    pwfile.unlink()
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start")
+    server = Postgres("127.0.0.1", port, "hepinfra", password, "hepinfra_test")
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://hepinfra:{password}@127.0.0.1:{port}/postgres", autocommit=True
+        ) as conn:
+            conn.execute("CREATE DATABASE hepinfra_test")
+        yield server
+        for row in server.rows():
+            record_artifact("postgres row", row)
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(root, ignore_errors=True)

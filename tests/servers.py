@@ -10,6 +10,7 @@ Before each server stops, everything it stores joins the session's secret scan.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -76,8 +77,13 @@ class Moto:
         return out
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[Moto]:
+class ServerFailed(Exception):
+    """A test server could not start (the tests fail on it; they never skip)."""
+
+
+@contextlib.contextmanager
+def moto_process(secret: str) -> Iterator[Moto]:
+    """moto in server mode on a free loopback port, until the block ends."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="hepinfra-moto-", suffix=".log", delete=False)
     proc = subprocess.Popen(
@@ -95,12 +101,8 @@ def moto_server() -> Iterator[Moto]:
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"moto server did not start: {Path(log.name).read_text()[-2000:]}")
+                raise ServerFailed(f"moto server did not start: {Path(log.name).read_text()[-2000:]}") from None
             time.sleep(0.1)
-    from tests.conftest import ISSUED, record_artifact
-
-    secret = "moto-secret-" + secrets.token_hex(12)
-    ISSUED.add(secret)
     env = {
         "AWS_ACCESS_KEY_ID": "AKIAHEPINFRATEST0001",
         "AWS_SECRET_ACCESS_KEY": secret,
@@ -108,11 +110,8 @@ def moto_server() -> Iterator[Moto]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    moto = Moto(url, env)
     try:
-        yield moto
-        for name, body in moto.objects().items():
-            record_artifact(f"s3 object {name}", body.decode(errors="replace"))
+        yield Moto(url, env)
     finally:
         proc.terminate()
         try:
@@ -120,6 +119,22 @@ def moto_server() -> Iterator[Moto]:
         except subprocess.TimeoutExpired:
             proc.kill()
         os.unlink(log.name)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Moto]:
+    """One moto server for the session; everything it stores joins the secret scan at the end."""
+    from tests.conftest import ISSUED, record_artifact
+
+    secret = "moto-secret-" + secrets.token_hex(12)
+    ISSUED.add(secret)
+    try:
+        with moto_process(secret) as moto:
+            yield moto
+            for name, body in moto.objects().items():
+                record_artifact(f"s3 object {name}", body.decode(errors="replace"))
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------
@@ -165,12 +180,29 @@ class Postgres:
 def _pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if not found:
-        pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's 'postgresql' package)")
+        raise ServerFailed("PostgreSQL is not installed (.ci/run installs Debian's 'postgresql' package)")
     return Path(found[-1]).parent
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session; every hepinfra row joins the secret scan at the end."""
+    from tests.conftest import ISSUED, record_artifact
+
+    password = "pg-" + secrets.token_urlsafe(18)
+    ISSUED.add(password)
+    try:
+        with postgres_cluster(password) as server:
+            yield server
+            for row in server.rows():
+                record_artifact("postgres row", row)
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
+
+
+@contextlib.contextmanager
+def postgres_cluster(password: str) -> Iterator[Postgres]:
+    """A new cluster in a temp dir on a free loopback port (user hepinfra, database hepinfra_test)."""
     bindir = _pg_bin()
     root = Path(tempfile.mkdtemp(prefix="hepinfra-pg-"))
     as_user: list[str] = []
@@ -179,10 +211,6 @@ def postgres_server() -> Iterator[Postgres]:
         os.chown(root, account.pw_uid, account.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     os.chmod(root, 0o700)
-    from tests.conftest import ISSUED, record_artifact
-
-    password = "pg-" + secrets.token_urlsafe(18)
-    ISSUED.add(password)
     pwfile = root / "pw"
     pwfile.write_text(password + "\n")
     if as_user:
@@ -195,7 +223,7 @@ def postgres_server() -> Iterator[Postgres]:
     def run(*args: str) -> None:
         done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            pytest.fail(f"{args[0]} failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+            raise ServerFailed(f"{args[0]} failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
 
     run(
         str(bindir / "initdb"), "-D", str(data), "-U", "hepinfra", "--auth=scram-sha-256",
@@ -213,8 +241,6 @@ def postgres_server() -> Iterator[Postgres]:
         ) as conn:
             conn.execute("CREATE DATABASE hepinfra_test")
         yield server
-        for row in server.rows():
-            record_artifact("postgres row", row)
     finally:
         subprocess.run(
             [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],

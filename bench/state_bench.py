@@ -115,7 +115,8 @@ def main() -> None:
         environ = {"HEPINFRA_STATE_PG": server.url}
         results["postgres"] = measure(lambda: PostgresBackend(pg, environ), state, args.runs)
     for name, row in results.items():
-        print(f"{name:<10} {row['first_read_ms']:>14.2f} {row['read_ms']:>9.2f} {row['read_write_ms']:>14.2f} {row['lock_unlock_ms']:>15.2f}")
+        cells = f"{row['first_read_ms']:>14.2f} {row['read_ms']:>9.2f} {row['read_write_ms']:>14.2f}"
+        print(f"{name:<10} {cells} {row['lock_unlock_ms']:>15.2f}")
     emit({**results, "databases": args.databases, "state_kib": round(size / 1024)}, "state")  # type: ignore[dict-item]
 
 

@@ -8,6 +8,7 @@ or print (cli.py).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from hepinfra import manifest as manifest_mod
-from hepinfra.errors import PlanError, StalePlanError, UsageError, first_validation_error
+from hepinfra.errors import HepinfraError, PlanError, StalePlanError, UsageError, first_validation_error
 from hepinfra.fetch import EnvAccess, gather
 from hepinfra.fsutil import atomic_write, ensure_hepinfra_dir
 from hepinfra.hepgg import Hepgg
@@ -51,6 +52,24 @@ class Project:
 
     def states(self, envs: Sequence[str]) -> dict[str, State | None]:
         return {env: self.backend.read(env) for env in envs}
+
+
+def release(backend: Backend, env: str, lock_id: str) -> None:
+    """Release a lock (in a ``finally``): a failure never replaces the run's own result or error; it
+    is a warning with the lock id and the command that clears it."""
+    from hepinfra.errors import HepinfraError
+
+    try:
+        backend.unlock(env, lock_id)
+    except HepinfraError as exc:
+        logging.getLogger("hepinfra.state").warning(
+            "could not release the lock of environment '%s' (%s); if it is still there, run "
+            "'hepinfra state unlock %s -e %s'",
+            env,
+            str(exc).removesuffix("."),
+            lock_id,
+            env,
+        )
 
 
 def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[str]:
@@ -243,7 +262,7 @@ async def apply(
             return plan, await executor.run()
         finally:
             for env, lock in locks.items():
-                project.backend.unlock(env, lock.id)
+                release(project.backend, env, lock.id)
 
 
 # --- state repairs and explicit value requests ------------------------------------------------------
@@ -273,7 +292,7 @@ def remove_from_state(project: Project, targets: Sequence[tuple[str, str]], time
                 ),
             )
         finally:
-            project.backend.unlock(env, lock.id)
+            release(project.backend, env, lock.id)
         removed.extend((env, k) for k in keys)
     return removed
 
@@ -310,15 +329,18 @@ def push_state(project: Project, env: str, path: Path, *, force: bool, timeout: 
             return project.backend.replace(env, incoming)
         return project.backend.write(env, incoming)
     finally:
-        project.backend.unlock(env, lock.id)
+        release(project.backend, env, lock.id)
 
 
-def migrate_state(project: Project, *, force: bool, timeout: float) -> list[tuple[str, State]]:
+def migrate_state(project: Project, *, force: bool, timeout: float, report: Callable[[str, State, bool], None]) -> None:
     """Copy every environment's local state to the configured backend, holding both locks of each.
 
     Checked before anything is written: the target is not local, there is a local state, and
-    (unless ``force``) the target holds no state for any of those environments. Each copy keeps its
-    lineage and serial (past the target's own serial when forced) and is read back to compare.
+    (unless ``force``) the target holds no other state for any of those environments (one equal
+    to the local state, lineage, serial and content, is already copied: a rerun after a failure
+    resumes). Each copy keeps its lineage and serial (past the target's own serial when forced)
+    and is read back to compare. ``report(env, stored, copied)`` follows each environment, as it
+    goes, so a failure partway still tells what was copied.
     """
     from hepinfra.errors import StateError
     from hepinfra.state.backend import LockInfo
@@ -341,7 +363,12 @@ def migrate_state(project: Project, *, force: bool, timeout: float) -> list[tupl
             held.append((target, env, target.lock(env, LockInfo(), timeout).id))
         states = {env: source.read(env) for env in envs}
         there = {env: target.read(env) for env in envs}
-        taken = [env for env in envs if there[env] is not None]
+
+        def copied_already(env: str) -> bool:
+            mine, theirs = states[env], there[env]
+            return mine is not None and theirs is not None and mine == theirs
+
+        taken = [env for env in envs if there[env] is not None and not copied_already(env)]
         if taken and not force:
             first = there[taken[0]]
             raise StateError(
@@ -349,20 +376,27 @@ def migrate_state(project: Project, *, force: bool, timeout: float) -> list[tupl
                 f"('{taken[0]}': serial {first.serial if first else '?'}); nothing was copied",
                 hint="use --force to overwrite it",
             )
-        copied: list[tuple[str, State]] = []
+        done: list[str] = []
         for env in envs:
             state = states[env]
             if state is None:
                 continue
-            stored = target.replace(env, state)
-            again = target.read(env)
-            if again is None or again.model_copy(update={"serial": 0}) != stored.model_copy(update={"serial": 0}):
-                raise StateError(f"{target.where}: the state of '{env}' read back differs from what was written")
-            copied.append((env, stored))
-        return copied
+            if copied_already(env):
+                report(env, state, False)
+                continue
+            try:
+                stored = target.replace(env, state)
+                again = target.read(env)
+                if again != stored:
+                    raise StateError(f"{target.where}: the state of '{env}' read back differs from what was written")
+            except HepinfraError as exc:
+                so_far = f"; copied before it: {', '.join(done)} (a rerun skips them)" if done else ""
+                raise StateError(f"{env}: {exc}{so_far}") from None
+            done.append(env)
+            report(env, stored, True)
     finally:
         for backend, env, lock_id in reversed(held):
-            backend.unlock(env, lock_id)
+            release(backend, env, lock_id)
 
 
 async def database_values(project: Project, env: str, keys: Sequence[str]) -> dict[str, dict[str, str]]:

@@ -30,7 +30,6 @@ import httpx
 import pytest
 
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,7 +84,7 @@ class ServerFailed(Exception):
 def moto_process(secret: str) -> Iterator[Moto]:
     """moto in server mode on a free loopback port, until the block ends."""
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="hepinfra-moto-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="hepinfra-moto-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
@@ -236,9 +235,7 @@ def postgres_cluster(password: str) -> Iterator[Postgres]:
     try:
         import psycopg
 
-        with psycopg.connect(
-            f"postgresql://hepinfra:{password}@127.0.0.1:{port}/postgres", autocommit=True
-        ) as conn:
+        with psycopg.connect(f"postgresql://hepinfra:{password}@127.0.0.1:{port}/postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE hepinfra_test")
         yield server
     finally:
@@ -248,3 +245,74 @@ def postgres_cluster(password: str) -> Iterator[Postgres]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- a proxy that loses answers -----------------------------------------------------------------------
+
+
+class DroppingProxy:
+    """An HTTP/1.1 proxy on loopback in front of ``upstream``: it forwards every request, and for
+    the first ``drops`` requests whose method and path match, closes the client's connection
+    instead of answering (the request did reach the server: a lost answer, as on a flaky network)."""
+
+    def __init__(self, upstream: str, method: str, path_suffix: str, drops: int = 1) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.method, self.suffix, self.drops = method, path_suffix, drops
+        self.dropped = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        import http.client
+
+        with client, client.makefile("rb") as reader:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode().split(" ", 2)
+                headers: list[tuple[str, str]] = []
+                while (header := reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, value = header.decode().split(":", 1)
+                    headers.append((name.strip(), value.strip()))
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                body = reader.read(length) if length else b""
+                upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+                upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                for name, value in headers:
+                    upstream.putheader(name, value)
+                upstream.endheaders(body)
+                answer = upstream.getresponse()
+                data = answer.read()
+                with self._lock:
+                    drop = method == self.method and target.split("?")[0].endswith(self.suffix)
+                    drop = drop and self.dropped < self.drops
+                    self.dropped += drop
+                if drop:
+                    return  # the server did it; the client never hears
+                out = [f"HTTP/1.1 {answer.status} {answer.reason}\r\n".encode()]
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        out.append(f"{name}: {value}\r\n".encode())
+                out.append(f"Content-Length: {len(data)}\r\n\r\n".encode())
+                client.sendall(b"".join(out) + data)
+
+    def close(self) -> None:
+        self._sock.close()

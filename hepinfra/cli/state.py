@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from hepinfra.cli import cli
 from hepinfra.cli.options import env_option, lock_timeout_option, manifest_option, parse_address, parse_timeout
 from hepinfra.errors import UsageError
+
+if TYPE_CHECKING:
+    from hepinfra.state.model import State
 
 # --- state ---------------------------------------------------------------------------------------
 
@@ -140,9 +145,13 @@ def state_migrate(manifest_file: str, lock_timeout: str, source: str, force: boo
     from hepinfra import runner
 
     project = runner.Project.open(manifest_file)
-    for env, stored in runner.migrate_state(project, force=force, timeout=parse_timeout(lock_timeout)):
+
+    def report(env: str, stored: State, copied: bool) -> None:
+        done = "Copied the state of" if copied else "Already there: the state of"
         click.echo(
-            f"Copied the state of '{env}' (lineage {stored.lineage}, serial {stored.serial}, "
+            f"{done} '{env}' (lineage {stored.lineage}, serial {stored.serial}, "
             f"{len(stored.databases)} database(s)) to {project.backend.where}."
         )
+
+    runner.migrate_state(project, force=force, timeout=parse_timeout(lock_timeout), report=report)
     click.echo("The local files stay in .hepinfra/state; remove them once the new backend has served a run.")

@@ -4,6 +4,7 @@
 ``state:`` block), ``local`` (the default backend on disk), ``stored`` (the rules the remote
 backends share), ``s3`` and ``postgres``, ``conformance`` (the suite every backend must pass).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -40,9 +40,16 @@ def decode(data: bytes, source: str) -> State:
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise StateError(
-            f"{source}: state format_version {version!r} is not supported (this hepinfra reads {FORMAT_VERSION})"
+            f"{source}: state format_version {_clip(repr(version))} is not supported (this hepinfra reads "
+            f"{FORMAT_VERSION})"
         )
     try:
         return State.model_validate(raw)
     except ValidationError as exc:
         raise StateError(f"{source}: {first_validation_error(exc)}") from None
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    from hepinfra.safety.paths import shown
+
+    return shown(text, limit)

@@ -148,8 +148,17 @@ def check_write_refuses_a_raced_update(factory: Factory) -> None:
         assert "changed since it was read" in str(exc)
     else:
         raise AssertionError("a write based on a stale read overwrote a newer state")
+    try:  # ...and so is every later write of that run, until it reads the state again
+        b.write("prod", seen_b.model_copy(update={"databases": {"b": _db("b"), "c": _db("c")}}))
+    except StateError:
+        pass
+    else:
+        raise AssertionError("after a refused write, the next write of the same run overwrote a newer state")
     final = factory().read("prod")
     assert final is not None and set(final.databases) == {"a"} and final.serial == 2
+    fresh = b.read("prod")
+    assert fresh is not None
+    assert b.write("prod", fresh.model_copy(update={"databases": {**fresh.databases, "b": _db("b")}})).serial == 3
 
 
 def check_replace_keeps_a_newer_serial(factory: Factory) -> None:

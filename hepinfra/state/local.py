@@ -32,6 +32,7 @@ from pathlib import Path
 from hepinfra.errors import LockError, StateError
 from hepinfra.fsutil import atomic_write, fsync_dir, remove_stale_temps, temp_prefix
 from hepinfra.locking import Flock, flock_path, is_open_at, try_flock
+from hepinfra.safety.paths import shown
 from hepinfra.state import codec
 from hepinfra.state.backend import UNREADABLE, LockInfo, holder_from, holder_process_gone, process_start_time
 from hepinfra.state.model import State
@@ -52,7 +53,8 @@ class LocalBackend:
         # while it holds the lock (apply writes many times per run); read() drops it.
         self._written: dict[str, State] = {}
         self._base: dict[str, int] = {}  # the serial this object last read or wrote per environment
-        self._inode: dict[str, tuple[int, int, int] | None] = {}  # the file this object last wrote (each write is a new inode)
+        # the file this object last wrote per environment (each write makes a new inode)
+        self._inode: dict[str, tuple[int, int, int] | None] = {}
         self._backed_up: set[str] = set()
         # The flock this object holds per environment on its lock file, with that lock's id.
         self._held: dict[str, tuple[str, Flock]] = {}
@@ -159,7 +161,7 @@ class LocalBackend:
                 raise LockError(
                     f"the state of environment '{env}' is locked by {holder.describe()}",
                     hint="wait with --lock-timeout DURATION, or if that process is gone run "
-                    f"'hepinfra state unlock {holder.id} -e {env}'",
+                    f"'hepinfra state unlock {shown(str(holder.id), 40)} -e {env}'",
                 )
             time.sleep(min(delay, left))
             delay = min(delay * 2, POLL)
@@ -271,7 +273,7 @@ class LocalBackend:
                 if holder is None:
                     raise LockError(f"the state of environment '{env}' is not locked")
                 if holder.id != lock_id:
-                    raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
+                    raise LockError(f"lock id {shown(lock_id, 40)} does not match the lock held by {holder.describe()}")
                 with contextlib.suppress(FileNotFoundError):
                     self._file(env, ".lock").unlink()
         finally:

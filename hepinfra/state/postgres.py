@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hepinfra.errors import LockError, StateError
+from hepinfra.safety.paths import shown
 from hepinfra.state.backend import LockInfo, holder_from
 from hepinfra.state.model import State
 from hepinfra.state.spec import PostgresState
@@ -55,6 +56,13 @@ class PostgresBackend(StoredBackend):
     def _connect(self) -> Any:
         if self._conn is not None and not self._conn.closed:
             return self._conn
+        if self._mine:  # the session that held our advisory locks is gone, and the locks with it
+            envs = ", ".join(sorted(self._mine))
+            raise LockError(
+                f"{self._place()}: the database session holding the lock of {envs} ended (the server closed "
+                "it, or the network dropped); another run may hold the lock now, so this run stops here",
+                hint="run again; an interrupted step is finished from the journal",
+            )
         try:
             import psycopg
             from psycopg.conninfo import conninfo_to_dict
@@ -75,10 +83,8 @@ class PostgresBackend(StoredBackend):
         register(url, self._environ.get("PGPASSWORD", ""))
         try:
             parts = conninfo_to_dict(url)
-        except psycopg.Error:
-            raise StateError(
-                f"{self._place()}: {self.spec.url_env} is not a libpq URL or key=value string"
-            ) from None
+        except (psycopg.Error, ValueError):
+            raise StateError(f"{self._place()}: {self.spec.url_env} is not a libpq URL or key=value string") from None
         register(str(parts.get("password") or ""))
         host, port = str(parts.get("host") or "localhost"), str(parts.get("port") or "5432")
         db, user = str(parts.get("dbname") or ""), str(parts.get("user") or "")
@@ -87,6 +93,8 @@ class PostgresBackend(StoredBackend):
             conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="hepinfra")
         except psycopg.Error as exc:
             raise StateError(f"{self._place()}: cannot connect: {_first_line(exc)}") from None
+        except ValueError:  # a URL libpq parses but psycopg cannot decode (bytes that are not UTF-8)
+            raise StateError(f"{self._place()}: {self.spec.url_env} is not a libpq URL or key=value string") from None
         self._conn = conn
         try:
             self._prepare(conn)
@@ -133,6 +141,10 @@ class PostgresBackend(StoredBackend):
         try:
             return conn.execute(sql.SQL(query).format(s=sql.Identifier(self.spec.schema_)), params)
         except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                self._conn = None  # the next call says the session (and any lock it held) is gone
+                if self._mine:
+                    return self._connect()  # raises: the lock went with the session
             raise StateError(f"{self._place()}: {_first_line(exc)}") from None
 
     def close(self) -> None:
@@ -232,7 +244,7 @@ class PostgresBackend(StoredBackend):
             raise LockError(f"the state of environment '{env}' in {self.where} is not locked")
         holder, session = live
         if holder.id != lock_id:
-            raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
+            raise LockError(f"lock id {shown(lock_id, 40)} does not match the lock held by {holder.describe()}")
         if not force:
             raise LockError(
                 f"the lock of environment '{env}' is held by a live database session (server pid {session}) "

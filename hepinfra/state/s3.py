@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from hepinfra.errors import LockError, StateError
+from hepinfra.safety.paths import shown
 from hepinfra.state.backend import LockInfo, holder_from, holder_process_alive
 from hepinfra.state.model import State
 from hepinfra.state.spec import S3State
@@ -61,7 +62,18 @@ def client_for(spec: S3State) -> Any:
         retries={"max_attempts": 4, "mode": "standard"},
         s3={"addressing_style": "path"} if custom_endpoint else {},
     )
-    return session.client("s3", config=config)
+    try:
+        return session.client("s3", config=config)
+    except (BotoCoreError, ValueError) as exc:
+        raise StateError(f"{where}: cannot make an S3 client: {_endpoint_problem(exc, custom_endpoint)}") from None
+
+
+def _endpoint_problem(exc: Exception, endpoint: str | None) -> str:
+    from hepinfra.safety.redact import redact
+
+    if endpoint and isinstance(exc, ValueError):
+        return f"the endpoint {redact(endpoint)[:100]!r} (AWS_ENDPOINT_URL) is not a valid URL"
+    return f"{type(exc).__name__}: {redact(str(exc))[:200]}"
 
 
 class S3Backend(StoredBackend):
@@ -101,6 +113,11 @@ class S3Backend(StoredBackend):
             raise _S3Failure(_code(exc), self._failure(exc, key)) from None
         except BotoCoreError as exc:
             raise self._failure(exc, key) from None
+        except ValueError as exc:  # botocore's URL handling: an endpoint it cannot parse
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            raise StateError(
+                f"state backend s3 (s3://{self.spec.bucket}/{key}): {_endpoint_problem(exc, endpoint)}"
+            ) from None
 
     def _failure(self, exc: Exception, key: str) -> StateError:
         from botocore import exceptions as bx
@@ -120,7 +137,10 @@ class S3Backend(StoredBackend):
             code = _code(exc)
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
             if code == "NoSuchBucket":
-                return StateError(f"{place}: bucket '{self.spec.bucket}' does not exist", hint="create it (hepinfra never creates buckets) or fix 'bucket' in the state: block")
+                return StateError(
+                    f"{place}: bucket '{self.spec.bucket}' does not exist",
+                    hint="create it (hepinfra never creates buckets) or fix 'bucket' in the state: block",
+                )
             if code in _DENIED:
                 return StateError(
                     f"{place}: access denied",
@@ -158,7 +178,15 @@ class S3Backend(StoredBackend):
 
     def _store(self, env: str, data: bytes, state: State, expect: str | None) -> str:
         condition = {"IfMatch": expect} if expect is not None else {"IfNoneMatch": "*"}
-        return self._put_object(self._key(env, ".json"), data, **condition)
+        try:
+            return self._put_object(self._key(env, ".json"), data, **condition)
+        except Conflict:
+            # botocore retries a request whose answer was lost: its retry of our own successful PUT
+            # meets our own new object. Only bytes equal to ours (serial and all) are that case.
+            found = self._get(self._key(env, ".json"))
+            if found is not None and found[0] == data:
+                return found[1]
+            raise
 
     def _backup(self, env: str, data: bytes) -> None:
         self._put_object(self._key(env, ".json.backup"), data)
@@ -188,6 +216,8 @@ class S3Backend(StoredBackend):
                 return None
             except Conflict:
                 holder = self.lock_holder(env)
+                if holder is not None and holder.id == mine.id:
+                    return None  # botocore's retry of our own PUT, whose answer was lost: ours
                 if holder is not None:
                     return holder
                 # released between our PUT and our GET: try again at once
@@ -213,10 +243,12 @@ class S3Backend(StoredBackend):
                 raise LockError(f"the state of environment '{env}' in {self.where} is not locked")
             holder = holder_from(found[0])
             if holder.id != lock_id:
-                raise LockError(f"lock id {lock_id} does not match the lock held by {holder.describe()}")
+                raise LockError(f"lock id {shown(lock_id, 40)} does not match the lock held by {holder.describe()}")
             try:
                 self._call("delete_object", key, IfMatch=found[1])
             except _S3Failure as failure:
+                if failure.code in ("NoSuchKey", "404"):
+                    return  # botocore's retry of our own delete, whose answer was lost: gone, as asked
                 if failure.code in _CONFLICT:
                     raise LockError(f"the lock of environment '{env}' changed while it was being released") from None
                 if failure.code != "NotImplemented":
@@ -235,4 +267,5 @@ class _S3Failure(Exception):
 
 
 def _code(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    answer = exc.response
+    return str(answer.get("Error", {}).get("Code", "") or answer.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))

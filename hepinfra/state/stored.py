@@ -39,6 +39,9 @@ class StoredBackend:
         self._seen: dict[str, tuple[str, State]] = {}
         self._backed_up: set[str] = set()
         self._held: dict[str, str] = {}  # env -> id of the lock this object holds
+        # env -> the refusal of a write that raced another: every later write is refused the same way
+        # until the state is read again (a run must never store its stale view over the other run's)
+        self._refused: dict[str, StateError] = {}
 
     # --- primitives ---------------------------------------------------------------------------------
 
@@ -72,6 +75,7 @@ class StoredBackend:
 
     def read(self, env: str) -> State | None:
         self._seen.pop(env, None)
+        self._refused.pop(env, None)
         found = self._load(env)
         if found is None:
             return None
@@ -89,6 +93,8 @@ class StoredBackend:
         return version, state
 
     def write(self, env: str, state: State) -> State:
+        if env in self._refused:
+            raise self._refused[env]
         version, current = self._current(env)
         if current is not None:
             if current.lineage != state.lineage:
@@ -106,6 +112,8 @@ class StoredBackend:
     def replace(self, env: str, state: State) -> State:
         """Store a state of any lineage (``state push --force``, ``state migrate --force``): its serial
         is kept when newer than the stored one, else set just past it."""
+        if env in self._refused:
+            raise self._refused[env]
         version, current = self._current(env)
         if current is not None and state.serial <= current.serial:
             state = state.model_copy(update={"serial": current.serial + 1})
@@ -118,12 +126,13 @@ class StoredBackend:
         try:
             new_version = self._store(env, codec.encode(state), state, version)
         except Conflict:
-            self._seen.pop(env, None)
-            raise StateError(
+            refusal = StateError(
                 f"{self.source(env)}: the state changed since it was read (serial {current.serial if current else 0}); "
                 "another run wrote it without holding the lock. Nothing was overwritten",
                 hint="run again: it reads the new state",
-            ) from None
+            )
+            self._refused[env] = refusal
+            raise refusal from None
         self._seen[env] = (new_version, state)
         return state
 
@@ -153,8 +162,9 @@ class StoredBackend:
             delay = min(delay * 2, POLL)
 
     def stuck_hint(self, env: str, holder: LockInfo) -> str:
+        from hepinfra.safety.paths import shown
+
         return (
             "wait with --lock-timeout DURATION, or if that run is gone (a cancelled CI job) run "
-            f"'hepinfra state unlock {holder.id} -e {env}'"
+            f"'hepinfra state unlock {shown(str(holder.id), 40)} -e {env}'"
         )
-

@@ -197,11 +197,18 @@ def test_migrate_from_local_keeps_lineage_and_serial(tmp_path: Path, server: Ser
     assert there.lineage == local["lineage"] and there.serial == local["serial"]
     assert there.databases["shop"].rotations == 1
     assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=shared["env"]).code == 0
+    again = invoke(["state", "migrate", "--from", "local", "-f", str(project)], env=shared["env"])
+    assert again.code == 0 and again.out.startswith("Already there: the state of 'prod'")  # a rerun resumes
+    rotated = invoke(["rotate", "shop", "-f", str(project), "--auto-approve"], server=server, env=shared["env"])
+    assert rotated.code == 0, rotated.err
+    newer = shared["read"]("prod")
     refused = invoke(["state", "migrate", "--from", "local", "-f", str(project)], env=shared["env"])
     assert refused.code == 1 and "already holds the state of 'prod'" in refused.err and "--force" in refused.err
+    assert shared["read"]("prod") == newer
     forced = invoke(["state", "migrate", "--from", "local", "-f", str(project), "--force"], env=shared["env"])
     assert forced.code == 0, forced.err
-    assert shared["read"]("prod").serial == local["serial"] + 1  # past the target's own serial
+    assert shared["read"]("prod").serial == newer.serial + 1  # past the target's own serial
+    assert shared["read"]("prod").databases["shop"].rotations == 1  # the local copy, as asked
     listed = invoke(["state", "list", "-f", str(project)], env=shared["env"])
     assert listed.code == 0 and listed.out.startswith("prod/databases.shop\tshop-prod\t")
     pulled = invoke(["state", "pull", "-e", "prod", "-f", str(project)], env=shared["env"])

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -93,7 +94,9 @@ def test_s3_no_credentials(aws: Moto, monkeypatch: pytest.MonkeyPatch, tmp_path:
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    with pytest.raises(StateError, match=r"^state backend s3 \(s3://b-x1/\): no AWS credentials found \(hint: set AWS_ACCESS_KEY_ID"):
+    with pytest.raises(
+        StateError, match=r"^state backend s3 \(s3://b-x1/\): no AWS credentials found \(hint: set AWS_ACCESS_KEY_ID"
+    ):
         S3Backend(S3State(backend="s3", bucket="b-x1")).read("prod")
 
 
@@ -148,7 +151,9 @@ def test_postgres_url_env_unset_names_the_variable() -> None:
     backend = PostgresBackend(PostgresState(backend="postgres", url_env="MY_PG"), environ={})
     with pytest.raises(StateError) as caught:
         backend.read("prod")
-    assert str(caught.value).startswith("state backend postgres (schema hepinfra): MY_PG is not set (hint: export MY_PG=")
+    assert str(caught.value).startswith(
+        "state backend postgres (schema hepinfra): MY_PG is not set (hint: export MY_PG="
+    )
 
 
 def test_postgres_errors_never_show_the_password(postgres_server: Postgres) -> None:
@@ -174,3 +179,137 @@ def test_backend_libraries_are_not_imported_at_start_up() -> None:
     code = "import hepinfra.cli, sys; print(any(m in sys.modules for m in ('boto3', 'botocore', 'psycopg')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
     assert done.stdout.strip() == "False"
+
+
+# --- what an attacker found: each a regression test -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("PUT", "prod.lock"), ("PUT", "prod.json"), ("DELETE", "prod.lock")],
+    ids=["lock", "write", "unlock"],
+)
+def test_s3_a_lost_answer_to_our_own_conditional_request_is_ours(
+    aws: Moto, monkeypatch: pytest.MonkeyPatch, method: str, suffix: str
+) -> None:
+    """botocore retries a request whose answer was lost; the retry meets our own lock or state.
+    That is success, not 'locked by' ourselves, not 'changed since it was read', not NoSuchKey."""
+    from tests.servers import DroppingProxy
+
+    bucket = aws.bucket()
+    s3_factory(bucket)().write("prod", State(environment="prod"))
+    proxy = DroppingProxy(aws.url, method, suffix)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        backend = s3_factory(bucket)()
+        held = backend.lock("prod", LockInfo(command="hepinfra apply"), timeout=0)
+        current = backend.read("prod")
+        assert current is not None
+        stored = backend.write("prod", current.model_copy(update={"databases": {"a": conformance._db("a")}}))
+        backend.unlock("prod", held.id)
+        assert proxy.dropped == 1
+    finally:
+        proxy.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.url)
+    assert s3_factory(bucket)().read("prod") == stored and stored.serial == 2
+    assert s3_factory(bucket)().lock_holder("prod") is None
+
+
+def test_s3_hostile_lock_object_cannot_forge_lines(aws: Moto) -> None:
+    bucket = aws.bucket()
+    hostile = {"id": "a\x1b[31mRED\nError: forged", "pid": 1, "host": "h\r\nx", "user": "u", "created": "c",
+               "command": "x\u202e"}  # fmt: skip
+    aws.client().put_object(Bucket=bucket, Key="infra/prod.lock", Body=json.dumps(hostile).encode())  # type: ignore[attr-defined]
+    with pytest.raises(LockError) as caught:
+        s3_factory(bucket)().lock("prod", LockInfo(), timeout=0)
+    text = str(caught.value)
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text and "\u202e" not in text
+
+
+def test_postgres_a_lost_session_stops_the_run_instead_of_going_on_unlocked(postgres_server: Postgres) -> None:
+    import psycopg
+
+    factory = pg_factory(postgres_server, postgres_server.schema())
+    backend = factory()
+    backend.lock("prod", LockInfo())
+    first = backend.write("prod", State(environment="prod"))
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hepinfra' "
+            "AND pid <> pg_backend_pid()"
+        )
+    other = factory()  # the lock went with the session: another run may take it now
+    other.unlock("prod", other.lock("prod", LockInfo(), timeout=5).id)
+    for _ in range(2):  # ...so every later call of the first run fails, naming why
+        with pytest.raises((LockError, StateError), match="the database session holding the lock of prod ended"):
+            backend.write("prod", first.model_copy(update={"databases": {"a": conformance._db("a")}}))
+    assert factory().read("prod") == first
+
+
+def test_postgres_migrate_partway_resumes(tmp_path: Path, postgres_server: Postgres) -> None:
+    """A migration that fails on one environment says what it copied; the rerun skips those."""
+    import psycopg
+
+    from hepinfra import runner
+    from tests.cliutil import write_project
+
+    schema = postgres_server.schema()
+    project = write_project(tmp_path, f"version: 1\nstate: {{backend: postgres, schema: {schema}}}\n"
+                                      "environments: {a: {}, b: {}}\n")  # fmt: skip
+    local = LocalBackend(tmp_path / ".hepinfra" / "state")
+    for env in ("a", "b"):
+        local.write(env, State(environment=env, databases={"x": conformance._db("x")}))
+    pg_factory(postgres_server, schema)().environments()  # creates the tables
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION refuse_b() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN IF NEW.env = 'b' THEN RAISE EXCEPTION 'refused by a trigger'; END IF; RETURN NEW; END$$"
+        )
+        admin.execute(
+            f'CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".states FOR EACH ROW EXECUTE FUNCTION refuse_b()'
+        )
+    reported: list[tuple[str, bool]] = []
+    with mock.patch.dict(os.environ, {"HEPINFRA_STATE_PG": postgres_server.url}):
+        project_obj = runner.Project.open(project)
+        with pytest.raises(StateError, match=r"^b: .*refused by a trigger; copied before it: a \(a rerun skips them\)"):
+            runner.migrate_state(project_obj, force=False, timeout=0, report=lambda e, s, c: reported.append((e, c)))
+        assert reported == [("a", True)]
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            admin.execute(f'DROP TRIGGER refuse ON "{schema}".states')
+        reported.clear()
+        runner.migrate_state(runner.Project.open(project), force=False, timeout=0,
+                             report=lambda e, s, c: reported.append((e, c)))  # fmt: skip
+    assert reported == [("a", False), ("b", True)]
+
+
+def test_release_failure_is_a_warning_never_the_runs_error(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    from hepinfra import runner
+
+    backend = LocalBackend(tmp_path)
+    with caplog.at_level("WARNING", logger="hepinfra.state"):
+        runner.release(backend, "prod", "0123abcd")  # not locked: unlock fails
+    assert "could not release the lock of environment 'prod'" in caplog.text
+    assert "hepinfra state unlock 0123abcd -e prod" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("AWS_ENDPOINT_URL", "not-a-url", "is not a valid URL"),
+        ("AWS_ENDPOINT_URL", "http://[::1", "is not a valid URL"),
+    ],
+)
+def test_s3_bad_endpoint_is_one_line(
+    aws: Moto, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(StateError, match=words) as caught:
+        s3_factory("b-x1")().read("prod")
+    assert str(caught.value).startswith("state backend s3 (s3://b-x1/")
+
+
+def test_postgres_undecodable_url_is_one_line(postgres_server: Postgres) -> None:
+    for url in (postgres_server.url + "?application_name=%FF%FE", postgres_server.url.replace("@", "%FF@", 1)):
+        with pytest.raises(StateError, match="is not a libpq URL") as caught:
+            PostgresBackend(PostgresState(backend="postgres"), {"HEPINFRA_STATE_PG": url}).read("prod")
+        assert postgres_server.password not in str(caught.value)

@@ -81,8 +81,9 @@ class ServerFailed(Exception):
 
 
 @contextlib.contextmanager
-def moto_process(secret: str) -> Iterator[Moto]:
-    """moto in server mode on a free loopback port, until the block ends."""
+def moto_process(secret: str, extra_env: dict[str, str] | None = None) -> Iterator[Moto]:
+    """moto in server mode on a free loopback port, until the block ends (``extra_env``: moto's
+    own settings, such as INITIAL_NO_AUTH_ACTION_COUNT to enforce IAM after N requests)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="hepinfra-moto-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
@@ -90,6 +91,7 @@ def moto_process(secret: str) -> Iterator[Moto]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(extra_env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -5,6 +5,7 @@ can get wrong: its errors, its tables and objects, and secrets never stored."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -313,3 +314,35 @@ def test_postgres_undecodable_url_is_one_line(postgres_server: Postgres) -> None
         with pytest.raises(StateError, match="is not a libpq URL") as caught:
             PostgresBackend(PostgresState(backend="postgres"), {"HEPINFRA_STATE_PG": url}).read("prod")
         assert postgres_server.password not in str(caught.value)
+
+
+def test_s3_access_denied_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """moto enforcing IAM: a user with no policy is refused, and the plan says so in one line."""
+    import secrets
+
+    import boto3
+
+    from tests.cliutil import invoke, write_project
+    from tests.conftest import ISSUED
+    from tests.servers import moto_process
+
+    with moto_process("unused-" + secrets.token_hex(8), {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as moto:
+        admin = {"endpoint_url": moto.url, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMIN0000000001",
+                 "aws_secret_access_key": "admin-" + secrets.token_hex(8)}  # fmt: skip
+        quiet = logging.getLogger("botocore")
+        level, quiet.level = quiet.level, logging.WARNING  # the test's own admin calls: their answers hold the key
+        try:
+            boto3.client("s3", **admin).create_bucket(Bucket="acme-denied")
+            iam = boto3.client("iam", **admin)
+            iam.create_user(UserName="nobody")
+            key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        finally:
+            quiet.level = level
+        ISSUED.add(key["SecretAccessKey"])
+        project = write_project(tmp_path, "version: 1\nstate: {backend: s3, bucket: acme-denied, prefix: p/}\n"
+                                          "environments: {prod: {}}\n")  # fmt: skip
+        env = {**moto.env, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        result = invoke(["state", "list", "-f", str(project)], env=env)
+    assert result.code == 1 and result.out == ""
+    assert result.err.startswith("Error: state backend s3 (s3://acme-denied/p/prod.json): access denied (hint: ")
+    assert result.err.count("\n") == 1 and key["SecretAccessKey"] not in result.err

@@ -5,8 +5,13 @@ Owns: boto3 calls and turning their failures into one line naming the bucket and
   absent), holding the holder's LockInfo; it is deleted on release with ``If-Match`` on its ETag.
 - Each state write is a ``PUT`` with ``If-Match`` on the ETag read (``If-None-Match: *`` when
   there was none): a write that raced another is refused, never lost.
-- A holder that dies leaves its lock: the next run's error names it; ``state unlock ID`` clears it.
-  hepinfra never breaks an S3 lock by itself (another machine's run cannot be judged gone).
+- The holder refreshes its lock object every ``lock_ttl``/5 (a conditional PUT on its ETag). A
+  holder that dies leaves its lock: the next run's error names it, with how long ago it was last
+  refreshed; ``state unlock ID`` clears it at once, and once ``lock_ttl`` (default 10m) passes
+  without a refresh, the next run takes it over (a conditional PUT on that ETag: one taker wins),
+  with a warning naming the old holder. The age is S3's own clock (LastModified against the
+  answer's Date), so no runner's clock matters. A holder that was only frozen and finds its lock
+  taken stops writing; a write that raced anyway is refused by its If-Match.
 Credentials come from boto3's default chain, the endpoint from ``AWS_ENDPOINT_URL(_S3)``.
 Must not: import boto3 before it is used (start-up), or print a credential.
 """
@@ -14,7 +19,10 @@ Must not: import boto3 before it is used (start-up), or print a credential.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from hepinfra.errors import LockError, StateError
@@ -25,6 +33,7 @@ from hepinfra.state.spec import S3State
 from hepinfra.state.stored import Conflict, StoredBackend
 
 MAX_STATE_BYTES = 64 * 1024 * 1024
+log = logging.getLogger("hepinfra.state")
 _CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
 _REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
@@ -84,6 +93,8 @@ class S3Backend(StoredBackend):
         self.spec = spec
         self.where = spec.where()
         self._client = client
+        self._beats: dict[str, _Heartbeat] = {}
+        self._ages: dict[str, float] = {}  # env -> seconds since its holder last refreshed the lock
 
     @property
     def s3(self) -> Any:
@@ -98,6 +109,9 @@ class S3Backend(StoredBackend):
         return f"s3://{self.spec.bucket}/{self._key(env, '.json')}"
 
     def close(self) -> None:
+        for beat in list(self._beats.values()):
+            beat.stop()
+        self._beats.clear()
         if self._client is not None and hasattr(self._client, "close"):
             self._client.close()
         self._client = None
@@ -209,19 +223,78 @@ class S3Backend(StoredBackend):
                 return names
 
     def _try_lock(self, env: str, mine: LockInfo) -> LockInfo | None:
+        key = self._key(env, ".lock")
         body = json.dumps(mine.as_dict()).encode()
         for _ in range(5):
             try:
-                self._put_object(self._key(env, ".lock"), body, IfNoneMatch="*")
+                self._held_since(env, body, self._put_object(key, body, IfNoneMatch="*"))
                 return None
             except Conflict:
-                holder = self.lock_holder(env)
-                if holder is not None and holder.id == mine.id:
-                    return None  # botocore's retry of our own PUT, whose answer was lost: ours
-                if holder is not None:
+                found = self._lock_object(env)
+                if found is None:
+                    continue  # released between our PUT and our GET: try again at once
+                holder, etag, age = found
+                if holder.id == mine.id:  # botocore's retry of our own PUT, whose answer was lost: ours
+                    self._held_since(env, body, etag)
+                    return None
+                self._ages[env] = age
+                if age <= self.spec.lock_ttl:
                     return holder
-                # released between our PUT and our GET: try again at once
+                try:
+                    taken = self._put_object(key, body, IfMatch=etag)
+                except Conflict:
+                    continue  # another run took it over first, or its holder refreshed it just now
+                log.warning(
+                    "took over the lock of environment '%s' from %s: not refreshed for %ds (lock_ttl %ds), so its "
+                    "run is gone",
+                    env,
+                    holder.describe(),
+                    age,
+                    self.spec.lock_ttl,
+                )
+                self._held_since(env, body, taken)
+                return None
         return LockInfo(id="?", pid=0, host="?", user="?", created="?", command="(changing hands)")
+
+    def _held_since(self, env: str, body: bytes, etag: str) -> None:
+        beat = _Heartbeat(self, env, body, etag, max(1.0, self.spec.lock_ttl / 5))
+        self._beats[env] = beat
+        beat.start()
+
+    def _lock_object(self, env: str) -> tuple[LockInfo, str, float] | None:
+        """The lock's holder, ETag, and seconds since it was last written by S3's clock."""
+        try:
+            answer = self._call("get_object", self._key(env, ".lock"))
+        except _S3Failure as failure:
+            if failure.code in ("NoSuchKey", "404"):
+                return None
+            raise failure.error from None
+        data = answer["Body"].read(65536)
+        age = 0.0
+        try:
+            now = parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
+            age = max(0.0, (now - answer["LastModified"]).total_seconds())
+        except (KeyError, TypeError, ValueError):
+            pass  # no usable clock: never judged stale
+        return holder_from(data), str(answer["ETag"]), age
+
+    def stuck_hint(self, env: str, holder: LockInfo) -> str:
+        age = self._ages.get(env)
+        refreshed = f"it was last refreshed {age:.0f}s ago; " if age is not None else ""
+        return (
+            f"{refreshed}wait with --lock-timeout DURATION; if that run is gone (a killed runner), the next run "
+            f"takes the lock over once it is {self.spec.lock_ttl}s old (lock_ttl), or clear it now with "
+            f"'hepinfra state unlock {shown(str(holder.id), 40)} -e {env}'"
+        )
+
+    def _still_held(self, env: str) -> None:
+        beat = self._beats.get(env)
+        if beat is not None and beat.lost:
+            raise LockError(
+                f"the lock of environment '{env}' in {self.where} was taken over by another run (this run did not "
+                f"refresh it for {self.spec.lock_ttl}s: frozen, or cut off from S3); this run stops writing state",
+                hint="run again; an interrupted step is finished from the journal",
+            )
 
     # --- Locker -------------------------------------------------------------------------------------
 
@@ -237,6 +310,9 @@ class S3Backend(StoredBackend):
 
     def unlock(self, env: str, lock_id: str, *, force: bool = False) -> None:
         key = self._key(env, ".lock")
+        beat = self._beats.pop(env, None)
+        if beat is not None:
+            beat.stop()
         try:
             found = self._get(key)
             if found is None:
@@ -257,6 +333,37 @@ class S3Backend(StoredBackend):
         finally:
             if self._held.get(env) == lock_id:
                 del self._held[env]
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes one held lock object every ``interval`` seconds (a conditional PUT on its ETag)."""
+
+    def __init__(self, backend: S3Backend, env: str, body: bytes, etag: str, interval: float) -> None:
+        super().__init__(daemon=True, name=f"hepinfra-lock-{env}")
+        self.backend, self.env, self.body, self.etag, self.interval = backend, env, body, etag, interval
+        self.lost = False
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=20)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval) and self.beat():
+            pass
+
+    def beat(self) -> bool:
+        """Refresh once; False once the lock is found taken over (then ``lost``)."""
+        try:
+            self.etag = self.backend._put_object(self.backend._key(self.env, ".lock"), self.body, IfMatch=self.etag)
+        except Conflict:
+            self.lost = True
+            log.warning("the lock of environment '%s' was taken over by another run", self.env)
+            return False
+        except StateError as exc:  # S3 unreachable for a moment: the next beat tries again
+            log.debug("could not refresh the lock of environment '%s': %s", self.env, exc)
+        return True
 
 
 class _S3Failure(Exception):

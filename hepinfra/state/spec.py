@@ -11,7 +11,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # the manifest's ENV_VAR (its errors read the same)
 # S3's rules for bucket names: 3-63 characters of lower-case letters, digits, '.' and '-',
@@ -20,6 +30,15 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # A prefix of S3's "safe" key characters; objects are <prefix><env>.json, .json.backup and .lock.
 _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]{0,512}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+){1,4}")
+
+
+def _duration(value: Any) -> Any:
+    from hepinfra.manifest import parse_duration
+
+    seconds = parse_duration(value)
+    if seconds < 5:
+        raise ValueError("lock_ttl must be at least 5s")
+    return seconds
 
 
 class _Spec(BaseModel):
@@ -52,6 +71,12 @@ class S3State(_Spec):
     bucket: str
     prefix: str = ""
     region: str | None = None
+    # a lock whose holder stopped refreshing it this long ago (its runner was killed) is taken over
+    lock_ttl: Annotated[
+        int,
+        BeforeValidator(_duration),
+        WithJsonSchema({"type": "string", "pattern": r"^\s*\d+\s*[smhd]\s*$", "examples": ["10m"]}),
+    ] = 600
 
     @field_validator("bucket")
     @classmethod
@@ -116,7 +141,14 @@ class PostgresState(_Spec):
         return f"postgres (schema {self.schema_})"
 
 
-_OWNERS = {"bucket": "s3", "prefix": "s3", "region": "s3", "url_env": "postgres", "schema": "postgres"}
+_OWNERS = {
+    "bucket": "s3",
+    "prefix": "s3",
+    "region": "s3",
+    "lock_ttl": "s3",
+    "url_env": "postgres",
+    "schema": "postgres",
+}
 
 
 def _backend_of(value: Any) -> str | None:

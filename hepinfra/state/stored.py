@@ -92,7 +92,11 @@ class StoredBackend:
         version, state = self._seen.get(env, (None, None))
         return version, state
 
+    def _still_held(self, env: str) -> None:
+        """Raise LockError when this object held ``env``'s lock and lost it (a backend that can tell)."""
+
     def write(self, env: str, state: State) -> State:
+        self._still_held(env)
         if env in self._refused:
             raise self._refused[env]
         version, current = self._current(env)
@@ -112,6 +116,7 @@ class StoredBackend:
     def replace(self, env: str, state: State) -> State:
         """Store a state of any lineage (``state push --force``, ``state migrate --force``): its serial
         is kept when newer than the stored one, else set just past it."""
+        self._still_held(env)
         if env in self._refused:
             raise self._refused[env]
         version, current = self._current(env)

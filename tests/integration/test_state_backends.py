@@ -330,14 +330,15 @@ def test_s3_access_denied_is_one_line_naming_the_key(tmp_path: Path) -> None:
         admin = {"endpoint_url": moto.url, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMIN0000000001",
                  "aws_secret_access_key": "admin-" + secrets.token_hex(8)}  # fmt: skip
         quiet = logging.getLogger("botocore")
-        level, quiet.level = quiet.level, logging.WARNING  # the test's own admin calls: their answers hold the key
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # the test's own admin calls: their answers hold the key
         try:
             boto3.client("s3", **admin).create_bucket(Bucket="acme-denied")
             iam = boto3.client("iam", **admin)
             iam.create_user(UserName="nobody")
             key = iam.create_access_key(UserName="nobody")["AccessKey"]
         finally:
-            quiet.level = level
+            quiet.setLevel(level)
         ISSUED.add(key["SecretAccessKey"])
         project = write_project(tmp_path, "version: 1\nstate: {backend: s3, bucket: acme-denied, prefix: p/}\n"
                                           "environments: {prod: {}}\n")  # fmt: skip
@@ -346,3 +347,56 @@ def test_s3_access_denied_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert result.code == 1 and result.out == ""
     assert result.err.startswith("Error: state backend s3 (s3://acme-denied/p/prod.json): access denied (hint: ")
     assert result.err.count("\n") == 1 and key["SecretAccessKey"] not in result.err
+
+
+def test_s3_lock_of_a_dead_run_is_taken_over_after_lock_ttl(aws: Moto, caplog: pytest.LogCaptureFixture) -> None:
+    """Better than a stuck lock: a lock not refreshed for lock_ttl (S3's clock) is taken over, once."""
+    import time
+
+    bucket = aws.bucket()
+    spec = S3State(backend="s3", bucket=bucket, prefix="infra/", lock_ttl="5s")
+    factory = lambda: S3Backend(spec)  # noqa: E731
+    live = factory()
+    held = live.lock("prod", LockInfo(command="hepinfra apply"))
+    time.sleep(6.5)  # a live holder refreshes its lock (every lock_ttl/5): never taken over
+    with pytest.raises(LockError, match=r"last refreshed \ds ago"):
+        factory().lock("prod", LockInfo(), timeout=0)
+    live.unlock("prod", held.id)
+    dead = conformance.kill_a_holder(factory, "prod")
+    left = factory().lock_holder("prod")
+    assert left is not None and left.pid == dead.pid
+    with pytest.raises(LockError, match="takes the lock over once it is 5s old"):
+        factory().lock("prod", LockInfo(), timeout=0)
+    time.sleep(6.5)
+    taker = factory()
+    with caplog.at_level("WARNING", logger="hepinfra.state"):
+        got = taker.lock("prod", LockInfo(), timeout=0)
+    assert "took over the lock of environment 'prod' from " in caplog.text and "not refreshed for" in caplog.text
+    assert str(dead.pid) in caplog.text
+    taker.unlock("prod", got.id)
+    assert factory().lock_holder("prod") is None
+
+
+def test_s3_a_holder_whose_lock_was_taken_over_stops_writing(aws: Moto) -> None:
+    """A run frozen past lock_ttl (SIGSTOP, a network cut) loses its lock; its next refresh sees
+    that and its writes stop; a write that races the new holder anyway is refused by If-Match."""
+    import time
+
+    spec = S3State(backend="s3", bucket=aws.bucket(), prefix="infra/", lock_ttl="5s")
+    frozen = S3Backend(spec)
+    frozen.lock("prod", LockInfo())
+    state = frozen.write("prod", State(environment="prod"))
+    beat = frozen._beats["prod"]
+    beat._halt.set()  # frozen: no refresh
+    time.sleep(6.5)
+    other = S3Backend(spec)
+    taken = other.lock("prod", LockInfo(), timeout=0)
+    other.write("prod", state.model_copy(update={"databases": {"b": conformance._db("b")}}))
+    with pytest.raises(StateError, match="changed since it was read"):  # before its next refresh
+        frozen.write("prod", state.model_copy(update={"databases": {"a": conformance._db("a")}}))
+    assert beat.beat() is False and beat.lost  # ...which finds the lock taken
+    with pytest.raises(LockError, match="was taken over by another run"):
+        frozen.write("prod", state.model_copy(update={"databases": {"a": conformance._db("a")}}))
+    other.unlock("prod", taken.id)
+    final = S3Backend(spec).read("prod")
+    assert final is not None and set(final.databases) == {"b"}

@@ -20,7 +20,7 @@ from hepinfra.errors import ApiError, OutputError
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.config import check_credential
 from hepinfra.manifest import Manifest
-from hepinfra.outputs import SINKS
+from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import resolve_path
 from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest, reveal_candidates
 from hepinfra.safety.redact import register
@@ -55,14 +55,21 @@ def env_access(manifest: Manifest, env: str, hepgg: Hepgg) -> EnvAccess:
 
 
 def observe_outputs(
-    manifest: Manifest, env: str, state: State, digest: Digester
+    manifest: Manifest, env: str, state: State, digest: Digester, *, refresh: bool = False
 ) -> dict[tuple[str, str], ObservedOutput]:
-    """Digest every output hepinfra has a record for (local reads only)."""
+    """Digest every output hepinfra has a record for: files always; a secret store only when
+    refreshing (else what was recorded stands for it)."""
     observed: dict[tuple[str, str], ObservedOutput] = {}
     for decl in manifest.declared[env]:
         for target in decl.outputs:
             record = state.outputs.get(State.output_id(decl.key, target.path))
             if record is None:
+                continue
+            if target.kind in REMOTE_SINKS:
+                if refresh:
+                    observed[(decl.key, target.path)] = REMOTE_SINKS[target.kind].observe(target, record.keys, digest)
+                else:
+                    observed[(decl.key, target.path)] = ObservedOutput(exists=True, trusted=True)
                 continue
             try:
                 file = resolve_path(manifest.project_dir, target)
@@ -107,7 +114,11 @@ async def gather(
             diagnostic = Diagnostic(severity="error", env=env, message=message, hint=exc.hint)
             return EnvFacts(env, None, refreshed=refresh, error=diagnostic)
         state = states.get(env)
-        outputs = observe_outputs(manifest, env, state, acc.digester(state)) if state else {}
+        outputs = (
+            await asyncio.to_thread(observe_outputs, manifest, env, state, acc.digester(state), refresh=refresh)
+            if state
+            else {}
+        )
         return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh)
 
     facts = dict(zip(envs, await asyncio.gather(*(one_env(e) for e in envs)), strict=True))

@@ -134,23 +134,41 @@ class TemplateOutput(_OutputBase):
     path: str = Field(min_length=1)
 
 
+class ExecOutput(_Model):
+    """Send the keys, as one JSON object on stdin, to a command (a secret store's CLI)."""
+
+    exec: list[str] = Field(min_length=1)  # argv templates: env, key, name, vars; never a secret
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+    read: list[str] | None = Field(default=None, min_length=1)  # prints the same JSON object back
+    timeout: Duration = 30
+    pass_env: list[EnvVarName] = []  # variables hepinfra would otherwise keep from the command
+
+
+OUTPUT_KINDS = ("dotenv", "template", "exec")  # the key that names each kind, in an output mapping
+
+
 def _output_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        if "dotenv" in value:
-            return "dotenv"
-        if "template" in value:
-            return "template"
+        for kind in OUTPUT_KINDS:
+            if kind in value:
+                return kind
     return None
 
 
 OutputSpec = Annotated[
-    Annotated[DotenvOutput, Tag("dotenv")] | Annotated[TemplateOutput, Tag("template")],
+    Annotated[DotenvOutput, Tag("dotenv")]
+    | Annotated[TemplateOutput, Tag("template")]
+    | Annotated[ExecOutput, Tag("exec")],
     Discriminator(
         _output_kind,
         custom_error_type="output_kind",
-        custom_error_message="an output needs a 'dotenv' or a 'template' key",
+        custom_error_message="an output needs one of the keys: dotenv, template, exec",
     ),
 ]
+# output kinds whose target is no file of the project (observed only by a refreshing plan)
+REMOTE_KINDS = frozenset({"exec"})
+# what an exec argv may use: a secret in argv is visible to every user of the machine (ps, /proc)
+ARGV_VARIABLES = ("env", "key", "name", "vars")
 
 
 class DatabaseSpec(_Model):
@@ -203,8 +221,8 @@ class ManifestModel(_Model):
 class OutputTarget:
     """One output of one database in one environment, paths rendered, ready for a sink."""
 
-    kind: Literal["dotenv", "template"]
-    path: str  # relative to the project directory (or absolute with allow_outside), POSIX form
+    kind: Literal["dotenv", "template", "exec"]
+    path: str  # relative to the project directory (or absolute with allow_outside), POSIX form; exec: its name
     keys: tuple[tuple[str, str], ...]  # dotenv: (name, value template source)
     template: str | None  # template: the file's path relative to the project directory
     template_source: str | None
@@ -215,6 +233,14 @@ class OutputTarget:
     real: str = ""  # the real path checked at load time (every link resolved); "" in hand-made targets
     node: tuple[str | int, ...] = ()  # where in the manifest the path is declared
     readers: tuple[str, ...] = DOTENV_READERS  # dotenv: who reads the file (templates.dotenv_quote)
+    # exec: the command (rendered argv), its read-back command, timeout (s), variables let through,
+    # variables kept from it (the manifest's credential variables), and its working directory
+    argv: tuple[str, ...] = ()
+    read_argv: tuple[str, ...] = ()
+    timeout: int = 30
+    pass_env: tuple[str, ...] = ()
+    scrub: tuple[str, ...] = ()
+    cwd: str = ""
 
 
 @dataclass(frozen=True)
@@ -268,8 +294,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
             if isinstance(part, str) and part in current.model_fields:
                 current = current.model_fields[part].annotation
                 continue
-            if part in ("dotenv", "template"):
-                current = DotenvOutput if part == "dotenv" else TemplateOutput
+            if part in OUTPUT_KINDS:
+                current = _TAGGED[str(part)]
                 continue
             return None
         origin = typing.get_origin(current)
@@ -288,6 +314,7 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
 _TAGGED: dict[str, type[BaseModel]] = {
     "dotenv": DotenvOutput,
     "template": TemplateOutput,
+    "exec": ExecOutput,
     "local": LocalState,
     "s3": S3State,
     "postgres": PostgresState,
@@ -363,7 +390,7 @@ def _strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     """Drop the discriminator tag pydantic puts after an output's index (it equals a field name)."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if i >= 2 and loc[i - 2] == "outputs" and isinstance(loc[i - 1], int) and part in ("dotenv", "template"):
+        if i >= 2 and loc[i - 2] == "outputs" and isinstance(loc[i - 1], int) and part in OUTPUT_KINDS:
             continue
         if i == 1 and loc[0] == "state" and part in ("local", "s3", "postgres"):
             continue
@@ -585,7 +612,7 @@ class _Resolver:
                             )
                         dotenv_keys[(target.path, k)] = f"databases.{key}"
                         dotenv_paths.setdefault(target.path, f"databases.{key}")
-                else:
+                elif target.kind == "template":
                     owner = template_paths.get(target.path) or dotenv_paths.get(target.path)
                     if owner is not None:
                         raise self.error(
@@ -598,11 +625,18 @@ class _Resolver:
         return tuple(out)
 
     def resolve_output(
-        self, env: str, key: str, index: int, output: DotenvOutput | TemplateOutput, context: dict[str, Any]
+        self,
+        env: str,
+        key: str,
+        index: int,
+        output: DotenvOutput | TemplateOutput | ExecOutput,
+        context: dict[str, Any],
     ) -> OutputTarget:
         from hepinfra.templates import placeholder_db
 
         base: tuple[str | int, ...] = ("databases", key, "outputs", index)
+        if isinstance(output, ExecOutput):
+            return self.resolve_exec(key, base, output, context)
         # the declared engine and realistic types (db.port is an int), as in a real render
         engine = self.model.databases[key].engine
         value_context = {**context, "db": placeholder_db(engine, context["name"])}
@@ -642,6 +676,75 @@ class _Resolver:
             readers=readers,
         )
 
+    def resolve_exec(
+        self, key: str, base: tuple[str | int, ...], output: ExecOutput, context: dict[str, Any]
+    ) -> OutputTarget:
+        """An exec output: its argv rendered now (no secret can be in it), its keys dry-run."""
+        import shlex
+
+        from hepinfra.templates import placeholder_db
+
+        def argv(items: list[str], field: str) -> tuple[str, ...]:
+            out = []
+            for i, item in enumerate(items):
+                node = (*base, field, i)
+                self.refuse_secrets_in_argv(item, node)
+                rendered = self.render(item, {k: context[k] for k in ARGV_VARIABLES if k in context}, node)
+                if not rendered or "\x00" in rendered:
+                    raise self.error(node, "an argv item must not be empty or hold a NUL character")
+                out.append(rendered)
+            return tuple(out)
+
+        command = argv(output.exec, "exec")
+        read = argv(output.read, "read") if output.read else ()
+        value_context = {**context, "db": placeholder_db(self.model.databases[key].engine, context["name"])}
+        for k, source in output.keys.items():
+            self.dry_render(source, value_context, (*base, "keys", k))
+        path = "exec:" + shlex.join(command)
+        definition = {"kind": "exec", "argv": command, "read": read, "keys": sorted(output.keys.items()),
+                      "pass_env": sorted(output.pass_env), "timeout": output.timeout}  # fmt: skip
+        scrub = sorted(
+            {spec.db_key_env for spec in self.model.environments.values() if spec.db_key_env}
+            | ({self.model.state.url_env} if isinstance(self.model.state, PostgresState) else set())
+        )
+        return OutputTarget(
+            kind="exec",
+            path=path,
+            keys=tuple(output.keys.items()),
+            template=None,
+            template_source=None,
+            mode=0o600,
+            allow_tracked=False,
+            allow_outside=False,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            node=(*base, "exec"),
+            argv=command,
+            read_argv=read,
+            timeout=output.timeout,
+            pass_env=tuple(output.pass_env),
+            scrub=tuple(scrub),
+            cwd=str(self.project_dir),
+        )
+
+    def refuse_secrets_in_argv(self, source: str, node: tuple[str | int, ...]) -> None:
+        """An argv template may use env, key, name and vars only: anything of ``db`` (its password,
+        its connection string) would be readable by every user of the machine while it runs."""
+        from jinja2 import TemplateSyntaxError, nodes
+
+        from hepinfra.templates import environment, template_error_message
+
+        try:
+            tree = environment().parse(source)
+        except TemplateSyntaxError as exc:
+            raise self.error(node, template_error_message(exc)) from None
+        used = {n.name for n in tree.find_all(nodes.Name)}
+        if "db" in used:
+            raise self.error(
+                node,
+                "an exec argv must not use db: a value in argv is visible to every user of the machine while the "
+                "command runs; send it in keys:, which reach the command on its stdin",
+            )
+
     def check_path(self, rendered: str, output: _OutputBase, path: tuple[str | int, ...]) -> tuple[str, Path]:
         """The output path as written (POSIX form) and its real path, checked (see safety.paths)."""
         try:
@@ -667,6 +770,8 @@ class _Resolver:
         for decls in declared.values():
             for decl in decls:
                 for target in decl.outputs:
+                    if target.kind in REMOTE_KINDS:
+                        continue  # no file of the project
                     real = Path(target.real)
                     if target.real not in checked:
                         try:

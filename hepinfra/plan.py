@@ -56,7 +56,7 @@ class _Value(BaseModel):
 
 class OutputChange(_Value):
     path: str
-    kind: Literal["dotenv", "template"]
+    kind: Literal["dotenv", "template", "exec"]
     reason: str
 
 
@@ -131,6 +131,8 @@ class ObservedOutput:
     exists: bool
     digest: str | None = None  # keyed digest of the managed content now on disk
     problem: str | None = None  # unreadable, not a dotenv file, ...
+    key_digests: tuple[tuple[str, str], ...] | None = None  # per key, where a sink can tell
+    trusted: bool = False  # cannot be read back: the recorded digest stands for it
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,8 @@ def _output_reason(
         return "missing"
     if observed.problem:
         return observed.problem
-    if observed.digest != record.digest:
-        return "edited since it was written"
+    if not observed.trusted and observed.digest != record.digest:
+        return _key_drift(record.key_digests, observed.key_digests) or "edited since it was written"
     if record.definition_digest != definition:
         return "its definition in the manifest changed"
     if (
@@ -210,6 +212,20 @@ def _output_reason(
     ):
         return "holds an old password"
     return None
+
+
+def _key_drift(recorded: Mapping[str, str], observed: tuple[tuple[str, str], ...] | None) -> str | None:
+    """Which keys differ from what hepinfra wrote, by name only (a diff of key -> digest maps)."""
+    if not recorded or observed is None:
+        return None
+    from deepdiff import DeepDiff
+
+    diff = DeepDiff(dict(recorded), dict(observed), view="tree")
+    edited = sorted(str(item.path(output_format="list")[0]) for item in diff.get("values_changed", []))
+    missing = sorted(str(item.path(output_format="list")[0]) for item in diff.get("dictionary_item_removed", []))
+    parts = [f"{', '.join(edited)} edited" if edited else "", f"{', '.join(missing)} missing" if missing else ""]
+    found = "; ".join(p for p in parts if p)
+    return f"{found} since it was written" if found else None
 
 
 def reveal_candidates(

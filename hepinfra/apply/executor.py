@@ -32,6 +32,7 @@ from hepinfra.fsutil import fsync_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.manifest import DeclaredDatabase, Manifest, OutputTarget
+from hepinfra.outputs import SINKS
 from hepinfra.outputs.base import db_context, resolve_path
 from hepinfra.plan import Action, Change, Plan
 from hepinfra.safety.redact import redact_data
@@ -232,7 +233,8 @@ class Executor:
             for decl in self.manifest.declared[env]:
                 for target in decl.outputs:
                     try:
-                        files.append(resolve_path(self.manifest.project_dir, target))
+                        if target.kind in SINKS:
+                            files.append(resolve_path(self.manifest.project_dir, target))
                     except OutputError:
                         continue
         self.writer.clear_stale_temps(files)

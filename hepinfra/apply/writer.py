@@ -23,7 +23,7 @@ from hepinfra.errors import HepinfraError, LockError, OutputError
 from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
 from hepinfra.manifest import DeclaredDatabase, OutputTarget
-from hepinfra.outputs import SINKS
+from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
 from hepinfra.safety.paths import Boundary, Refused, shown
@@ -31,6 +31,13 @@ from hepinfra.safety.redact import redact
 from hepinfra.state.model import OutputRecord, State
 
 log = logging.getLogger("hepinfra.outputs")
+
+
+def remote_lock_name(name: str) -> Path:
+    """The path-like name a remote output's cross-process lock is keyed by (never a file)."""
+    import hashlib
+
+    return Path("/hepinfra-remote-outputs") / hashlib.sha256(name.encode()).hexdigest()
 
 
 def _record_target(record: OutputRecord) -> OutputTarget:
@@ -112,17 +119,26 @@ class OutputWriter:
         for target in targets:
             output_id = State.output_id(decl.key, target.path)
             previous = state.outputs.get(output_id)
+            key_digests: dict[str, str] = {}
             try:
-                real = resolve_path(self.project_dir, target)
-                previous_keys = self._removable(real, previous.keys if previous is not None else ())
-                async with self._lock(real):  # fsync off the event loop, so other changes go on meanwhile
-                    written = await asyncio.to_thread(
-                        self._write_locked, real, target, context, digest, previous_keys
-                    )
+                if target.kind in REMOTE_SINKS:
+                    named = remote_lock_name(target.path)
+                    async with self._lock(named):
+                        done = await asyncio.to_thread(
+                            self._write_remote_locked, named, target, context, digest, previous
+                        )
+                    written, key_digests = done.digest, done.key_digests
+                else:
+                    real = resolve_path(self.project_dir, target)
+                    previous_keys = self._removable(real, previous.keys if previous is not None else ())
+                    async with self._lock(real):  # fsync off the event loop, so other changes go on meanwhile
+                        written = await asyncio.to_thread(
+                            self._write_locked, real, target, context, digest, previous_keys
+                        )
+                    self.touched_dirs.add(real.parent)
             except (HepinfraError, OSError) as exc:
                 failures.append(Failure("render", target.path, failure_message(exc)))
                 continue
-            self.touched_dirs.add(real.parent)
             records[output_id] = OutputRecord(
                 database=decl.key,
                 path=target.path,
@@ -131,9 +147,17 @@ class OutputWriter:
                 password_digest=password_digest,
                 definition_digest=target.definition_digest,
                 keys=tuple(k for k, _ in target.keys),
+                key_digests=key_digests,
                 written_at=datetime.now(UTC),
             )
         return records, failures
+
+    def _write_remote_locked(
+        self, named: Path, target: OutputTarget, context: dict[str, Any], digest: Digester, previous: Any
+    ) -> Any:
+        keys = tuple(k for k in (previous.keys if previous is not None else ()) if k not in dict(target.keys))
+        with flock_path(output_lock_file(self.lock_dir, named)):
+            return REMOTE_SINKS[target.kind].write(target, context, digest, previous_keys=keys)
 
     def _write_locked(
         self,
@@ -157,6 +181,11 @@ class OutputWriter:
         boundary = Boundary(self.project_dir)
         git = GitView()
         for record in records:
+            if record.kind in REMOTE_SINKS:
+                reason = REMOTE_SINKS[record.kind].retire(_record_target(record), record.keys)
+                if reason:
+                    log.warning("%s: no longer declared; %s", shown(record.path), reason)
+                continue
             try:
                 try:
                     real = boundary.check_real(boundary.resolve(record.path, allow_outside=True))

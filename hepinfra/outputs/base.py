@@ -8,6 +8,7 @@ Must not: put a rendered value into an exception or a log line.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -48,6 +49,56 @@ class Sink(Protocol):
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
         """Remove what hepinfra wrote (its keys, or its file)."""
         ...
+
+
+class RemoteSink(Protocol):
+    """A sink whose output is not a file of the project: a secret store reached by an API or a
+    command. Its target's ``path`` names it ("exec:./bin/push prod shop-prod"); it is locked
+    across processes by that name, and observed only by a refreshing plan."""
+
+    kind: str
+
+    def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
+        """Digest what is there now (``trusted`` when it cannot be read back)."""
+        ...
+
+    def write(
+        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+    ) -> Written:
+        """Render and deliver, idempotently; ``previous_keys`` no longer declared are removed."""
+        ...
+
+    def retire(self, target: OutputTarget, keys: tuple[str, ...]) -> str | None:
+        """Remove what hepinfra wrote; or say why that cannot be done (it is then left in place)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a remote sink delivered: the keyed digest of the whole, and of each key's value."""
+
+    digest: str
+    key_digests: dict[str, str]
+
+
+def render_keys(target: OutputTarget, context: dict[str, Any]) -> dict[str, str]:
+    """Every ``keys:`` template rendered (secrets: never log or raise them)."""
+    from hepinfra.templates import render_error, render_string
+
+    values: dict[str, str] = {}
+    for key, source in target.keys:
+        try:
+            values[key] = render_string(source, context)
+        except Exception as exc:  # a template failure, without its values
+            raise OutputError(f"{target.path}: {key}: {render_error(exc, source, context)}") from None
+    return values
+
+
+def keyed_payload(values: dict[str, str]) -> bytes:
+    """The canonical JSON object of ``values`` (sorted keys): what is sent, and what is digested."""
+    import json
+
+    return json.dumps(values, sort_keys=True, ensure_ascii=False).encode()
 
 
 def existing_mode(file: Path, requested: int) -> int:

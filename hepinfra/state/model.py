@@ -37,11 +37,12 @@ class OutputRecord(_Value):
 
     database: str  # manifest key
     path: str
-    kind: Literal["dotenv", "template"]
+    kind: Literal["dotenv", "template", "exec"]
     digest: str  # keyed digest of the managed content as written
     password_digest: str  # keyed digest of the password it holds
     definition_digest: str  # what the manifest asked for (changes when the template does)
     keys: tuple[str, ...] = ()  # dotenv: the keys hepinfra manages in that file
+    key_digests: dict[str, str] = {}  # keyed digest of each key's value, where the sink reads keys back
     written_at: datetime
 
 

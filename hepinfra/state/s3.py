@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -35,54 +34,18 @@ from hepinfra.state.stored import Conflict, StoredBackend
 MAX_STATE_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("hepinfra.state")
 _CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
-_DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
-_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+DENIED_HINT = "the credentials need s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket there"
 
 
 def client_for(spec: S3State) -> Any:
     """A boto3 S3 client from the default chain; StateError (one line) when that cannot be."""
-    where = f"state backend {spec.where()}"
-    try:
-        import boto3
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError
-    except ImportError:
-        raise StateError(
-            f"{where}: the S3 backend needs boto3, which is not installed", hint="pip install 'hepinfra[s3]'"
-        ) from None
-    from hepinfra.safety.redact import register
+    from hepinfra.aws import AwsError, make_client
 
     try:
-        session = boto3.session.Session(region_name=spec.region)
-        credentials = session.get_credentials()
-    except BotoCoreError as exc:
-        raise StateError(f"{where}: cannot read the AWS configuration: {type(exc).__name__}") from None
-    if credentials is None:
-        raise StateError(
-            f"{where}: no AWS credentials found",
-            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role",
-        )
-    frozen = credentials.get_frozen_credentials()
-    register(frozen.secret_key or "", frozen.token or "")
-    custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config = Config(
-        connect_timeout=5,
-        read_timeout=15,
-        retries={"max_attempts": 4, "mode": "standard"},
-        s3={"addressing_style": "path"} if custom_endpoint else {},
-    )
-    try:
-        return session.client("s3", config=config)
-    except (BotoCoreError, ValueError) as exc:
-        raise StateError(f"{where}: cannot make an S3 client: {_endpoint_problem(exc, custom_endpoint)}") from None
-
-
-def _endpoint_problem(exc: Exception, endpoint: str | None) -> str:
-    from hepinfra.safety.redact import redact
-
-    if endpoint and isinstance(exc, ValueError):
-        return f"the endpoint {redact(endpoint)[:100]!r} (AWS_ENDPOINT_URL) is not a valid URL"
-    return f"{type(exc).__name__}: {redact(str(exc))[:200]}"
+        return make_client("s3", spec.region, f"state backend {spec.where()}", path_style=True,
+                           extra="pip install 'hepinfra[s3]'")  # fmt: skip
+    except AwsError as exc:
+        raise StateError(exc.message, hint=exc.hint) from None
 
 
 class S3Backend(StoredBackend):
@@ -128,42 +91,19 @@ class S3Backend(StoredBackend):
         except BotoCoreError as exc:
             raise self._failure(exc, key) from None
         except ValueError as exc:  # botocore's URL handling: an endpoint it cannot parse
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            raise StateError(
-                f"state backend s3 (s3://{self.spec.bucket}/{key}): {_endpoint_problem(exc, endpoint)}"
-            ) from None
+            raise self._failure(exc, key) from None
 
     def _failure(self, exc: Exception, key: str) -> StateError:
-        from botocore import exceptions as bx
-
-        from hepinfra.safety.redact import redact
+        from hepinfra.aws import code_of, failure
 
         place = f"state backend s3 (s3://{self.spec.bucket}/{key})"
-        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        if code_of(exc) == "NoSuchBucket":
             return StateError(
-                f"{place}: no AWS credentials found",
-                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role",
+                f"{place}: bucket '{self.spec.bucket}' does not exist",
+                hint="create it (hepinfra never creates buckets) or fix 'bucket' in the state: block",
             )
-        if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError):
-            endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "") or self.s3.meta.endpoint_url
-            return StateError(f"{place}: cannot reach {endpoint}: {type(exc).__name__}")
-        if isinstance(exc, bx.ClientError):
-            code = _code(exc)
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-            if code == "NoSuchBucket":
-                return StateError(
-                    f"{place}: bucket '{self.spec.bucket}' does not exist",
-                    hint="create it (hepinfra never creates buckets) or fix 'bucket' in the state: block",
-                )
-            if code in _DENIED:
-                return StateError(
-                    f"{place}: access denied",
-                    hint="the credentials need s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket there",
-                )
-            if code in _REFUSED:
-                return StateError(f"{place}: the AWS credentials were refused ({code})")
-            return StateError(f"{place}: {redact(code)[:60]} (HTTP {status})")
-        return StateError(f"{place}: {type(exc).__name__}: {redact(str(exc))[:200]}")
+        found = failure(exc, place, "s3", denied_hint=DENIED_HINT)
+        return StateError(found.message, hint=found.hint)
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -374,5 +314,6 @@ class _S3Failure(Exception):
 
 
 def _code(exc: Any) -> str:
-    answer = exc.response
-    return str(answer.get("Error", {}).get("Code", "") or answer.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    from hepinfra.aws import code_of
+
+    return code_of(exc)

@@ -62,6 +62,17 @@ def release(backend: Backend, env: str, lock_id: str) -> None:
     try:
         backend.unlock(env, lock_id)
     except HepinfraError as exc:
+        try:
+            holder = backend.lock_holder(env)
+        except HepinfraError:
+            holder = None
+        if holder is None or holder.id != lock_id:  # taken over or cleared meanwhile: nothing of ours is left
+            logging.getLogger("hepinfra.state").warning(
+                "the lock of environment '%s' was no longer this run's when it ended (taken over or cleared by "
+                "another run); nothing to release",
+                env,
+            )
+            return
         logging.getLogger("hepinfra.state").warning(
             "could not release the lock of environment '%s' (%s); if it is still there, run "
             "'hepinfra state unlock %s -e %s'",

@@ -27,12 +27,14 @@ def state() -> None:
 def state_list(manifest_file: str, envs: tuple[str, ...]) -> None:
     """List managed databases: address, platform name, id, engine."""
     from hepinfra import runner
+    from hepinfra.safety.paths import shown
 
     project = runner.Project.open(manifest_file)
     for env in runner.select_environments(project.manifest, envs):
         current = project.backend.read(env)
         for key, db in sorted((current.databases if current else {}).items()):
-            click.echo(f"{env}/databases.{key}\t{db.name}\t{db.id}\t{db.engine}")
+            fields = (f"{env}/databases.{key}", db.name, db.id, db.engine)  # state is input: escaped, one line each
+            click.echo("\t".join(shown(str(f), 200) for f in fields))
 
 
 @state.command("show")

@@ -39,6 +39,7 @@ class LockInfo:
     command: str = field(default_factory=lambda: " ".join(["hepinfra", *sys.argv[1:3]]))
     start_time: int | None = None  # the holder's start, clock ticks after boot (/proc/PID/stat field 22)
     liveness: str = "pid"
+    lease_s: int | None = None  # s3: the holder refreshes its lock within this many seconds (its lock_ttl)
 
     def describe(self) -> str:
         """The holder in one line; every field comes from a file anyone could write: escaped and capped."""
@@ -82,6 +83,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "command": str,
     "start_time": (int, type(None)),
     "liveness": str,
+    "lease_s": (int, type(None)),
 }
 
 

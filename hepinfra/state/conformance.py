@@ -161,6 +161,42 @@ def check_write_refuses_a_raced_update(factory: Factory) -> None:
     assert b.write("prod", fresh.model_copy(update={"databases": {**fresh.databases, "b": _db("b")}})).serial == 3
 
 
+def check_writers_skipping_the_lock_never_lose_an_update(factory: Factory) -> None:
+    """Two processes read, add a database and write, 12 times each, without the lock, reading again
+    after every refusal: all 24 databases survive (each write is conditional on what was read)."""
+    factory().write("free", State(environment="free"))
+    ctx = multiprocessing.get_context("fork")
+    errors: Any = ctx.Queue()
+    workers = [ctx.Process(target=_unlocked_adder, args=(factory, f"u{i}", 12, errors)) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert all(w.exitcode == 0 for w in workers), [errors.get() for _ in range(errors.qsize())]
+    final = factory().read("free")
+    assert final is not None and len(final.databases) == 24, sorted(final.databases) if final else None
+
+
+def _unlocked_adder(factory: Factory, prefix: str, count: int, errors: Any) -> None:
+    try:
+        backend = factory()
+        for i in range(count):
+            key = f"{prefix}-{i}"
+            for _ in range(200):
+                state = backend.read("free")
+                assert state is not None
+                try:
+                    backend.write("free", state.model_copy(update={"databases": {**state.databases, key: _db(key)}}))
+                    break
+                except StateError:
+                    continue  # another write landed in between: read again
+            else:
+                raise AssertionError(f"{key} never landed")
+    except BaseException as exc:
+        errors.put(repr(exc))
+        raise
+
+
 def check_replace_keeps_a_newer_serial(factory: Factory) -> None:
     """``replace`` (push/migrate --force) stores another lineage, its serial kept if newer."""
     backend = factory()
@@ -417,6 +453,7 @@ CHECKS: list[Callable[[Factory], None]] = [
     check_lock_excludes_and_names_holder,
     check_lock_waits_with_timeout,
     check_write_refuses_a_raced_update,
+    check_writers_skipping_the_lock_never_lose_an_update,
     check_replace_keeps_a_newer_serial,
     check_unlock_needs_the_right_id,
     check_dead_holder_on_this_host_is_broken,

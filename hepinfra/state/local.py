@@ -87,6 +87,13 @@ class LocalBackend:
         return state
 
     def write(self, env: str, state: State) -> State:
+        """Check and store as one step for every hepinfra process (under the guard flock), so even
+        runs that skip the lock cannot lose each other's writes."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with flock_path(self._file(env, ".lock.guard"), timeout=GUARD_WAIT):
+            return self._write_guarded(env, state)
+
+    def _write_guarded(self, env: str, state: State) -> State:
         current = self._written.get(env)
         if current is not None and self._inode.get(env) != _inode(self._file(env)):
             current = None  # replaced since this object wrote it: judge by what is there now
@@ -122,6 +129,11 @@ class LocalBackend:
 
     def replace(self, env: str, state: State) -> State:
         """Overwrite with a state of another lineage (``state push --force``), keeping a backup."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with flock_path(self._file(env, ".lock.guard"), timeout=GUARD_WAIT):
+            return self._replace_guarded(env, state)
+
+    def _replace_guarded(self, env: str, state: State) -> State:
         if self._file(env).exists():
             atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
         current = self.read(env)

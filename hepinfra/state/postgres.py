@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -88,6 +89,14 @@ class PostgresBackend(StoredBackend):
         register(str(parts.get("password") or ""))
         host, port = str(parts.get("host") or "localhost"), str(parts.get("port") or "5432")
         db, user = str(parts.get("dbname") or ""), str(parts.get("user") or "")
+        if not re.fullmatch(r"[0-9,]+", port) or "@" in host + db or "/" in db:
+            # a password with an unescaped '/', '@' or ':' makes libpq read parts of it as host, port or
+            # database: nothing of this parse may be shown, and connecting would send it elsewhere
+            raise StateError(
+                f"{self._place()}: {self.spec.url_env} is not a valid libpq URL (its port, host or database name "
+                "is malformed)",
+                hint="percent-encode '/', '@', ':' and '%' in the password (or put it in PGPASSWORD)",
+            )
         self._server = f"{user + '@' if user else ''}{host}:{port}/{db}"
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="hepinfra")
@@ -101,6 +110,9 @@ class PostgresBackend(StoredBackend):
         except psycopg.Error as exc:
             self.close()
             raise StateError(f"{self._place()}: cannot prepare the tables: {_first_line(exc)}") from None
+        except StateError:
+            self.close()
+            raise
         return conn
 
     def _prepare(self, conn: Any) -> None:
@@ -113,6 +125,7 @@ class PostgresBackend(StoredBackend):
             (f'"{self.spec.schema_}".states', f'"{self.spec.schema_}".locks'),
         ).fetchone()
         if found and found[0]:
+            self._check_shape(conn)
             return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("", "schema"),))
@@ -130,6 +143,22 @@ class PostgresBackend(StoredBackend):
                     " env text PRIMARY KEY, lock_id text NOT NULL, holder jsonb NOT NULL,"
                     " session_pid integer NOT NULL, taken_at timestamptz NOT NULL DEFAULT now())"
                 ).format(schema)
+            )
+
+    def _check_shape(self, conn: Any) -> None:
+        """Tables of these names that are not hepinfra's are refused, not misread."""
+        rows = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name IN ('states', 'locks')",
+            (self.spec.schema_,),
+        ).fetchall()
+        have = {(str(t), str(c), str(d)) for t, c, d in rows}
+        missing = sorted(f"{t}.{c}" for t, c, d in _SHAPE if (t, c, d) not in have)
+        if missing:
+            raise StateError(
+                f"{self._place()}: the tables states and locks there are not hepinfra's ({missing[0]} is missing or "
+                "of another type)",
+                hint="name another schema: in the state: block",
             )
 
     def _sql(self, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -258,6 +287,19 @@ class PostgresBackend(StoredBackend):
                 raise LockError(f"the session holding the lock of environment '{env}' did not end")
             time.sleep(0.05)
         self._sql("DELETE FROM {s}.locks WHERE env = %s AND lock_id = %s", (env, lock_id))
+
+
+_SHAPE = {
+    ("states", "env", "text"),
+    ("states", "lineage", "text"),
+    ("states", "serial", "bigint"),
+    ("states", "body", "text"),
+    ("states", "backup", "text"),
+    ("locks", "env", "text"),
+    ("locks", "lock_id", "text"),
+    ("locks", "holder", "jsonb"),
+    ("locks", "session_pid", "integer"),
+}
 
 
 def _advisory_key(schema: str, env: str) -> int:

@@ -18,6 +18,7 @@ Must not: import boto3 before it is used (start-up), or print a credential.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -164,6 +165,7 @@ class S3Backend(StoredBackend):
 
     def _try_lock(self, env: str, mine: LockInfo) -> LockInfo | None:
         key = self._key(env, ".lock")
+        mine = dataclasses.replace(mine, lease_s=self.spec.lock_ttl)
         body = json.dumps(mine.as_dict()).encode()
         for _ in range(5):
             try:
@@ -178,19 +180,20 @@ class S3Backend(StoredBackend):
                     self._held_since(env, body, etag)
                     return None
                 self._ages[env] = age
-                if age <= self.spec.lock_ttl:
+                lease = holder.lease_s if holder.lease_s else self.spec.lock_ttl  # the holder's own promise
+                if age <= lease:
                     return holder
                 try:
                     taken = self._put_object(key, body, IfMatch=etag)
                 except Conflict:
                     continue  # another run took it over first, or its holder refreshed it just now
                 log.warning(
-                    "took over the lock of environment '%s' from %s: not refreshed for %ds (lock_ttl %ds), so its "
+                    "took over the lock of environment '%s' from %s: not refreshed for %ds (its lock_ttl %ds), so its "
                     "run is gone",
                     env,
                     holder.describe(),
                     age,
-                    self.spec.lock_ttl,
+                    lease,
                 )
                 self._held_since(env, body, taken)
                 return None
@@ -228,7 +231,13 @@ class S3Backend(StoredBackend):
         )
 
     def _still_held(self, env: str) -> None:
+        """Before each state write: the lock object is still ours (its ETag as last refreshed); one GET,
+        so a run that was frozen past its lease never writes over the new holder's view."""
         beat = self._beats.get(env)
+        if beat is not None and not beat.lost:
+            found = self._lock_object(env)
+            if found is None or found[0].id != self._held.get(env):
+                beat.lost = True
         if beat is not None and beat.lost:
             raise LockError(
                 f"the lock of environment '{env}' in {self.where} was taken over by another run (this run did not "
@@ -294,15 +303,20 @@ class _Heartbeat(threading.Thread):
             pass
 
     def beat(self) -> bool:
-        """Refresh once; False once the lock is found taken over (then ``lost``)."""
+        """Refresh once; False once the lock is found taken over or cleared (then ``lost``)."""
         try:
-            self.etag = self.backend._put_object(self.backend._key(self.env, ".lock"), self.body, IfMatch=self.etag)
-        except Conflict:
-            self.lost = True
-            log.warning("the lock of environment '%s' was taken over by another run", self.env)
-            return False
-        except StateError as exc:  # S3 unreachable for a moment: the next beat tries again
-            log.debug("could not refresh the lock of environment '%s': %s", self.env, exc)
+            answer = self.backend._call(
+                "put_object", self.backend._key(self.env, ".lock"), Body=self.body, IfMatch=self.etag
+            )
+            self.etag = str(answer.get("ETag", ""))
+        except _S3Failure as failure:
+            if failure.code in (*_CONFLICT, "NoSuchKey", "404"):  # taken over, or cleared by 'state unlock'
+                self.lost = True
+                log.warning("the lock of environment '%s' was taken over or cleared by another run", self.env)
+                return False
+            log.debug("could not refresh the lock of environment '%s': %s", self.env, failure.error)
+        except Exception as exc:  # S3 unreachable for a moment: the next beat tries again
+            log.debug("could not refresh the lock of environment '%s': %s", self.env, type(exc).__name__)
         return True
 
 

@@ -36,8 +36,8 @@ def _duration(value: Any) -> Any:
     from hepinfra.manifest import parse_duration
 
     seconds = parse_duration(value)
-    if seconds < 5:
-        raise ValueError("lock_ttl must be at least 5s")
+    if not 5 <= seconds <= 7 * 86400:
+        raise ValueError("lock_ttl must be between 5s and 7d")
     return seconds
 
 

@@ -125,9 +125,6 @@ class StoredBackend:
         return self._put(env, state, version, current)
 
     def _put(self, env: str, state: State, version: str | None, current: State | None) -> State:
-        if current is not None and env not in self._backed_up:  # the version before this run's first change
-            self._backup(env, codec.encode(current))
-            self._backed_up.add(env)
         try:
             new_version = self._store(env, codec.encode(state), state, version)
         except Conflict:
@@ -139,6 +136,9 @@ class StoredBackend:
             self._refused[env] = refusal
             raise refusal from None
         self._seen[env] = (new_version, state)
+        if current is not None and env not in self._backed_up:  # the version before this run's first change
+            self._backup(env, codec.encode(current))  # after the store: a refused write changes nothing
+            self._backed_up.add(env)
         return state
 
     # --- Locker ---------------------------------------------------------------------------------------

@@ -391,12 +391,86 @@ def test_s3_a_holder_whose_lock_was_taken_over_stops_writing(aws: Moto) -> None:
     time.sleep(6.5)
     other = S3Backend(spec)
     taken = other.lock("prod", LockInfo(), timeout=0)
+    with pytest.raises(LockError, match="was taken over by another run"):  # its first write looks first
+        frozen.write("prod", state.model_copy(update={"databases": {"a": conformance._db("a")}}))
     other.write("prod", state.model_copy(update={"databases": {"b": conformance._db("b")}}))
-    with pytest.raises(StateError, match="changed since it was read"):  # before its next refresh
-        frozen.write("prod", state.model_copy(update={"databases": {"a": conformance._db("a")}}))
-    assert beat.beat() is False and beat.lost  # ...which finds the lock taken
-    with pytest.raises(LockError, match="was taken over by another run"):
-        frozen.write("prod", state.model_copy(update={"databases": {"a": conformance._db("a")}}))
+    assert beat.beat() is False and beat.lost  # ...and so does its next refresh
     other.unlock("prod", taken.id)
     final = S3Backend(spec).read("prod")
     assert final is not None and set(final.databases) == {"b"}
+
+
+def test_s3_a_lock_cleared_by_state_unlock_stops_its_holder(aws: Moto) -> None:
+    spec = S3State(backend="s3", bucket=aws.bucket(), prefix="infra/")
+    holder = S3Backend(spec)
+    held = holder.lock("prod", LockInfo())
+    holder.write("prod", State(environment="prod"))
+    S3Backend(spec).unlock("prod", held.id)  # 'state unlock' from another machine
+    assert holder._beats["prod"].beat() is False  # its refresh finds the lock gone
+    with pytest.raises(LockError, match="was taken over by another run"):
+        holder.write("prod", State(environment="prod"))
+
+
+def test_s3_staleness_is_judged_by_the_holders_own_lock_ttl(aws: Moto) -> None:
+    """A holder with lock_ttl 1m refreshes every 12s: a run with lock_ttl 5s must not take its lock at 6s."""
+    import time
+
+    bucket = aws.bucket()
+    patient = S3Backend(S3State(backend="s3", bucket=bucket, prefix="infra/", lock_ttl="1m"))
+    held = patient.lock("prod", LockInfo())
+    time.sleep(6.5)
+    hasty = S3Backend(S3State(backend="s3", bucket=bucket, prefix="infra/", lock_ttl="5s"))
+    with pytest.raises(LockError, match="locked by"):
+        hasty.lock("prod", LockInfo(), timeout=0)
+    patient.unlock("prod", held.id)
+
+
+def test_s3_a_refused_write_leaves_the_backup_alone(aws: Moto) -> None:
+    bucket = aws.bucket()
+    factory = s3_factory(bucket)
+    first = factory().write("prod", State(environment="prod"))
+    stale = factory()
+    seen = stale.read("prod")
+    assert seen is not None
+    writer = factory()
+    second = writer.write("prod", first.model_copy(update={"databases": {"a": conformance._db("a")}}))
+    writer.read("prod")
+    writer._backed_up.clear()  # a later run
+    writer.write("prod", second.model_copy(update={"databases": {"b": conformance._db("b")}}))
+    with pytest.raises(StateError):
+        stale.write("prod", seen.model_copy(update={"databases": {"z": conformance._db("z")}}))
+    backup = json.loads(aws.objects(bucket)[f"{bucket}/infra/prod.json.backup"])
+    assert backup["serial"] == 2  # the version before the last accepted run, not the refused one's
+
+
+def test_postgres_password_with_unescaped_characters_never_shows(postgres_server: Postgres) -> None:
+    for password in ("Tr0ub/dor3xyz", "Tr0ub@dor&3xyz", "ab:cd/ef@gh"):
+        url = f"postgresql://hepinfra:{password}@127.0.0.1:{postgres_server.port}/hepinfra_test"
+        with pytest.raises(StateError) as caught:
+            PostgresBackend(PostgresState(backend="postgres"), {"HEPINFRA_STATE_PG": url}).read("prod")
+        text = str(caught.value)
+        assert "\n" not in text
+        for part in {password, *password.replace("@", "/").replace(":", "/").split("/")}:
+            assert len(part) < 4 or part not in text, (part, text)
+
+
+def test_postgres_tables_of_another_shape_are_refused_in_one_line(postgres_server: Postgres) -> None:
+    import psycopg
+
+    schema = postgres_server.schema()
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        admin.execute(f'CREATE TABLE "{schema}".states (env text, lineage text, serial text, body text, backup text)')
+        admin.execute(f'CREATE TABLE "{schema}".locks (env text)')
+        admin.execute(f"INSERT INTO \"{schema}\".states VALUES ('prod', 'x', 'abc', '{{}}', NULL)")  # noqa: S608
+    with pytest.raises(StateError, match="are not hepinfra's") as caught:
+        pg_factory(postgres_server, schema)().read("prod")
+    assert "\n" not in str(caught.value)
+
+
+def test_lock_ttl_is_bounded() -> None:
+    from pydantic import ValidationError
+
+    for bad in ("2s", "8d", "99999999999999999999999999999999999d"):
+        with pytest.raises(ValidationError, match="lock_ttl must be between 5s and 7d"):
+            S3State(backend="s3", bucket="abc", lock_ttl=bad)

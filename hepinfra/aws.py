@@ -49,6 +49,7 @@ def make_client(service: str, region: str | None, where: str, *, path_style: boo
         raise AwsError(f"{where}: needs boto3, which is not installed", hint=extra) from None
     from hepinfra.safety.redact import register
 
+    quiet_botocore()
     try:
         session = boto3.session.Session(region_name=region)
         credentials = session.get_credentials()
@@ -69,6 +70,17 @@ def make_client(service: str, region: str | None, where: str, *, path_style: boo
         return session.client(service, config=config)
     except (BotoCoreError, ValueError) as exc:
         raise AwsError(f"{where}: cannot make an AWS client: {endpoint_problem(exc, custom)}") from None
+
+
+def quiet_botocore() -> None:
+    """botocore logs request and response bodies (secret values) at DEBUG: such records are never
+    made, whatever logging a caller configured."""
+    import logging
+
+    for name in ("botocore", "boto3", "s3transfer"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 NO_CREDENTIALS = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role"

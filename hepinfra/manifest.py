@@ -31,6 +31,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from hepinfra import yamlpos
@@ -144,7 +145,52 @@ class ExecOutput(_Model):
     pass_env: list[EnvVarName] = []  # variables hepinfra would otherwise keep from the command
 
 
-OUTPUT_KINDS = ("dotenv", "template", "exec")  # the key that names each kind, in an output mapping
+_AWS_REGION = r"^[a-z]{2}(-[a-z0-9]+){1,4}$"
+
+
+class _AwsOutput(_Model):
+    region: Annotated[str, StringConstraints(pattern=_AWS_REGION)] | None = None  # else the default chain
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+
+
+class AwsSecretsManagerOutput(_AwsOutput):
+    """One secret: a JSON object of the keys (merged with keys that are not hepinfra's), or one value."""
+
+    aws_secretsmanager: str = Field(min_length=1)  # the secret's name, a template (env, key, name, vars)
+    keys: dict[EnvVarName, str] | None = Field(default=None, min_length=1)
+    value: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AwsSecretsManagerOutput:
+        if (self.keys is None) == (self.value is None):
+            raise ValueError("give either keys: (a JSON object) or value: (a plain string), not both or neither")
+        return self
+
+
+class AwsSsmOutput(_AwsOutput):
+    """One SecureString parameter per key: <prefix><KEY>."""
+
+    aws_ssm: str = Field(min_length=1)  # the name prefix, a template (env, key, name, vars)
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+
+
+class AgeOutput(_OutputBase):
+    """A dotenv body encrypted to recipients with age: a file that is safe to commit."""
+
+    age: str = Field(min_length=1)  # the file's path, a template
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+    recipients: list[str] | None = Field(default=None, min_length=1)  # age1... or ssh-ed25519/ssh-rsa keys
+    recipients_file: str | None = Field(default=None, min_length=1)  # one per line, # comments
+    allow_tracked: bool = True  # an encrypted file is meant to be committed
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AgeOutput:
+        if (self.recipients is None) == (self.recipients_file is None):
+            raise ValueError("give either recipients: or recipients_file:, not both or neither")
+        return self
+
+
+OUTPUT_KINDS = ("dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age")  # the key naming each kind
 
 
 def _output_kind(value: Any) -> str | None:
@@ -158,15 +204,22 @@ def _output_kind(value: Any) -> str | None:
 OutputSpec = Annotated[
     Annotated[DotenvOutput, Tag("dotenv")]
     | Annotated[TemplateOutput, Tag("template")]
-    | Annotated[ExecOutput, Tag("exec")],
+    | Annotated[ExecOutput, Tag("exec")]
+    | Annotated[AwsSecretsManagerOutput, Tag("aws_secretsmanager")]
+    | Annotated[AwsSsmOutput, Tag("aws_ssm")]
+    | Annotated[AgeOutput, Tag("age")],
     Discriminator(
         _output_kind,
         custom_error_type="output_kind",
-        custom_error_message="an output needs one of the keys: dotenv, template, exec",
+        custom_error_message=(
+            "an output needs one of the keys: dotenv, template, age, exec, aws_secretsmanager, aws_ssm"
+        ),
     ),
 ]
 # output kinds whose target is no file of the project (observed only by a refreshing plan)
-REMOTE_KINDS = frozenset({"exec"})
+REMOTE_KINDS = frozenset({"exec", "aws_secretsmanager", "aws_ssm"})
+_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+_PARAMETER_PREFIX = re.compile(r"[A-Za-z0-9_./-]{1,1000}")
 # what an exec argv may use: a secret in argv is visible to every user of the machine (ps, /proc)
 ARGV_VARIABLES = ("env", "key", "name", "vars")
 
@@ -221,7 +274,7 @@ class ManifestModel(_Model):
 class OutputTarget:
     """One output of one database in one environment, paths rendered, ready for a sink."""
 
-    kind: Literal["dotenv", "template", "exec"]
+    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
     path: str  # relative to the project directory (or absolute with allow_outside), POSIX form; exec: its name
     keys: tuple[tuple[str, str], ...]  # dotenv: (name, value template source)
     template: str | None  # template: the file's path relative to the project directory
@@ -241,6 +294,8 @@ class OutputTarget:
     pass_env: tuple[str, ...] = ()
     scrub: tuple[str, ...] = ()
     cwd: str = ""
+    kms_key_id: str | None = None  # aws outputs
+    recipients: tuple[str, ...] = ()  # age
 
 
 @dataclass(frozen=True)
@@ -315,6 +370,9 @@ _TAGGED: dict[str, type[BaseModel]] = {
     "dotenv": DotenvOutput,
     "template": TemplateOutput,
     "exec": ExecOutput,
+    "aws_secretsmanager": AwsSecretsManagerOutput,
+    "aws_ssm": AwsSsmOutput,
+    "age": AgeOutput,
     "local": LocalState,
     "s3": S3State,
     "postgres": PostgresState,
@@ -612,7 +670,7 @@ class _Resolver:
                             )
                         dotenv_keys[(target.path, k)] = f"databases.{key}"
                         dotenv_paths.setdefault(target.path, f"databases.{key}")
-                elif target.kind == "template":
+                elif target.kind in ("template", "age"):
                     owner = template_paths.get(target.path) or dotenv_paths.get(target.path)
                     if owner is not None:
                         raise self.error(
@@ -629,7 +687,7 @@ class _Resolver:
         env: str,
         key: str,
         index: int,
-        output: DotenvOutput | TemplateOutput | ExecOutput,
+        output: DotenvOutput | TemplateOutput | ExecOutput | AwsSecretsManagerOutput | AwsSsmOutput | AgeOutput,
         context: dict[str, Any],
     ) -> OutputTarget:
         from hepinfra.templates import placeholder_db
@@ -637,6 +695,10 @@ class _Resolver:
         base: tuple[str | int, ...] = ("databases", key, "outputs", index)
         if isinstance(output, ExecOutput):
             return self.resolve_exec(key, base, output, context)
+        if isinstance(output, AwsSecretsManagerOutput | AwsSsmOutput):
+            return self.resolve_aws(key, base, output, context)
+        if isinstance(output, AgeOutput):
+            return self.resolve_age(key, base, output, context)
         # the declared engine and realistic types (db.port is an int), as in a real render
         engine = self.model.databases[key].engine
         value_context = {**context, "db": placeholder_db(engine, context["name"])}
@@ -726,7 +788,98 @@ class _Resolver:
             cwd=str(self.project_dir),
         )
 
-    def refuse_secrets_in_argv(self, source: str, node: tuple[str | int, ...]) -> None:
+    def resolve_aws(
+        self,
+        key: str,
+        base: tuple[str | int, ...],
+        output: AwsSecretsManagerOutput | AwsSsmOutput,
+        context: dict[str, Any],
+    ) -> OutputTarget:
+        """An AWS output: its secret name or parameter prefix rendered now, its values dry-run."""
+        from hepinfra.templates import placeholder_db
+
+        kind = "aws_secretsmanager" if isinstance(output, AwsSecretsManagerOutput) else "aws_ssm"
+        node = (*base, kind)
+        source = output.aws_secretsmanager if isinstance(output, AwsSecretsManagerOutput) else output.aws_ssm
+        self.refuse_secrets_in_argv(source, node, what="a secret or parameter name")
+        name = self.render(source, {k: context[k] for k in ARGV_VARIABLES if k in context}, node)
+        if kind == "aws_secretsmanager" and not _SECRET_NAME.fullmatch(name):
+            raise self.error(
+                node, f"secret name '{shown(name)}' is not valid: 1 to 512 letters, digits and /_+=.@- only"
+            )
+        if kind == "aws_ssm":
+            longest = max(len(k) for k in (output.keys or {}))
+            if not _PARAMETER_PREFIX.fullmatch(name) or ("/" in name and not name.startswith("/")) or (
+                name.lower().lstrip("/").startswith(("aws", "ssm")) or len(name) + longest > 1011
+            ):
+                raise self.error(
+                    node,
+                    f"parameter prefix '{shown(name)}' is not valid: letters, digits and _.-/ only, starting with '/' "
+                    "when it has one, not starting with aws or ssm (reserved), names at most 1011 characters",
+                )
+        plain = output.value if isinstance(output, AwsSecretsManagerOutput) else None
+        keys = tuple(output.keys.items()) if output.keys else (("SecretString", plain or ""),)
+        value_context = {**context, "db": placeholder_db(self.model.databases[key].engine, context["name"])}
+        for k, value_source in keys:
+            where = (*base, "keys", k) if output.keys else (*base, "value")
+            self.dry_render(value_source, value_context, where)
+        path = f"{kind}:{output.region + ':' if output.region else ''}{name}"
+        definition = {"kind": kind, "name": name, "region": output.region, "keys": sorted(keys),
+                      "kms_key_id": output.kms_key_id}  # fmt: skip
+        return OutputTarget(
+            kind=kind,  # type: ignore[arg-type]
+            path=path,
+            keys=keys,
+            template=None,
+            template_source=None,
+            mode=0o600,
+            allow_tracked=False,
+            allow_outside=False,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            node=node,
+            kms_key_id=output.kms_key_id,
+        )
+
+    def resolve_age(
+        self, key: str, base: tuple[str | int, ...], output: AgeOutput, context: dict[str, Any]
+    ) -> OutputTarget:
+        """An age output: a file like a dotenv one, its recipients parsed now (offline)."""
+        from hepinfra.outputs.age import recipients as parse_recipients
+        from hepinfra.templates import placeholder_db
+
+        node: tuple[str | int, ...] = (*base, "age")
+        path, real = self.check_path(self.render(output.age, context, node), output, node)
+        if output.recipients_file is not None:
+            where = (*base, "recipients_file")
+            source = self.template_file(output.recipients_file, where, output.allow_outside)
+            found = tuple(ln.strip() for ln in source.splitlines() if ln.strip() and not ln.strip().startswith("#"))
+        else:
+            where, found = (*base, "recipients"), tuple(r.strip() for r in output.recipients or ())
+        try:
+            parse_recipients(found)
+        except ValueError as exc:
+            raise self.error(where, str(exc)) from None
+        value_context = {**context, "db": placeholder_db(self.model.databases[key].engine, context["name"])}
+        for k, source_text in output.keys.items():
+            self.dry_render(source_text, value_context, (*base, "keys", k))
+        definition = {"kind": "age", "keys": sorted(output.keys.items()), "recipients": sorted(found),
+                      "path": path, "mode": output.mode}  # fmt: skip
+        return OutputTarget(
+            kind="age",
+            path=path,
+            keys=tuple(output.keys.items()),
+            template=None,
+            template_source=None,
+            mode=int(output.mode, 8),
+            allow_tracked=output.allow_tracked,
+            allow_outside=output.allow_outside,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            real=str(real),
+            node=node,
+            recipients=found,
+        )
+
+    def refuse_secrets_in_argv(self, source: str, node: tuple[str | int, ...], what: str = "an exec argv") -> None:
         """An argv template may use env, key, name and vars only: anything of ``db`` (its password,
         its connection string) would be readable by every user of the machine while it runs."""
         from jinja2 import TemplateSyntaxError, nodes
@@ -738,12 +891,14 @@ class _Resolver:
         except TemplateSyntaxError as exc:
             raise self.error(node, template_error_message(exc)) from None
         used = {n.name for n in tree.find_all(nodes.Name)}
-        if "db" in used:
+        if "db" in used and what == "an exec argv":
             raise self.error(
                 node,
                 "an exec argv must not use db: a value in argv is visible to every user of the machine while the "
                 "command runs; send it in keys:, which reach the command on its stdin",
             )
+        if "db" in used:
+            raise self.error(node, f"{what} must not use db: names are not secret (they appear in plans and logs)")
 
     def check_path(self, rendered: str, output: _OutputBase, path: tuple[str | int, ...]) -> tuple[str, Path]:
         """The output path as written (POSIX form) and its real path, checked (see safety.paths)."""
@@ -819,7 +974,7 @@ class _Resolver:
             raise self.error(
                 target.node, f"'{shown(target.path)}' is the same file as another output of {me}; merge the two outputs"
             )
-        if target.kind == "template" and others:
+        if target.kind in ("template", "age") and others:
             raise self.error(
                 target.node,
                 f"'{shown(target.path)}' is also written by {sorted(others)[0]}; a template output writes the whole "
@@ -840,7 +995,7 @@ class _Resolver:
                     "key would overwrite each other's value on every apply",
                     at_key=True,
                 )
-        if target.kind == "template":
+        if target.kind in ("template", "age"):
             whole[real] = me
         others.add(me)
 

@@ -56,7 +56,7 @@ class _Value(BaseModel):
 
 class OutputChange(_Value):
     path: str
-    kind: Literal["dotenv", "template", "exec"]
+    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
     reason: str
 
 

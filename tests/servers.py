@@ -119,7 +119,14 @@ def moto_process(secret: str, extra_env: dict[str, str] | None = None) -> Iterat
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        server_log = Path(log.name).read_text(errors="replace")
         os.unlink(log.name)
+        try:
+            from tests.conftest import record_artifact
+
+            record_artifact("moto server log", server_log)  # joins the session's secret scan
+        except ImportError:  # a benchmark, not the tests
+            pass
 
 
 @pytest.fixture(scope="session")

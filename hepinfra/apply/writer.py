@@ -24,7 +24,7 @@ from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
 from hepinfra.manifest import DeclaredDatabase, OutputTarget
 from hepinfra.outputs import REMOTE_SINKS, SINKS
-from hepinfra.outputs.base import resolve_path
+from hepinfra.outputs.base import Written, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
 from hepinfra.safety.paths import Boundary, Refused, shown
 from hepinfra.safety.redact import redact
@@ -132,10 +132,14 @@ class OutputWriter:
                     real = resolve_path(self.project_dir, target)
                     previous_keys = self._removable(real, previous.keys if previous is not None else ())
                     async with self._lock(real):  # fsync off the event loop, so other changes go on meanwhile
-                        written = await asyncio.to_thread(
+                        result = await asyncio.to_thread(
                             self._write_locked, real, target, context, digest, previous_keys
                         )
                     self.touched_dirs.add(real.parent)
+                    if isinstance(result, Written):
+                        written, key_digests = result.digest, result.key_digests
+                    else:
+                        written = result
             except (HepinfraError, OSError) as exc:
                 failures.append(Failure("render", target.path, failure_message(exc)))
                 continue
@@ -166,7 +170,7 @@ class OutputWriter:
         context: dict[str, Any],
         digest: Digester,
         previous_keys: tuple[str, ...],
-    ) -> str:
+    ) -> str | Written:
         with flock_path(output_lock_file(self.lock_dir, real)):
             return SINKS[target.kind].write(real, target, context, digest, previous_keys=previous_keys)
 
@@ -182,7 +186,12 @@ class OutputWriter:
         git = GitView()
         for record in records:
             if record.kind in REMOTE_SINKS:
-                reason = REMOTE_SINKS[record.kind].retire(_record_target(record), record.keys)
+                try:
+                    sink, target = REMOTE_SINKS[record.kind], _record_target(record)
+                    reason = await asyncio.to_thread(sink.retire, target, record.keys, record.key_digests, digest)
+                except HepinfraError as exc:
+                    failures.append(Failure("retire", record.path, failure_message(exc)))
+                    continue
                 if reason:
                     log.warning("%s: no longer declared; %s", shown(record.path), reason)
                 continue
@@ -200,7 +209,7 @@ class OutputWriter:
         return failures
 
     def _retire_locked(self, real: Path, record: OutputRecord, digest: Digester) -> None:
-        if record.kind == "template" and real in self._declared_keys:
+        if record.kind in ("template", "age") and real in self._declared_keys:
             return  # another declaration writes this file now: it is theirs, not ours to remove
         sink = SINKS[record.kind]
         with flock_path(output_lock_file(self.lock_dir, real)):

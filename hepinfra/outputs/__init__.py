@@ -6,12 +6,22 @@ Add a sink by implementing ``Sink`` and adding it to ``SINKS``; it must pass
 
 from __future__ import annotations
 
+from hepinfra.outputs.age import AgeSink
+from hepinfra.outputs.aws import SecretsManagerSink, SsmSink
 from hepinfra.outputs.base import RemoteSink, Sink
 from hepinfra.outputs.dotenv import DotenvSink
 from hepinfra.outputs.exec import ExecSink
 from hepinfra.outputs.template import TemplateSink
 
-SINKS: dict[str, Sink] = {"dotenv": DotenvSink(), "template": TemplateSink()}  # files of the project
-REMOTE_SINKS: dict[str, RemoteSink] = {"exec": ExecSink()}  # secret stores, by API or command
+SINKS: dict[str, Sink] = {  # files of the project
+    "dotenv": DotenvSink(),
+    "template": TemplateSink(),
+    "age": AgeSink(),  # its write returns Written: a digest per key too
+}
+REMOTE_SINKS: dict[str, RemoteSink] = {  # secret stores, by API or command
+    "exec": ExecSink(),
+    "aws_secretsmanager": SecretsManagerSink(),
+    "aws_ssm": SsmSink(),
+}
 
 __all__ = ["REMOTE_SINKS", "SINKS", "RemoteSink", "Sink"]

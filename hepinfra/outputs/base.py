@@ -36,8 +36,9 @@ class Sink(Protocol):
         digest: Digester,
         *,
         previous_keys: tuple[str, ...] = (),
-    ) -> str:
-        """Render and write atomically; return the digest of what was written (as ``observe`` computes it).
+    ) -> str | Written:
+        """Render and write atomically; return the digest of what was written (as ``observe`` computes it),
+        or a ``Written`` with it and a digest per key.
 
         ``previous_keys``: the keys hepinfra wrote to this file for this output last time (from
         state); those the target no longer declares are removed in the same write (sinks without
@@ -68,8 +69,11 @@ class RemoteSink(Protocol):
         """Render and deliver, idempotently; ``previous_keys`` no longer declared are removed."""
         ...
 
-    def retire(self, target: OutputTarget, keys: tuple[str, ...]) -> str | None:
-        """Remove what hepinfra wrote; or say why that cannot be done (it is then left in place)."""
+    def retire(
+        self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
+    ) -> str | None:
+        """Remove what hepinfra provably wrote (values whose keyed digests match ``recorded``); or
+        say why not (it is then left in place)."""
         ...
 
 

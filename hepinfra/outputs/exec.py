@@ -116,5 +116,7 @@ class ExecSink:
             key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
         )
 
-    def retire(self, target: OutputTarget, keys: tuple[str, ...]) -> str | None:
+    def retire(
+        self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
+    ) -> str | None:
         return "hepinfra cannot remove what a command wrote; remove it where it went, if it is unused"

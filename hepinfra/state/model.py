@@ -37,7 +37,7 @@ class OutputRecord(_Value):
 
     database: str  # manifest key
     path: str
-    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm"]
+    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
     digest: str  # keyed digest of the managed content as written
     password_digest: str  # keyed digest of the password it holds
     definition_digest: str  # what the manifest asked for (changes when the template does)

@@ -52,7 +52,37 @@ def template_target(
     )
 
 
-FACTORIES: dict[str, Callable[[str], OutputTarget]] = {"dotenv": dotenv_target, "template": template_target}
+def _age_identity() -> tuple[str, Callable[[Path], str]]:
+    from pyrage import decrypt, x25519
+
+    identity = x25519.Identity.generate()
+    return str(identity.to_public()), lambda file: decrypt(file.read_bytes(), [identity]).decode()
+
+
+AGE_RECIPIENT, oc.PLAINTEXT["age"] = _age_identity()
+
+
+def age_target(path: str) -> OutputTarget:
+    keys = (("DB_URL", "{{ db.connection_string }}"), ("DB_PASSWORD", "{{ db.password }}"))
+    return OutputTarget(
+        kind="age",
+        path=path,
+        keys=keys,
+        template=None,
+        template_source=None,
+        mode=0o600,
+        allow_tracked=True,
+        allow_outside=False,
+        definition_digest="d",
+        recipients=(AGE_RECIPIENT,),
+    )
+
+
+FACTORIES: dict[str, Callable[[str], OutputTarget]] = {
+    "dotenv": dotenv_target,
+    "template": template_target,
+    "age": age_target,
+}
 
 
 @pytest.mark.parametrize("kind", sorted(SINKS))

@@ -1,0 +1,89 @@
+"""The age sink: a dotenv body encrypted to the manifest's recipients (age's format, by pyrage),
+a file that is safe to commit: what a GitOps repository keeps.
+
+Owns: rendering the keys as dotenv entries (quoted so that python-dotenv, compose and bash read
+them back exactly), encrypting, and writing atomically with the file sinks' path rules, locks and
+mode. hepinfra cannot decrypt the file: it records a keyed digest of the ciphertext it wrote (and
+of each plaintext value), so an edited or missing file is found, and a stale password by the
+password digest, as for any output.
+Must not: hold an identity (private key), or put a value in an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from hepinfra.digests import Digester
+from hepinfra.errors import OutputError
+from hepinfra.fsutil import atomic_write
+from hepinfra.manifest import OutputTarget
+from hepinfra.outputs.base import Written, existing_mode, render_keys
+from hepinfra.plan import ObservedOutput
+
+EXTRA = "pip install 'hepinfra[age]'"
+
+
+def recipients(texts: tuple[str, ...]) -> list[Any]:
+    """pyrage recipients (age X25519 ``age1...`` or SSH ``ssh-ed25519``/``ssh-rsa`` keys); ValueError
+    naming the first that is not one."""
+    try:
+        from pyrage import ssh, x25519
+    except ImportError:
+        raise ValueError(f"the age output needs pyrage, which is not installed ({EXTRA})") from None
+    out: list[Any] = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(ssh.Recipient.from_str(text) if text.startswith("ssh-") else x25519.Recipient.from_str(text))
+        except Exception:
+            raise ValueError(
+                f"recipient {i + 1} is not an age recipient (age1...) or an SSH public key (ssh-ed25519 / ssh-rsa)"
+            ) from None
+    if not out:
+        raise ValueError("an age output needs at least one recipient")
+    return out
+
+
+class AgeSink:
+    kind = "age"
+    deterministic = False  # age encrypts with a fresh file key each time
+
+    def observe(self, file: Path, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
+        try:
+            return ObservedOutput(exists=True, digest=digest(file.read_bytes()))
+        except FileNotFoundError:
+            return ObservedOutput(exists=False)
+        except OSError as exc:
+            return ObservedOutput(exists=True, problem=f"unreadable ({exc.strerror})")
+
+    def write(
+        self,
+        file: Path,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+    ) -> Written:
+        from pyrage import encrypt
+
+        from hepinfra.templates import QuotingError, dotenv_quote
+
+        values = render_keys(target, context)
+        lines = []
+        for key, value in values.items():
+            try:
+                lines.append(f"{key}={dotenv_quote(value)}\n")
+            except QuotingError as exc:
+                raise OutputError(f"{target.path}: {key}: the value cannot be a dotenv entry: {exc}") from None
+        try:
+            data = encrypt("".join(lines).encode(), recipients(target.recipients))
+        except ValueError as exc:
+            raise OutputError(f"{target.path}: {exc}") from None
+        atomic_write(file, data, existing_mode(file, target.mode), sync_dir=False)
+        return Written(digest(data), {k: digest(v) for k, v in values.items()})
+
+    def retire(self, file: Path, keys: tuple[str, ...]) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()

@@ -1,0 +1,229 @@
+"""The AWS outputs: Secrets Manager (one secret: a JSON object of the keys, or one plain value)
+and SSM Parameter Store (one SecureString parameter per key under a prefix).
+
+Owns: the calls, idempotent writes (PutSecretValue with a ClientRequestToken derived from the
+write; PutParameter with Overwrite), reading back for drift (GetSecretValue; GetParameters
+WithDecryption), removing keys the manifest no longer declares, and retiring what hepinfra
+provably wrote (only values whose keyed digests match the record).
+- A target's ``path`` names it: ``aws_secretsmanager:[REGION:]NAME`` or ``aws_ssm:[REGION:]PREFIX``
+  (neither a secret name nor a parameter name may hold ':'), so a record alone can reach it again.
+- Secrets Manager keeps keys that are not hepinfra's: a write merges into the JSON object there.
+Must not: put a value in a message; create anything but the named secret or parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from hepinfra.aws import AwsError, code_of, failure, make_client
+from hepinfra.digests import Digester
+from hepinfra.manifest import OutputTarget
+from hepinfra.outputs.base import Written, keyed_payload, render_keys
+from hepinfra.plan import ObservedOutput
+
+PLAIN = "SecretString"  # the key name of a plain-value secret (``value:`` instead of ``keys:``)
+_TOKEN_SPACE = uuid.UUID("8d1b4c02-6a43-4e0b-9d0c-6b2f0c1e7a55")
+
+
+def locate(path: str) -> tuple[str | None, str]:
+    """(region or None, name) from ``kind:[REGION:]NAME``."""
+    parts = path.split(":")
+    return (parts[1], parts[2]) if len(parts) == 3 else (None, parts[1])
+
+
+def _clients(cache: dict[Any, Any], service: str, region: str | None, where: str) -> Any:
+    """One client per service, region and AWS configuration (the AWS_* variables) for this process:
+    made once per run, not per write."""
+    import os
+
+    key = (service, region, frozenset((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    client = cache.get(key)
+    if client is None:
+        client = cache[key] = make_client(service, region, where)
+    return client
+
+
+class SecretsManagerSink:
+    kind = "aws_secretsmanager"
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, Any] = {}
+
+    def _client(self, target: OutputTarget) -> Any:
+        return _clients(self._cache, "secretsmanager", locate(target.path)[0], target.path)
+
+    def _current(self, target: OutputTarget) -> str | None:
+        """The SecretString now (None: no such secret, or no current value)."""
+        client = self._client(target)
+        try:
+            answer = client.get_secret_value(SecretId=locate(target.path)[1])
+        except Exception as exc:
+            if code_of(exc) in ("ResourceNotFoundException",):
+                return None
+            raise failure(exc, target.path, "secretsmanager") from None
+        found = answer.get("SecretString")
+        return str(found) if found is not None else None
+
+    @staticmethod
+    def _plain(target: OutputTarget) -> bool:
+        return [k for k, _ in target.keys] == [PLAIN]
+
+    def write(
+        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+    ) -> Written:
+        values = render_keys(target, context)
+        if self._plain(target):
+            body = values[PLAIN]
+        else:
+            there = self._current(target)
+            merged = _object(there) if there is not None else {}
+            for key in previous_keys:  # hepinfra's keys the manifest no longer declares
+                merged.pop(key, None)
+            merged.update(values)
+            body = json.dumps(merged, sort_keys=True, ensure_ascii=False)
+        name = locate(target.path)[1]
+        token = str(uuid.uuid5(_TOKEN_SPACE, f"{name}\0{digest(body)}\0{uuid.uuid4()}"))  # one per write
+        client = self._client(target)
+        try:
+            client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
+        except Exception as exc:
+            if code_of(exc) != "ResourceNotFoundException":
+                raise failure(exc, target.path, "secretsmanager") from None
+            extra = {"KmsKeyId": target.kms_key_id} if target.kms_key_id else {}
+            try:
+                client.create_secret(
+                    Name=name,
+                    SecretString=body,
+                    ClientRequestToken=token,
+                    Tags=[{"Key": "managed-by", "Value": "hepinfra"}],
+                    **extra,
+                )
+            except Exception as exc2:
+                raise failure(exc2, target.path, "secretsmanager") from None
+        return Written(digest(keyed_payload(values)), {k: digest(v) for k, v in values.items()})
+
+    def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
+        try:
+            there = self._current(target)
+        except AwsError as exc:
+            return ObservedOutput(exists=True, problem=f"cannot read it back: {exc.message}")
+        if there is None:
+            return ObservedOutput(exists=False)
+        values = {PLAIN: there} if keys == (PLAIN,) else {k: v for k, v in _object(there).items() if k in keys}
+        if not values:
+            return ObservedOutput(exists=False)
+        return ObservedOutput(
+            exists=True,
+            digest=digest(keyed_payload(values)),
+            key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
+        )
+
+    def retire(
+        self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
+    ) -> str | None:
+        there = self._current(target)
+        if there is None:
+            return None
+        current = {PLAIN: there} if keys == (PLAIN,) else _object(there)
+        ours = [k for k in keys if k in current and recorded.get(k) == digest(current[k])]
+        if len(ours) != len([k for k in keys if k in current]):
+            return "it changed since hepinfra wrote it; left in place (remove hepinfra's keys by hand if unused)"
+        rest = {k: v for k, v in current.items() if k not in ours}
+        client = self._client(target)
+        try:
+            if rest and keys != (PLAIN,):
+                client.put_secret_value(SecretId=locate(target.path)[1], SecretString=json.dumps(rest, sort_keys=True))
+            else:  # nothing but hepinfra's: scheduled for deletion (restorable for 30 days)
+                client.delete_secret(SecretId=locate(target.path)[1], RecoveryWindowInDays=30)
+        except Exception as exc:
+            raise failure(exc, target.path, "secretsmanager") from None
+        return None
+
+
+class SsmSink:
+    kind = "aws_ssm"
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, Any] = {}
+
+    def _client(self, target: OutputTarget) -> Any:
+        return _clients(self._cache, "ssm", locate(target.path)[0], target.path)
+
+    def _names(self, target: OutputTarget, keys: tuple[str, ...]) -> dict[str, str]:
+        prefix = locate(target.path)[1]
+        return {f"{prefix}{k}": k for k in keys}
+
+    def _read(self, target: OutputTarget, keys: tuple[str, ...]) -> dict[str, str]:
+        """key -> value of the parameters there now (missing ones absent)."""
+        names = self._names(target, keys)
+        client = self._client(target)
+        found: dict[str, str] = {}
+        ordered = sorted(names)
+        for start in range(0, len(ordered), 10):  # GetParameters takes 10 names at a time
+            try:
+                answer = client.get_parameters(Names=ordered[start : start + 10], WithDecryption=True)
+            except Exception as exc:
+                raise failure(exc, target.path, "ssm") from None
+            for parameter in answer.get("Parameters", []):
+                found[names[parameter["Name"]]] = parameter["Value"]
+        return found
+
+    def write(
+        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+    ) -> Written:
+        values = render_keys(target, context)
+        client = self._client(target)
+        extra = {"KeyId": target.kms_key_id} if target.kms_key_id else {}
+        for name, key in sorted(self._names(target, tuple(values)).items()):
+            try:
+                client.put_parameter(Name=name, Value=values[key], Type="SecureString", Overwrite=True, **extra)
+            except Exception as exc:
+                raise failure(exc, f"{target.path}{key}", "ssm") from None
+        gone = sorted(self._names(target, previous_keys))
+        for start in range(0, len(gone), 10):
+            try:
+                client.delete_parameters(Names=gone[start : start + 10])
+            except Exception as exc:
+                raise failure(exc, target.path, "ssm") from None
+        return Written(digest(keyed_payload(values)), {k: digest(v) for k, v in values.items()})
+
+    def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
+        try:
+            values = self._read(target, keys)
+        except AwsError as exc:
+            return ObservedOutput(exists=True, problem=f"cannot read it back: {exc.message}")
+        if not values:
+            return ObservedOutput(exists=False)
+        return ObservedOutput(
+            exists=True,
+            digest=digest(keyed_payload(values)),
+            key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
+        )
+
+    def retire(
+        self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
+    ) -> str | None:
+        there = self._read(target, keys)
+        ours = [k for k, v in there.items() if recorded.get(k) == digest(v)]
+        if len(ours) != len(there):
+            return "some parameters changed since hepinfra wrote them; left in place (remove them by hand if unused)"
+        names = sorted(self._names(target, tuple(ours)))
+        for start in range(0, len(names), 10):
+            try:
+                self._client(target).delete_parameters(Names=names[start : start + 10])
+            except Exception as exc:
+                raise failure(exc, target.path, "ssm") from None
+        return None
+
+
+def _object(text: str) -> dict[str, str]:
+    """A secret's JSON object, as text values (anything else: treated as no keys of ours)."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in found.items()}

@@ -796,10 +796,14 @@ class _Resolver:
         context: dict[str, Any],
     ) -> OutputTarget:
         """An AWS output: its secret name or parameter prefix rendered now, its values dry-run."""
+        import importlib.util
+
         from hepinfra.templates import placeholder_db
 
         kind = "aws_secretsmanager" if isinstance(output, AwsSecretsManagerOutput) else "aws_ssm"
         node = (*base, kind)
+        if importlib.util.find_spec("boto3") is None:
+            raise self.error(node, f"the {kind} output needs boto3, not installed: pip install 'hepinfra[aws]'")
         source = output.aws_secretsmanager if isinstance(output, AwsSecretsManagerOutput) else output.aws_ssm
         self.refuse_secrets_in_argv(source, node, what="a secret or parameter name")
         name = self.render(source, {k: context[k] for k in ARGV_VARIABLES if k in context}, node)

@@ -60,8 +60,8 @@ class SecretsManagerSink:
         try:
             answer = client.get_secret_value(SecretId=locate(target.path)[1])
         except Exception as exc:
-            if code_of(exc) in ("ResourceNotFoundException",):
-                return None
+            if code_of(exc) in ("ResourceNotFoundException", "InvalidRequestException"):
+                return None  # no such secret, or one scheduled for deletion
             raise failure(exc, target.path, "secretsmanager") from None
         found = answer.get("SecretString")
         return str(found) if found is not None else None
@@ -87,7 +87,13 @@ class SecretsManagerSink:
         token = str(uuid.uuid5(_TOKEN_SPACE, f"{name}\0{digest(body)}\0{uuid.uuid4()}"))  # one per write
         client = self._client(target)
         try:
-            client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
+            try:
+                client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
+            except Exception as exc:
+                if code_of(exc) != "InvalidRequestException":
+                    raise
+                client.restore_secret(SecretId=name)  # scheduled for deletion (an output hepinfra retired): back
+                client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
         except Exception as exc:
             if code_of(exc) != "ResourceNotFoundException":
                 raise failure(exc, target.path, "secretsmanager") from None

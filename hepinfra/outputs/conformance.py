@@ -168,3 +168,85 @@ CHECKS: list[Callable[[Sink, TargetFactory, Path], None]] = [
     check_a_stricter_mode_is_kept,
     check_previous_keys_no_longer_declared_are_removed,
 ]
+
+
+# --- remote sinks (secret stores): one suite for every kind in REMOTE_SINKS ----------------------------
+#
+# ``make(name, keys)`` returns a target of the sink's kind that nobody else uses; ``tamper(target,
+# key, value)`` changes one value in the store behind hepinfra's back (as a person would).
+
+RemoteFactory = Callable[[str, tuple[str, ...]], OutputTarget]
+Tamper = Callable[[OutputTarget, str, str], None]
+
+
+def _remote_keys(*names: str) -> tuple[tuple[str, str], ...]:
+    sources = {"URL": "{{ db.connection_string }}", "PASSWORD": "{{ db.password }}", "USER": "{{ db.user }}"}
+    return tuple((n, sources[n]) for n in names)
+
+
+def check_remote_write_then_observe_agree(sink: Any, make: RemoteFactory, tamper: Tamper) -> None:
+    target = make("agree", ("URL", "PASSWORD"))
+    written = sink.write(target, context(), DIGEST)
+    observed = sink.observe(target, _keys(target), DIGEST)
+    assert observed.exists and observed.problem is None
+    assert observed.digest == written.digest and dict(observed.key_digests) == written.key_digests
+    assert set(written.key_digests) == {"URL", "PASSWORD"}
+
+
+def check_remote_missing_is_observed_as_missing(sink: Any, make: RemoteFactory, tamper: Tamper) -> None:
+    target = make("never", ("URL",))
+    observed = sink.observe(target, _keys(target), DIGEST)
+    assert not observed.exists or observed.trusted
+
+
+def check_remote_new_password_and_tampering_are_seen_by_key(sink: Any, make: RemoteFactory, tamper: Tamper) -> None:
+    target = make("drift", ("URL", "PASSWORD"))
+    first = sink.write(target, context("one-password"), DIGEST)
+    second = sink.write(target, context("another-password"), DIGEST)
+    assert first.digest != second.digest and first.key_digests["PASSWORD"] != second.key_digests["PASSWORD"]
+    tamper(target, "URL", "postgresql://someone@else/db")
+    observed = sink.observe(target, _keys(target), DIGEST)
+    assert observed.digest != second.digest
+    seen = dict(observed.key_digests or ())
+    assert seen["PASSWORD"] == second.key_digests["PASSWORD"] and seen["URL"] != second.key_digests["URL"]
+
+
+def check_remote_rewrite_is_idempotent(sink: Any, make: RemoteFactory, tamper: Tamper) -> None:
+    target = make("again", ("URL", "PASSWORD"))
+    first = sink.write(target, context(), DIGEST)
+    again = sink.write(target, context(), DIGEST)
+    assert again == first
+    assert sink.observe(target, _keys(target), DIGEST).digest == first.digest
+
+
+def check_remote_keys_no_longer_declared_go(sink: Any, make: RemoteFactory, tamper: Tamper) -> None:
+    target = make("fewer", ("URL", "PASSWORD"))
+    sink.write(target, context(), DIGEST)
+    fewer = dataclasses.replace(target, keys=_remote_keys("PASSWORD"))
+    written = sink.write(fewer, context(), DIGEST, previous_keys=("URL",))
+    observed = sink.observe(fewer, ("URL", "PASSWORD"), DIGEST)
+    assert dict(observed.key_digests or ()) == written.key_digests  # URL is gone
+
+
+def check_remote_retire_removes_only_what_it_provably_wrote(sink: Any, make: RemoteFactory, tamper: Tamper) -> None:
+    target = make("retire", ("URL", "PASSWORD"))
+    written = sink.write(target, context(), DIGEST)
+    tamper(target, "URL", "changed-by-someone")
+    reason = sink.retire(target, _keys(target), written.key_digests, DIGEST)
+    assert reason, "a value someone changed was removed"
+    if not getattr(sink, "removable", True):  # a store hepinfra can write but not delete from (exec)
+        return
+    other = make("retire-clean", ("URL", "PASSWORD"))
+    clean = sink.write(other, context(), DIGEST)
+    assert sink.retire(other, _keys(other), clean.key_digests, DIGEST) is None
+    assert not sink.observe(other, _keys(other), DIGEST).exists
+
+
+REMOTE_CHECKS: list[Callable[[Any, RemoteFactory, Tamper], None]] = [
+    check_remote_write_then_observe_agree,
+    check_remote_missing_is_observed_as_missing,
+    check_remote_new_password_and_tampering_are_seen_by_key,
+    check_remote_rewrite_is_idempotent,
+    check_remote_keys_no_longer_declared_go,
+    check_remote_retire_removes_only_what_it_provably_wrote,
+]

@@ -79,6 +79,7 @@ def first_line(err: bytes, values: list[str]) -> str:
 
 class ExecSink:
     kind = "exec"
+    removable = False  # a command writes; nothing tells it to delete
 
     def write(
         self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()

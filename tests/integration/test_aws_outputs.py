@@ -106,7 +106,9 @@ def test_rotation_reaches_both_and_removed_keys_go(tmp_path: Path, server: Serve
     assert parameters(aws, f"/hepinfra-{tag}/prod/shop/")["PASSWORD"] == live["password"]
     done = [json.loads(line) for line in rotated.out.splitlines() if '"done"' in line]
     assert done and "rotation_window_ms" in done[0]
-    fewer = manifest.replace('{URL: "{{ db.connection_string }}", PASSWORD: "{{ db.password }}"}', '{PASSWORD: "{{ db.password }}"}')
+    fewer = manifest.replace(
+        '{URL: "{{ db.connection_string }}", PASSWORD: "{{ db.password }}"}', '{PASSWORD: "{{ db.password }}"}'
+    )
     project.write_text(fewer)
     assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
     assert secret(aws, f"hepinfra-{tag}/prod/shop") == {"PASSWORD": live["password"]}
@@ -119,7 +121,11 @@ def test_a_removed_output_is_cleaned_up(tmp_path: Path, server: Server, aws: dic
     tag = tmp_path.name[-12:].replace("_", "-")
     project = write_project(tmp_path / "p", manifest)
     assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
-    only_dotenv = manifest.split("      - aws_secretsmanager")[0] + "      - dotenv: .env\n" + manifest.split("      - dotenv: .env\n")[1]
+    only_dotenv = (
+        manifest.split("      - aws_secretsmanager")[0]
+        + "      - dotenv: .env\n"
+        + manifest.split("      - dotenv: .env\n")[1]
+    )
     project.write_text(only_dotenv)
     done = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws)
     assert done.code == 0, done.out + done.err

@@ -33,7 +33,7 @@ def test_files_are_0600_with_a_backup_and_no_temp_left(tmp_path: Path) -> None:
     second = backend.write("prod", first.model_copy(update={"databases": {"a": conformance._db("a")}}))
     assert second.serial == 2
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert files == ["prod.json", "prod.json.backup"]
+    assert files == ["prod.json", "prod.json.backup", "prod.lock.guard"]  # writes are checked under the guard
     for name in files:
         assert oct(os.stat(tmp_path / "s" / name).st_mode & 0o777) == "0o600"
     assert codec.decode((tmp_path / "s" / "prod.json.backup").read_bytes(), "b").serial == 1

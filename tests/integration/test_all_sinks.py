@@ -56,7 +56,7 @@ def everything(project: Path, env: dict[str, str], tag: str, key: Path) -> list[
 def test_one_apply_reaches_all_four_and_a_rotation_too(
     tmp_path: Path,
     server: Server,
-    aws: dict[str, str],
+    aws: dict[str, str],  # noqa: F811
     identity: tuple[Path, str],  # noqa: F811
 ) -> None:
     key, recipient = identity

@@ -214,6 +214,30 @@ def _output_reason(
     return None
 
 
+def _unobservable(manifest: Manifest, env: str, state: State | None, facts: EnvFacts) -> list[Diagnostic]:
+    """A refreshing plan says which written outputs it could not read back (exec without read:)."""
+    if not facts.refreshed or state is None:
+        return []
+    trusted = [
+        target.path
+        for decl in manifest.declared[env]
+        for target in decl.outputs
+        if State.output_id(decl.key, target.path) in state.outputs
+        and facts.outputs.get((decl.key, target.path), ObservedOutput(exists=False)).trusted
+    ]
+    if not trusted:
+        return []
+    shown = ", ".join(trusted[:3]) + (f" and {len(trusted) - 3} more" if len(trusted) > 3 else "")
+    return [
+        Diagnostic(
+            severity="warning",
+            env=env,
+            message=f"not read back, so trusted as last written: {shown}",
+            hint="give an exec output a read: command to detect drift",
+        )
+    ]
+
+
 def _key_drift(recorded: Mapping[str, str], observed: tuple[tuple[str, str], ...] | None) -> str | None:
     """Which keys differ from what hepinfra wrote, by name only (a diff of key -> digest maps)."""
     if not recorded or observed is None:
@@ -292,6 +316,7 @@ def make_plan(
         )
         changes.extend(env_changes)
         diagnostics.extend(env_diags)
+        diagnostics.extend(_unobservable(manifest, env, state, env_facts))
     diagnostics.extend(_account_diagnostics(manifest, facts, claimed))
     return Plan(
         created_at=now,

@@ -264,12 +264,24 @@ class DroppingProxy:
     the first ``drops`` requests whose method and path match, closes the client's connection
     instead of answering (the request did reach the server: a lost answer, as on a flaky network)."""
 
-    def __init__(self, upstream: str, method: str, path_suffix: str, drops: int = 1) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        method: str,
+        path_suffix: str,
+        drops: int = 1,
+        *,
+        target: str = "",
+        answer: tuple[int, dict[str, str], bytes] | None = None,
+    ) -> None:
+        """``target``: also match this X-Amz-Target header (JSON APIs post to '/'); ``answer``: reply
+        this (status, headers, body) instead of forwarding, rather than losing the answer."""
         import threading
         from urllib.parse import urlsplit
 
         self.upstream = urlsplit(upstream)
         self.method, self.suffix, self.drops = method, path_suffix, drops
+        self.target, self.answer = target, answer
         self.dropped = 0
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
@@ -303,6 +315,12 @@ class DroppingProxy:
                     headers.append((name.strip(), value.strip()))
                 length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
                 body = reader.read(length) if length else b""
+                amz_target = next((v for k, v in headers if k.lower() == "x-amz-target"), "")
+                if self.answer is not None and self._matches(method, target, amz_target):
+                    status, extra, data = self.answer
+                    head = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                    client.sendall(f"HTTP/1.1 {status} X\r\n{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                    continue
                 upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
                 upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
                 for name, value in headers:
@@ -310,10 +328,7 @@ class DroppingProxy:
                 upstream.endheaders(body)
                 answer = upstream.getresponse()
                 data = answer.read()
-                with self._lock:
-                    drop = method == self.method and target.split("?")[0].endswith(self.suffix)
-                    drop = drop and self.dropped < self.drops
-                    self.dropped += drop
+                drop = self.answer is None and self._matches(method, target, amz_target)
                 if drop:
                     return  # the server did it; the client never hears
                 out = [f"HTTP/1.1 {answer.status} {answer.reason}\r\n".encode()]
@@ -322,6 +337,13 @@ class DroppingProxy:
                         out.append(f"{name}: {value}\r\n".encode())
                 out.append(f"Content-Length: {len(data)}\r\n\r\n".encode())
                 client.sendall(b"".join(out) + data)
+
+    def _matches(self, method: str, target: str, amz_target: str) -> bool:
+        with self._lock:
+            hit = method == self.method and target.split("?")[0].endswith(self.suffix)
+            hit = hit and (not self.target or amz_target == self.target) and self.dropped < self.drops
+            self.dropped += hit
+            return hit
 
     def close(self) -> None:
         self._sock.close()

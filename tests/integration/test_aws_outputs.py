@@ -180,3 +180,52 @@ def test_validate_checks_aws_outputs_offline(tmp_path: Path) -> None:
         project = write_project(tmp_path / str(abs(hash(output))), manifest)
         result = invoke(["validate", "-f", str(project)], env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
         assert result.code == 1 and words in result.err and result.err.count("\n") == 1, (output, result.err)
+
+
+def test_throttling_is_retried_with_backoff(
+    tmp_path: Path, server: Server, aws: dict[str, str], moto_server: Moto
+) -> None:
+    from tests.servers import DroppingProxy
+
+    throttled = (400, {"Content-Type": "application/x-amz-json-1.1"},
+                 b'{"__type": "ThrottlingException", "message": "Rate exceeded"}')  # fmt: skip
+    proxy = DroppingProxy(moto_server.url, "POST", "/", drops=3, target="AmazonSSM.PutParameter", answer=throttled)
+    try:
+        project = write_project(tmp_path / "p", fresh_names(MANIFEST, tmp_path))
+        done = invoke(["apply", "-f", str(project), "--auto-approve"], server=server,
+                      env={**aws, "AWS_ENDPOINT_URL": proxy.url})  # fmt: skip
+    finally:
+        proxy.close()
+    assert done.code == 0, done.out + done.err
+    assert proxy.dropped == 3  # three throttled answers, then it went through
+    tag = tmp_path.name[-12:].replace("_", "-")
+    assert parameters(aws, f"/hepinfra-{tag}/prod/shop/")["PASSWORD"] == reveal(server, "shop-prod")["password"]
+
+
+def test_access_denied_fails_that_output_alone(tmp_path: Path, server: Server) -> None:
+    import logging
+    import secrets
+
+    from tests.conftest import ISSUED
+    from tests.servers import moto_process
+
+    with moto_process("unused-" + secrets.token_hex(8), {"INITIAL_NO_AUTH_ACTION_COUNT": "2"}) as moto:
+        quiet = logging.getLogger("botocore")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # the test's own admin calls: their answers hold the key
+        try:
+            iam = boto3.client("iam", endpoint_url=moto.url, region_name="us-east-1",
+                               aws_access_key_id="AKIAADMIN0000000002", aws_secret_access_key="x" * 20)  # fmt: skip
+            iam.create_user(UserName="nobody")
+            key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        finally:
+            quiet.setLevel(level)
+        ISSUED.add(key["SecretAccessKey"])
+        env = {**moto.env, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        project = write_project(tmp_path / "p", MANIFEST)
+        failed = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=env)
+    assert failed.code == 1
+    text = failed.out + failed.err
+    assert "aws_secretsmanager:hepinfra/prod/shop: access denied" in text and "aws_ssm:/hepinfra/prod/shop/" in text
+    assert key["SecretAccessKey"] not in text
+    assert "SHOP_PASSWORD" in (project.parent / ".env").read_text()  # the file output was still written

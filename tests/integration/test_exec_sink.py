@@ -161,3 +161,17 @@ def test_validate_refuses_a_secret_in_argv(tmp_path: Path) -> None:
         result = invoke(["validate", "-f", str(path)])
         assert result.code == 1 and result.err.count("\n") == 1, (argv, result.err)
         assert "argv" in result.err and "stdin" in result.err and "hepinfra.yaml:" in result.err, result.err
+
+
+def test_without_read_the_plan_says_it_trusts_what_it_sent(tmp_path: Path, server: Server) -> None:
+    manifest = MANIFEST.replace('        read: ["./bin/store", "read", "{{ env }}-{{ name }}"]\n', "")
+    path = project(tmp_path, manifest)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server).code == 0
+    (path.parent / "vault" / "prod-shop-prod.json").write_text("{}")  # gone: hepinfra cannot know
+    planned = invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server)
+    assert planned.code == 0
+    assert (
+        "not read back, so trusted as last written: exec:./bin/store write prod-shop-prod" in planned.out + planned.err
+    )
+    quiet = invoke(["plan", "-f", str(path), "--no-refresh"], server=server)
+    assert "not read back" not in quiet.out + quiet.err

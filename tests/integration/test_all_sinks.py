@@ -79,3 +79,39 @@ def test_one_apply_reaches_all_four_and_a_rotation_too(
     live = reveal(server, "shop-prod")
     assert everything(project, aws, tag, key) == [{"URL": live["connectionString"], "PASSWORD": live["password"]}] * 4
     assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=aws).code == 0
+
+
+def test_a_run_killed_before_its_outputs_are_written_converges(
+    tmp_path: Path,
+    server: Server,
+    aws: dict[str, str],  # noqa: F811
+    identity: tuple[Path, str],  # noqa: F811
+) -> None:
+    """SIGKILL right after hep.gg answered the create: nothing was delivered yet; the next apply
+    delivers to all four, with no second create."""
+    import os
+    import signal
+
+    from tests.conftest import ENV, record_artifact
+
+    key, recipient = identity
+    tag = tmp_path.name[-10:].replace("_", "-")
+    project = write_project(tmp_path / "p", MANIFEST.format(tag=tag, recipient=recipient))
+    script = project.parent / "bin" / "store"
+    script.parent.mkdir()
+    script.write_text(STORE.replace("#!PYTHON", "#!" + sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    env = {**os.environ, **ENV, **aws, "HEPGG_URL": server.url, "HEPGG_ID_URL": server.url,
+           "HEPINFRA_TEST_KILL_AT": "after:2"}  # fmt: skip
+    killed = subprocess.run([sys.executable, "-m", "hepinfra", "apply", "-f", str(project), "--auto-approve"],
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    record_artifact("killed apply with four sinks", killed.stdout + killed.stderr)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (project.parent / "vault" / "prod-shop.json").exists()
+    again = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws)
+    assert again.code == 0, again.out + again.err
+    live = reveal(server, "shop-prod")
+    assert everything(project, aws, tag, key) == [{"URL": live["connectionString"], "PASSWORD": live["password"]}] * 4
+    creates = [r for r in server.requests() if r["method"] == "POST" and r["path"].endswith("/databases")]
+    assert len(creates) == 1
+    assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=aws).code == 0

@@ -296,6 +296,7 @@ class OutputTarget:
     cwd: str = ""
     kms_key_id: str | None = None  # aws outputs
     recipients: tuple[str, ...] = ()  # age
+    plain: bool = False  # aws_secretsmanager with value: (one plain string, not a JSON object)
 
 
 @dataclass(frozen=True)
@@ -767,7 +768,11 @@ class _Resolver:
                       "pass_env": sorted(output.pass_env), "timeout": output.timeout}  # fmt: skip
         scrub = sorted(
             {spec.db_key_env for spec in self.model.environments.values() if spec.db_key_env}
-            | ({self.model.state.url_env} if isinstance(self.model.state, PostgresState) else set())
+            | (
+                {self.model.state.url_env, "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE"}
+                if isinstance(self.model.state, PostgresState)
+                else set()
+            )
         )
         return OutputTarget(
             kind="exec",
@@ -842,6 +847,7 @@ class _Resolver:
             definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
             node=node,
             kms_key_id=output.kms_key_id,
+            plain=plain is not None,
         )
 
     def resolve_age(
@@ -926,10 +932,12 @@ class _Resolver:
         by_file: dict[str, set[str]] = {}  # real path -> addresses writing it
         checked: set[str] = set()
         exposed: dict[Path, OutputTarget] = {}
+        remote: dict[tuple[str, ...], str] = {}  # what an AWS output writes -> the address writing it
         for decls in declared.values():
             for decl in decls:
                 for target in decl.outputs:
                     if target.kind in REMOTE_KINDS:
+                        self._claim_remote(decl, target, remote)
                         continue  # no file of the project
                     real = Path(target.real)
                     if target.real not in checked:
@@ -963,6 +971,37 @@ class _Resolver:
                 )
         except GitUnavailable as exc:
             log.warning("cannot tell whether Git ignores the outputs: %s", exc)
+
+    def _claim_remote(self, decl: DeclaredDatabase, target: OutputTarget, claims: dict[tuple[str, ...], str]) -> None:
+        """No two declarations write one SSM parameter, one key of a secret, or a plain secret another
+        writes keys of: each apply would overwrite the other's value (regions aside: the same name
+        with and without ``region:`` may be one secret)."""
+        if target.kind not in ("aws_secretsmanager", "aws_ssm"):
+            return
+        name = target.path.split(":")[-1]
+        rival: str | None = None
+        if target.kind == "aws_ssm":
+            wanted: list[tuple[str, ...]] = [("ssm", name + key) for key, _ in target.keys]
+            checks = wanted
+        elif target.plain:
+            wanted = [("sm-plain", name)]
+            checks = [("sm-plain", name), ("sm-keyed", name)]
+        else:
+            wanted = [("sm", name, key) for key, _ in target.keys]
+            checks = [*wanted, ("sm-plain", name)]
+        for claim in checks:
+            if claim in claims:
+                rival = claims[claim]
+                what = "/".join(claim[1:])
+                raise self.error(
+                    target.node,
+                    f"{shown(target.path)}: {shown(what)} is also written by {rival}; two declarations writing one "
+                    "value would overwrite each other on every apply",
+                )
+        for claim in wanted:
+            claims[claim] = decl.address
+        if target.kind == "aws_secretsmanager" and not target.plain:
+            claims.setdefault(("sm-keyed", name), decl.address)
 
     def _claim(
         self,

@@ -245,8 +245,12 @@ def _key_drift(recorded: Mapping[str, str], observed: tuple[tuple[str, str], ...
     from deepdiff import DeepDiff
 
     diff = DeepDiff(dict(recorded), dict(observed), view="tree")
-    edited = sorted(str(item.path(output_format="list")[0]) for item in diff.get("values_changed", []))
-    missing = sorted(str(item.path(output_format="list")[0]) for item in diff.get("dictionary_item_removed", []))
+    from hepinfra.safety.paths import shown
+
+    def names(kind: str) -> list[str]:  # key names come from state (editable): escaped and capped
+        return sorted(shown(str(item.path(output_format="list")[0]), 60) for item in diff.get(kind, []))
+
+    edited, missing = names("values_changed"), names("dictionary_item_removed")
     parts = [f"{', '.join(edited)} edited" if edited else "", f"{', '.join(missing)} missing" if missing else ""]
     found = "; ".join(p for p in parts if p)
     return f"{found} since it was written" if found else None

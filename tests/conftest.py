@@ -100,7 +100,7 @@ def _scanned_files(root: Path) -> list[Path]:
         elif path.suffix == ".json" and path.stat().st_size < 5_000_000:
             try:
                 doc = json.loads(path.read_bytes())
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(doc, dict) and "changes" in doc and "environments" in doc:  # a plan file
                 found.append(path)

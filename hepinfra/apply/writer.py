@@ -34,9 +34,13 @@ log = logging.getLogger("hepinfra.outputs")
 
 
 def remote_lock_name(name: str) -> Path:
-    """The path-like name a remote output's cross-process lock is keyed by (never a file)."""
+    """The path-like name a remote output's cross-process lock is keyed by (never a file): an AWS
+    output's without its region (one written with and one without ``region:`` may be the same)."""
     import hashlib
 
+    parts = name.split(":")
+    if parts[0] in ("aws_secretsmanager", "aws_ssm") and len(parts) == 3:
+        name = f"{parts[0]}:{parts[2]}"
     return Path("/hepinfra-remote-outputs") / hashlib.sha256(name.encode()).hexdigest()
 
 
@@ -160,8 +164,9 @@ class OutputWriter:
         self, named: Path, target: OutputTarget, context: dict[str, Any], digest: Digester, previous: Any
     ) -> Any:
         keys = tuple(k for k in (previous.keys if previous is not None else ()) if k not in dict(target.keys))
+        recorded = dict(previous.key_digests) if previous is not None else {}
         with flock_path(output_lock_file(self.lock_dir, named)):
-            return REMOTE_SINKS[target.kind].write(target, context, digest, previous_keys=keys)
+            return REMOTE_SINKS[target.kind].write(target, context, digest, previous_keys=keys, recorded=recorded)
 
     def _write_locked(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 
 from hepinfra.aws import AwsError, code_of, failure, make_client
 from hepinfra.digests import Digester
+from hepinfra.errors import OutputError
 from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import Written, keyed_payload, render_keys
 from hepinfra.plan import ObservedOutput
@@ -54,60 +55,84 @@ class SecretsManagerSink:
     def _client(self, target: OutputTarget) -> Any:
         return _clients(self._cache, "secretsmanager", locate(target.path)[0], target.path)
 
-    def _current(self, target: OutputTarget) -> str | None:
-        """The SecretString now (None: no such secret, or no current value)."""
+    def _state(self, target: OutputTarget) -> tuple[str, str | None]:
+        """("missing" | "deleted" | "there", the SecretString)."""
         client = self._client(target)
+        name = locate(target.path)[1]
         try:
-            answer = client.get_secret_value(SecretId=locate(target.path)[1])
+            answer = client.get_secret_value(SecretId=name)
         except Exception as exc:
-            if code_of(exc) in ("ResourceNotFoundException", "InvalidRequestException"):
-                return None  # no such secret, or one scheduled for deletion
+            code = code_of(exc)
+            if code == "ResourceNotFoundException":
+                return "missing", None
+            if code == "InvalidRequestException":  # scheduled for deletion
+                return "deleted", None
             raise failure(exc, target.path, "secretsmanager") from None
         found = answer.get("SecretString")
-        return str(found) if found is not None else None
+        return "there", str(found) if found is not None else None
+
+    def _current(self, target: OutputTarget) -> str | None:
+        return self._state(target)[1]
 
     @staticmethod
     def _plain(target: OutputTarget) -> bool:
-        return [k for k, _ in target.keys] == [PLAIN]
+        return target.plain
 
     def write(
-        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+        self,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+        recorded: dict[str, str] | None = None,
     ) -> Written:
         values = render_keys(target, context)
-        if self._plain(target):
+        state, there = self._state(target)
+        client = self._client(target)
+        name = locate(target.path)[1]
+        if state == "deleted":  # an output hepinfra retired, declared again: restore it, then write
+            try:
+                client.restore_secret(SecretId=name)
+            except Exception as exc:
+                raise failure(exc, target.path, "secretsmanager") from None
+        if target.plain:
             body = values[PLAIN]
         else:
-            there = self._current(target)
-            merged = _object(there) if there is not None else {}
-            for key in previous_keys:  # hepinfra's keys the manifest no longer declares
-                merged.pop(key, None)
+            merged: dict[str, Any] = {}
+            if there is not None:
+                found = _raw_object(there)
+                if found is None:
+                    raise OutputError(
+                        f"{target.path}: the secret holds something other than a JSON object; hepinfra will not "
+                        "replace it (use value: for a plain secret, or another name)"
+                    )
+                merged = found
+            for key in previous_keys:  # hepinfra's keys no longer declared: only values it provably wrote
+                if key in merged and (recorded or {}).get(key) == digest(_text(merged[key])):
+                    del merged[key]
             merged.update(values)
             body = json.dumps(merged, sort_keys=True, ensure_ascii=False)
-        name = locate(target.path)[1]
         token = str(uuid.uuid5(_TOKEN_SPACE, f"{name}\0{digest(body)}\0{uuid.uuid4()}"))  # one per write
-        client = self._client(target)
         try:
-            try:
-                client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
-            except Exception as exc:
-                if code_of(exc) != "InvalidRequestException":
-                    raise
-                client.restore_secret(SecretId=name)  # scheduled for deletion (an output hepinfra retired): back
+            if state == "missing":
+                extra = {"KmsKeyId": target.kms_key_id} if target.kms_key_id else {}
+                try:
+                    client.create_secret(
+                        Name=name,
+                        SecretString=body,
+                        ClientRequestToken=token,
+                        Tags=[{"Key": "managed-by", "Value": "hepinfra"}],
+                        **extra,
+                    )
+                except Exception as exc:
+                    if code_of(exc) != "ResourceExistsException":  # another run created it meanwhile
+                        raise
+                    client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
+            else:
                 client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
         except Exception as exc:
-            if code_of(exc) != "ResourceNotFoundException":
-                raise failure(exc, target.path, "secretsmanager") from None
-            extra = {"KmsKeyId": target.kms_key_id} if target.kms_key_id else {}
-            try:
-                client.create_secret(
-                    Name=name,
-                    SecretString=body,
-                    ClientRequestToken=token,
-                    Tags=[{"Key": "managed-by", "Value": "hepinfra"}],
-                    **extra,
-                )
-            except Exception as exc2:
-                raise failure(exc2, target.path, "secretsmanager") from None
+            raise failure(exc, target.path, "secretsmanager") from None
         return Written(digest(keyed_payload(values)), {k: digest(v) for k, v in values.items()})
 
     def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
@@ -117,7 +142,11 @@ class SecretsManagerSink:
             return ObservedOutput(exists=True, problem=f"cannot read it back: {exc.message}")
         if there is None:
             return ObservedOutput(exists=False)
-        values = {PLAIN: there} if keys == (PLAIN,) else {k: v for k, v in _object(there).items() if k in keys}
+        if target.plain:
+            values = {PLAIN: there}
+        else:
+            found = _raw_object(there) or {}
+            values = {k: _text(v) for k, v in found.items() if k in keys}
         if not values:
             return ObservedOutput(exists=False)
         return ObservedOutput(
@@ -129,20 +158,28 @@ class SecretsManagerSink:
     def retire(
         self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
     ) -> str | None:
-        there = self._current(target)
-        if there is None:
+        """Only values whose keyed digests match the record go (a record can be edited: proof first)."""
+        state, there = self._state(target)
+        if state != "there" or there is None:
             return None
-        current = {PLAIN: there} if keys == (PLAIN,) else _object(there)
-        ours = [k for k in keys if k in current and recorded.get(k) == digest(current[k])]
-        if len(ours) != len([k for k in keys if k in current]):
-            return "it changed since hepinfra wrote it; left in place (remove hepinfra's keys by hand if unused)"
-        rest = {k: v for k, v in current.items() if k not in ours}
+        left = "left in place (it is not provably what hepinfra wrote; remove hepinfra's keys by hand if unused)"
         client = self._client(target)
+        name = locate(target.path)[1]
+        if keys == (PLAIN,):
+            if not recorded.get(PLAIN) or recorded[PLAIN] != digest(there):
+                return left
+            rest: dict[str, Any] | None = None
+        else:
+            found = _raw_object(there)
+            proven = found is not None and all(k in found and recorded.get(k) == digest(_text(found[k])) for k in keys)
+            if found is None or not keys or not proven:
+                return left
+            rest = {k: v for k, v in found.items() if k not in keys}
         try:
-            if rest and keys != (PLAIN,):
-                client.put_secret_value(SecretId=locate(target.path)[1], SecretString=json.dumps(rest, sort_keys=True))
+            if rest:
+                client.put_secret_value(SecretId=name, SecretString=json.dumps(rest, sort_keys=True))
             else:  # nothing but hepinfra's: scheduled for deletion (restorable for 30 days)
-                client.delete_secret(SecretId=locate(target.path)[1], RecoveryWindowInDays=30)
+                client.delete_secret(SecretId=name, RecoveryWindowInDays=30)
         except Exception as exc:
             raise failure(exc, target.path, "secretsmanager") from None
         return None
@@ -177,7 +214,13 @@ class SsmSink:
         return found
 
     def write(
-        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+        self,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+        recorded: dict[str, str] | None = None,
     ) -> Written:
         values = render_keys(target, context)
         client = self._client(target)
@@ -187,7 +230,10 @@ class SsmSink:
                 client.put_parameter(Name=name, Value=values[key], Type="SecureString", Overwrite=True, **extra)
             except Exception as exc:
                 raise failure(exc, f"{target.path}{key}", "ssm") from None
-        gone = sorted(self._names(target, previous_keys))
+        stale = tuple(k for k in previous_keys if k not in values)
+        there = self._read(target, stale) if stale else {}
+        proven = tuple(k for k, v in there.items() if (recorded or {}).get(k) == digest(v))  # only what it wrote
+        gone = sorted(self._names(target, proven))
         for start in range(0, len(gone), 10):
             try:
                 client.delete_parameters(Names=gone[start : start + 10])
@@ -213,7 +259,7 @@ class SsmSink:
     ) -> str | None:
         there = self._read(target, keys)
         ours = [k for k, v in there.items() if recorded.get(k) == digest(v)]
-        if len(ours) != len(there):
+        if len(ours) != len(there) or not recorded:
             return "some parameters changed since hepinfra wrote them; left in place (remove them by hand if unused)"
         names = sorted(self._names(target, tuple(ours)))
         for start in range(0, len(names), 10):
@@ -224,12 +270,15 @@ class SsmSink:
         return None
 
 
-def _object(text: str) -> dict[str, str]:
-    """A secret's JSON object, as text values (anything else: treated as no keys of ours)."""
+def _raw_object(text: str) -> dict[str, Any] | None:
+    """A secret's JSON object as stored (values of any type), or None when it is not one."""
     try:
         found = json.loads(text)
-    except ValueError:
-        return {}
-    if not isinstance(found, dict):
-        return {}
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in found.items()}
+    except (ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _text(value: Any) -> str:
+    """A value as hepinfra digests it (its own values are strings)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)

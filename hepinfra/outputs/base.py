@@ -64,9 +64,16 @@ class RemoteSink(Protocol):
         ...
 
     def write(
-        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+        self,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+        recorded: dict[str, str] | None = None,
     ) -> Written:
-        """Render and deliver, idempotently; ``previous_keys`` no longer declared are removed."""
+        """Render and deliver, idempotently; of ``previous_keys`` no longer declared, those whose values
+        still match ``recorded`` (the keyed digests hepinfra wrote) are removed, no others."""
         ...
 
     def retire(

@@ -11,6 +11,7 @@ Must not: put a value in argv, the environment, an exception or a log line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,12 +35,17 @@ def child_environment(target: OutputTarget, environ: dict[str, str] | None = Non
     ``db_key_env`` and ``url_env`` the manifest names; what ``pass_env`` lists stays."""
     source = dict(os.environ if environ is None else environ)
     keep = set(target.pass_env)
-    drop = set(SCRUBBED) | set(target.scrub)
+    drop = set(SCRUBBED) | set(target.scrub)  # target.scrub: the manifest's own credential variables
     return {k: v for k, v in source.items() if k in keep or not (k in drop or k.startswith(SCRUBBED_PREFIXES))}
 
 
 def run(argv: tuple[str, ...], target: OutputTarget, stdin: bytes | None) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` in the project directory; kill its process group at the timeout."""
+    """Run ``argv`` in the project directory, keeping at most READ_LIMIT bytes of each of its
+    outputs; kill its process group at the timeout. A command that exited while something it
+    started (even in a new session) still holds its pipes is done: its exit status counts."""
+    import threading
+    import time
+
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -53,28 +59,71 @@ def run(argv: tuple[str, ...], target: OutputTarget, stdin: bytes | None) -> tup
         )
     except OSError as exc:
         raise OutputError(f"{target.path}: cannot run {argv[0]!r}: {exc.strerror}") from None
+    kept: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}
+
+    def drain(name: str, pipe: Any) -> None:  # keeps the first READ_LIMIT bytes, discards the rest
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := pipe.read(65536):
+                room = READ_LIMIT + 1 - len(kept[name])
+                if room > 0:
+                    kept[name] += chunk[:room]
+
+    pipes = (("out", proc.stdout), ("err", proc.stderr))
+    readers = [threading.Thread(target=drain, args=(n, p), daemon=True) for n, p in pipes]
+    for reader in readers:
+        reader.start()
+    if stdin is not None and proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.write(stdin)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    deadline = time.monotonic() + target.timeout
     try:
-        out, err = proc.communicate(stdin, timeout=target.timeout)
+        proc.wait(timeout=target.timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise OutputError(f"{target.path}: the command did not finish within {target.timeout}s; killed") from None
-    except BrokenPipeError:
-        out, err = b"", b""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    return proc.returncode, out, err
+        raise OutputError(f"{target.path}: the command did not finish within {target.timeout}s; killed") from None
+    for reader in readers:  # its own output is complete once it exits, unless a child still holds the pipe
+        reader.join(max(0.0, min(2.0, deadline - time.monotonic())))
+    if not any(reader.is_alive() for reader in readers):
+        _close(proc)
+    # else: something it started holds the pipes; closing them here would wait for that reader. The
+    # daemon readers end, and the pipes close, when it does.
+    return proc.returncode, bytes(kept["out"]), bytes(kept["err"])
+
+
+def _close(proc: Any) -> None:
+    for pipe in (proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            pipe.close()
+
+
+def _forms(value: str) -> list[str]:
+    import base64
+    from urllib.parse import quote
+
+    raw = value.encode()
+    return [value, base64.b64encode(raw).decode(), raw.hex(), quote(value, safe=""), json.dumps(value)[1:-1]]
 
 
 def first_line(err: bytes, values: list[str]) -> str:
-    """The first non-empty line of a command's stderr, values of this write and secrets masked."""
+    """The first non-empty line of a command's stderr, unless it mentions a value of this write in
+    any form (8 characters of it in a row, plain, base64, hex, URL- or JSON-escaped): then it is
+    not shown at all. Registered secrets are masked as everywhere."""
     from hepinfra.safety.paths import shown
     from hepinfra.safety.redact import redact
 
     text = err.decode("utf-8", errors="replace")
-    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
-        text = text.replace(value, "[REDACTED]")
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return shown(redact(line), 200) if line else "(nothing on stderr)"
+    if not line:
+        return "(nothing on stderr)"
+    for value in values:
+        for form in _forms(value):
+            if len(form) >= 8 and any(form[i : i + 8] in line for i in range(len(form) - 7)):
+                return "(its message is not shown: it mentions a value of this write)"
+    return shown(redact(line), 200)
 
 
 class ExecSink:
@@ -82,7 +131,13 @@ class ExecSink:
     removable = False  # a command writes; nothing tells it to delete
 
     def write(
-        self, target: OutputTarget, context: dict[str, Any], digest: Digester, *, previous_keys: tuple[str, ...] = ()
+        self,
+        target: OutputTarget,
+        context: dict[str, Any],
+        digest: Digester,
+        *,
+        previous_keys: tuple[str, ...] = (),
+        recorded: dict[str, str] | None = None,
     ) -> Written:
         values = render_keys(target, context)
         payload = keyed_payload(values)
@@ -97,14 +152,16 @@ class ExecSink:
         if not target.read_argv:
             return ObservedOutput(exists=True, trusted=True)
         try:
-            code, out, err = run(target.read_argv, target, None)
+            code, out, _ = run(target.read_argv, target, None)
         except OutputError as exc:
             return ObservedOutput(exists=True, problem=f"cannot read it back: {exc.message}")
-        if code != 0:
-            return ObservedOutput(exists=True, problem=f"its read command exited {code}: {first_line(err, [])}")
+        if code != 0:  # its stderr could hold the values it read: not shown
+            return ObservedOutput(exists=True, problem=f"its read command exited {code} (run it by hand to see why)")
+        if len(out) > READ_LIMIT:
+            return ObservedOutput(exists=True, problem=f"its read command printed more than {READ_LIMIT} bytes")
         try:
-            found = json.loads(out[:READ_LIMIT]) if out.strip() else {}
-        except ValueError:
+            found = json.loads(out) if out.strip() else {}
+        except (ValueError, RecursionError):
             return ObservedOutput(exists=True, problem="its read command printed no JSON object")
         if not isinstance(found, dict):
             return ObservedOutput(exists=True, problem="its read command printed no JSON object")

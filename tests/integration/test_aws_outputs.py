@@ -229,3 +229,111 @@ def test_access_denied_fails_that_output_alone(tmp_path: Path, server: Server) -
     assert "aws_secretsmanager:hepinfra/prod/shop: access denied" in text and "aws_ssm:/hepinfra/prod/shop/" in text
     assert key["SecretAccessKey"] not in text
     assert "SHOP_PASSWORD" in (project.parent / ".env").read_text()  # the file output was still written
+
+
+# --- what an attacker found: regression tests ----------------------------------------------------------
+
+
+def test_an_edited_state_cannot_make_hepinfra_delete_what_it_never_wrote(
+    tmp_path: Path, server: Server, aws: dict[str, str]
+) -> None:
+    """Records are editable (a pull request): removal needs proof, the keyed digest of the value."""
+    from hepinfra.state.local import LocalBackend
+
+    tag = tmp_path.name[-12:].replace("_", "-")
+    sm, ssm = client(aws, "secretsmanager"), client(aws, "ssm")
+    sm.create_secret(Name=f"theirs-{tag}/plain", SecretString="their-token-123")
+    sm.create_secret(Name=f"theirs-{tag}/json", SecretString=json.dumps({"tok": "their-tok", "port": 5432}))
+    for key in ("A", "B"):
+        ssm.put_parameter(Name=f"/theirs-{tag}/{key}", Value=f"their-{key}", Type="SecureString")
+    manifest = f"""
+version: 1
+environments: {{prod: {{}}}}
+databases:
+  shop:
+    engine: postgres
+    outputs:
+      - aws_secretsmanager: "theirs-{tag}/json"
+        keys: {{SHOP_URL: "{{{{ db.connection_string }}}}"}}
+      - aws_ssm: "/theirs-{tag}/"
+        keys: {{SHOP_URL: "{{{{ db.connection_string }}}}"}}
+"""
+    project = write_project(tmp_path / "p", manifest)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
+    assert json.loads(sm.get_secret_value(SecretId=f"theirs-{tag}/json")["SecretString"])["port"] == 5432  # typed
+    backend = LocalBackend(project.parent / ".hepinfra" / "state")
+    state = backend.read("prod")
+    assert state is not None
+    outputs = dict(state.outputs)
+    for oid, record in list(outputs.items()):
+        extra = ("tok",) if record.kind == "aws_secretsmanager" else ("A", "B")
+        outputs[oid] = record.model_copy(update={"keys": (*record.keys, *extra), "definition_digest": "forced"})
+    forged = next(iter(outputs.values())).model_copy(
+        update={"path": f"aws_secretsmanager:theirs-{tag}/plain", "keys": ("X",), "key_digests": {}}
+    )
+    outputs[f"shop:aws_secretsmanager:theirs-{tag}/plain"] = forged
+    backend.write("prod", state.model_copy(update={"outputs": outputs}))
+    done = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws)
+    assert done.code == 0, done.out + done.err
+    assert sm.get_secret_value(SecretId=f"theirs-{tag}/plain")["SecretString"] == "their-token-123"
+    there = json.loads(sm.get_secret_value(SecretId=f"theirs-{tag}/json")["SecretString"])
+    assert there["tok"] == "their-tok" and there["port"] == 5432
+    assert parameters(aws, f"/theirs-{tag}/").keys() >= {"A", "B"}
+
+
+def test_a_secret_that_is_not_a_json_object_is_never_replaced(
+    tmp_path: Path, server: Server, aws: dict[str, str]
+) -> None:
+    tag = tmp_path.name[-12:].replace("_", "-")
+    client(aws, "secretsmanager").create_secret(Name=f"legacy-{tag}", SecretString="tok-123-legacy")
+    manifest = f"""
+version: 1
+environments: {{prod: {{}}}}
+databases:
+  shop:
+    outputs:
+      - aws_secretsmanager: "legacy-{tag}"
+        keys: {{SecretString: "{{{{ db.password }}}}"}}
+"""
+    project = write_project(tmp_path / "p", manifest)
+    failed = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws)
+    assert failed.code == 1 and "holds something other than a JSON object" in failed.out + failed.err
+    assert client(aws, "secretsmanager").get_secret_value(SecretId=f"legacy-{tag}")["SecretString"] == "tok-123-legacy"
+
+
+def test_two_declarations_of_one_value_are_refused_offline(tmp_path: Path) -> None:
+    for outputs in (
+        ['aws_ssm: "/p/"\n        keys: {MAIN_URL: "1"}', 'aws_ssm: "/p/"\n        keys: {MAIN_URL: "2"}'],
+        ['aws_secretsmanager: "s"\n        keys: {K: "1"}', 'aws_secretsmanager: "s"\n        region: us-east-1\n        keys: {K: "2"}'],
+        ['aws_secretsmanager: "s"\n        value: "1"', 'aws_secretsmanager: "s"\n        keys: {K: "2"}'],
+    ):  # fmt: skip
+        manifest = (
+            "version: 1\nenvironments: {prod: {}}\ndatabases:\n"
+            f"  shop:\n    outputs:\n      - {outputs[0]}\n  cart:\n    outputs:\n      - {outputs[1]}\n"
+        )
+        project = write_project(tmp_path / str(abs(hash(str(outputs)))), manifest)
+        result = invoke(["validate", "-f", str(project)])
+        assert result.code == 1 and "is also written by prod/databases." in result.err, (outputs, result.err)
+
+
+def test_a_retired_secret_declared_again_is_restored(tmp_path: Path, server: Server, aws: dict[str, str]) -> None:
+    tag = tmp_path.name[-12:].replace("_", "-")
+    manifest = f"""
+version: 1
+environments: {{prod: {{}}}}
+databases:
+  shop:
+    outputs:
+      - dotenv: .env
+        keys: {{P: "{{{{ db.password }}}}"}}
+      - aws_secretsmanager: "again-{tag}"
+        keys: {{P: "{{{{ db.password }}}}"}}
+"""
+    project = write_project(tmp_path / "p", manifest)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
+    project.write_text(manifest.split("      - aws_secretsmanager")[0])
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
+    project.write_text(manifest)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
+    assert secret(aws, f"again-{tag}") == {"P": reveal(server, "shop-prod")["password"]}
+    assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=aws).code == 0

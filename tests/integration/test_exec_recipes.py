@@ -58,7 +58,7 @@ elif tool == "gh":
     assert args[:2] == ["secret", "set"], args
     save(sys.stdin.read(), args[args.index("--repo") + 1], args[args.index("--env") + 1], args[2])
 elif tool == "kubectl":
-    if args[:3] == ["apply", "-f", "-"]:
+    if args == ["apply", "--server-side", "--field-manager=hepinfra", "-f", "-"]:
         doc = json.loads(sys.stdin.read())
         data = {k: base64.b64encode(v.encode()).decode() for k, v in doc.pop("stringData").items()}
         save(json.dumps({**doc, "data": data}), doc["metadata"]["namespace"], doc["metadata"]["name"])

@@ -35,6 +35,13 @@ with open(os.path.join(store, "calls.log"), "a") as log:
 if mode == "fail":
     sys.stderr.write("push-secret: refused: " + data + "\nsecond line\n")
     sys.exit(3)
+if mode == "fail-partial":
+    import base64
+    sys.stderr.write("bad value " + base64.b64encode(json.loads(data)["PASSWORD"].encode()).decode()[:12] + "\n")
+    sys.exit(5)
+if mode == "fail-plain":
+    sys.stderr.write("\n  push-secret: the vault is sealed\nmore\n")
+    sys.exit(4)
 if mode == "hang":
     import time
     time.sleep(60)
@@ -129,7 +136,7 @@ def test_a_failing_command_fails_that_output_alone_in_one_line(tmp_path: Path, s
     failed = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail"})
     assert failed.code == 1
     line = next(ln for ln in failed.out.splitlines() + failed.err.splitlines() if "exited 3" in ln)
-    assert "push-secret: refused: [REDACTED]" in line or "push-secret: refused:" in line
+    assert line.endswith("exited 3: (its message is not shown: it mentions a value of this write)")
     live = reveal(server, "shop-prod")
     assert live["password"] not in failed.out + failed.err and "second line" not in failed.out + failed.err
     assert "SHOP_PASSWORD" in (path.parent / ".env").read_text()  # the other output was written
@@ -175,3 +182,31 @@ def test_without_read_the_plan_says_it_trusts_what_it_sent(tmp_path: Path, serve
     )
     quiet = invoke(["plan", "-f", str(path), "--no-refresh"], server=server)
     assert "not read back" not in quiet.out + quiet.err
+
+
+def test_a_failure_message_is_shown_unless_it_mentions_a_value_in_any_form(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    plain = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail-plain"})
+    assert "exited 4: push-secret: the vault is sealed" in plain.out + plain.err
+    partial = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail-partial"})
+    assert "exited 5: (its message is not shown: it mentions a value of this write)" in partial.out + partial.err
+
+
+def test_a_grandchild_holding_the_pipes_does_not_hang_the_run(tmp_path: Path, server: Server) -> None:
+    import time
+
+    manifest = MANIFEST.replace('["./bin/store", "write", "{{ env }}-{{ name }}"]',
+                                '["sh", "-c", "cat >/dev/null; setsid sleep 30 & exit 0"]')  # fmt: skip
+    path = project(tmp_path, manifest.replace('        read: ["./bin/store", "read", "{{ env }}-{{ name }}"]\n', ""))
+    started = time.monotonic()
+    done = invoke(["apply", "-f", str(path), "--auto-approve"], server=server)
+    assert done.code == 0, done.out + done.err  # it exited 0: written
+    assert time.monotonic() - started < 15
+
+
+def test_a_read_command_printing_garbage_fails_that_output_only(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server).code == 0
+    (path.parent / "vault" / "prod-shop-prod.json").write_text("[" * 200000)
+    planned = invoke(["plan", "-f", str(path)], server=server)
+    assert planned.code == 0 and "its read command printed no JSON object" in planned.out

@@ -288,9 +288,17 @@ def test_release_failure_is_a_warning_never_the_runs_error(caplog: pytest.LogCap
 
     backend = LocalBackend(tmp_path)
     with caplog.at_level("WARNING", logger="hepinfra.state"):
-        runner.release(backend, "prod", "0123abcd")  # not locked: unlock fails
-    assert "could not release the lock of environment 'prod'" in caplog.text
-    assert "hepinfra state unlock 0123abcd -e prod" in caplog.text
+        runner.release(backend, "prod", "0123abcd")  # not locked (taken over or cleared): unlock fails
+    assert "the lock of environment 'prod' was no longer this run's when it ended" in caplog.text
+    held = backend.lock("prod", LockInfo())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hepinfra.state"), mock.patch.object(
+        LocalBackend, "unlock", side_effect=LockError("the disk is gone")
+    ):
+        runner.release(backend, "prod", held.id)  # still ours, and unlock fails: say how to clear it
+    assert "could not release the lock of environment 'prod' (the disk is gone)" in caplog.text
+    assert f"hepinfra state unlock {held.id} -e prod" in caplog.text
+    backend.unlock("prod", held.id)
 
 
 @pytest.mark.parametrize(

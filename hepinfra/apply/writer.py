@@ -91,6 +91,12 @@ class OutputWriter:
         for target in declared:
             if target.real:
                 self._declared_keys.setdefault(Path(target.real), set()).update(k for k, _ in target.keys)
+        # the same for secret stores, by the name they are locked by: a value some declaration still
+        # writes is never retired (an output renamed, moved, or given a region writes it too)
+        self._declared_remote: dict[Path, set[str]] = {}
+        for target in declared:
+            if target.kind in REMOTE_SINKS:
+                self._declared_remote.setdefault(remote_lock_name(target.path), set()).update(k for k, _ in target.keys)
         self.lock_dir = shared_lock_dir(project_dir / ".hepinfra" / "locks")
         self._locks: dict[Path, asyncio.Lock] = {}
         self.touched_dirs: set[Path] = set()
@@ -191,9 +197,13 @@ class OutputWriter:
         git = GitView()
         for record in records:
             if record.kind in REMOTE_SINKS:
+                named = remote_lock_name(record.path)
+                keys = tuple(k for k in record.keys if k not in self._declared_remote.get(named, set()))
+                if not keys:
+                    continue  # every value of it is still declared (by this output under another name, or another)
                 try:
-                    sink, target = REMOTE_SINKS[record.kind], _record_target(record)
-                    reason = await asyncio.to_thread(sink.retire, target, record.keys, record.key_digests, digest)
+                    async with self._lock(named):
+                        reason = await asyncio.to_thread(self._retire_remote_locked, named, record, keys, digest)
                 except HepinfraError as exc:
                     failures.append(Failure("retire", record.path, failure_message(exc)))
                     continue
@@ -212,6 +222,12 @@ class OutputWriter:
             except (HepinfraError, OSError) as exc:
                 failures.append(Failure("retire", record.path, failure_message(exc)))
         return failures
+
+    def _retire_remote_locked(
+        self, named: Path, record: OutputRecord, keys: tuple[str, ...], digest: Digester
+    ) -> str | None:
+        with flock_path(output_lock_file(self.lock_dir, named)):
+            return REMOTE_SINKS[record.kind].retire(_record_target(record), keys, record.key_digests, digest)
 
     def _retire_locked(self, real: Path, record: OutputRecord, digest: Digester) -> None:
         if record.kind in ("template", "age") and real in self._declared_keys:

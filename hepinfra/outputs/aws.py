@@ -97,6 +97,11 @@ class SecretsManagerSink:
             except Exception as exc:
                 raise failure(exc, target.path, "secretsmanager") from None
         if target.plain:
+            if state == "there" and there and not (recorded or {}).get(PLAIN):
+                raise OutputError(
+                    f"{target.path}: the secret already holds a value hepinfra did not write; it will not replace it "
+                    "(declare another name, or delete it first)"
+                )
             body = values[PLAIN]
         else:
             merged: dict[str, Any] = {}

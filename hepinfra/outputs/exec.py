@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 from typing import Any
@@ -108,6 +109,9 @@ def _forms(value: str) -> list[str]:
     return [value, base64.b64encode(raw).decode(), raw.hex(), quote(value, safe=""), json.dumps(value)[1:-1]]
 
 
+_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")  # a long opaque token: a value, encoded some way?
+
+
 def first_line(err: bytes, values: list[str]) -> str:
     """The first non-empty line of a command's stderr, unless it mentions a value of this write in
     any form (8 characters of it in a row, plain, base64, hex, URL- or JSON-escaped): then it is
@@ -119,10 +123,13 @@ def first_line(err: bytes, values: list[str]) -> str:
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     if not line:
         return "(nothing on stderr)"
+    hidden = "(its message is not shown: it mentions a value of this write, or something encoded)"
+    if _OPAQUE.search(line):  # base64, base32 or hex of a value or of the whole payload, at any alignment
+        return hidden
     for value in values:
         for form in _forms(value):
             if len(form) >= 8 and any(form[i : i + 8] in line for i in range(len(form) - 7)):
-                return "(its message is not shown: it mentions a value of this write)"
+                return hidden
     return shown(redact(line), 200)
 
 

@@ -337,3 +337,50 @@ databases:
     assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
     assert secret(aws, f"again-{tag}") == {"P": reveal(server, "shop-prod")["password"]}
     assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=aws).code == 0
+
+
+def test_adding_or_removing_region_keeps_the_values(tmp_path: Path, server: Server, aws: dict[str, str]) -> None:
+    """The same secret and parameters under another output name: written, never retired."""
+    tag = tmp_path.name[-12:].replace("_", "-")
+    manifest = f"""
+version: 1
+environments: {{prod: {{}}}}
+databases:
+  shop:
+    outputs:
+      - aws_ssm: "/reg-{tag}/"
+        region: us-east-1
+        keys: {{URL: "{{{{ db.connection_string }}}}"}}
+      - aws_secretsmanager: "reg-{tag}"
+        region: us-east-1
+        keys: {{PW: "{{{{ db.password }}}}"}}
+"""
+    project = write_project(tmp_path / "p", manifest)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws).code == 0
+    project.write_text(manifest.replace("        region: us-east-1\n", ""))
+    done = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws)
+    assert done.code == 0, done.out + done.err
+    live = reveal(server, "shop-prod")
+    assert parameters(aws, f"/reg-{tag}/") == {"URL": live["connectionString"]}
+    assert secret(aws, f"reg-{tag}") == {"PW": live["password"]}
+    assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=aws).code == 0
+
+
+def test_a_plain_value_never_replaces_a_secret_hepinfra_did_not_write(
+    tmp_path: Path, server: Server, aws: dict[str, str]
+) -> None:
+    tag = tmp_path.name[-12:].replace("_", "-")
+    client(aws, "secretsmanager").create_secret(Name=f"foreign-{tag}", SecretString='{"STRIPE_KEY": "sk_x"}')
+    manifest = f"""
+version: 1
+environments: {{prod: {{}}}}
+databases:
+  shop:
+    outputs:
+      - aws_secretsmanager: "foreign-{tag}"
+        value: "{{{{ db.password }}}}"
+"""
+    project = write_project(tmp_path / "p", manifest)
+    failed = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=aws)
+    assert failed.code == 1 and "already holds a value hepinfra did not write" in failed.out + failed.err
+    assert secret(aws, f"foreign-{tag}") == {"STRIPE_KEY": "sk_x"}

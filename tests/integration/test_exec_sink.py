@@ -39,6 +39,10 @@ if mode == "fail-partial":
     import base64
     sys.stderr.write("bad value " + base64.b64encode(json.loads(data)["PASSWORD"].encode()).decode()[:12] + "\n")
     sys.exit(5)
+if mode == "fail-b64":
+    import base64
+    sys.stderr.write("bad request " + base64.b64encode(data.encode()).decode() + "\n")
+    sys.exit(6)
 if mode == "fail-plain":
     sys.stderr.write("\n  push-secret: the vault is sealed\nmore\n")
     sys.exit(4)
@@ -136,7 +140,9 @@ def test_a_failing_command_fails_that_output_alone_in_one_line(tmp_path: Path, s
     failed = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail"})
     assert failed.code == 1
     line = next(ln for ln in failed.out.splitlines() + failed.err.splitlines() if "exited 3" in ln)
-    assert line.endswith("exited 3: (its message is not shown: it mentions a value of this write)")
+    assert line.endswith(
+        "exited 3: (its message is not shown: it mentions a value of this write, or something encoded)"
+    )
     live = reveal(server, "shop-prod")
     assert live["password"] not in failed.out + failed.err and "second line" not in failed.out + failed.err
     assert "SHOP_PASSWORD" in (path.parent / ".env").read_text()  # the other output was written
@@ -189,7 +195,9 @@ def test_a_failure_message_is_shown_unless_it_mentions_a_value_in_any_form(tmp_p
     plain = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail-plain"})
     assert "exited 4: push-secret: the vault is sealed" in plain.out + plain.err
     partial = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail-partial"})
-    assert "exited 5: (its message is not shown: it mentions a value of this write)" in partial.out + partial.err
+    assert "exited 5: (its message is not shown: it mentions a value of this write" in partial.out + partial.err
+    whole = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env={"STORE_MODE": "fail-b64"})
+    assert "exited 6: (its message is not shown" in whole.out + whole.err
 
 
 def test_a_grandchild_holding_the_pipes_does_not_hang_the_run(tmp_path: Path, server: Server) -> None:

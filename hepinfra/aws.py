@@ -63,13 +63,22 @@ def make_client(service: str, region: str | None, where: str, *, path_style: boo
     config = Config(
         connect_timeout=5,
         read_timeout=15,
-        retries={"max_attempts": 8, "mode": "standard"},  # throttling: retried with backoff
+        retries={"max_attempts": _attempts(), "mode": "standard"},  # throttling: retried with backoff
         s3={"addressing_style": "path"} if path_style and custom else {},
     )
     try:
         return session.client(service, config=config)
     except (BotoCoreError, ValueError) as exc:
         raise AwsError(f"{where}: cannot make an AWS client: {endpoint_problem(exc, custom)}") from None
+
+
+def _attempts() -> int:
+    """AWS_MAX_ATTEMPTS when set (AWS's own setting), else 5: throttling and dropped connections are
+    retried with backoff, an unreachable endpoint fails within about 15 s."""
+    try:
+        return max(1, min(20, int(os.environ.get("AWS_MAX_ATTEMPTS", "") or 5)))
+    except ValueError:
+        return 5
 
 
 def quiet_botocore() -> None:

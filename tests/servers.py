@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -63,17 +64,22 @@ class Moto:
 
     def objects(self, only: str | None = None) -> dict[str, bytes]:
         """Every object of every bucket (or of bucket ``only``): ``bucket/key`` -> body."""
-        s3: object = self.client()
-        out = {}
-        for bucket in s3.list_buckets()["Buckets"]:  # type: ignore[attr-defined]
+        from concurrent.futures import ThreadPoolExecutor
+
+        s3: Any = self.client()
+        wanted = []
+        for bucket in s3.list_buckets()["Buckets"]:
             if only is not None and bucket["Name"] != only:
                 continue
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"])  # type: ignore[attr-defined]
-            for page in pages:
-                for item in page.get("Contents", []):
-                    body = s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()  # type: ignore[attr-defined]
-                    out[f"{bucket['Name']}/{item['Key']}"] = body
-        return out
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+                wanted += [(bucket["Name"], item["Key"]) for item in page.get("Contents", [])]
+
+        def get(pair: tuple[str, str]) -> bytes:
+            return bytes(s3.get_object(Bucket=pair[0], Key=pair[1])["Body"].read())
+
+        with ThreadPoolExecutor(16) as pool:  # the session's scan reads hundreds of objects
+            bodies = list(pool.map(get, wanted))
+        return {f"{b}/{k}": body for (b, k), body in zip(wanted, bodies, strict=True)}
 
 
 class ServerFailed(Exception):

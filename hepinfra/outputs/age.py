@@ -19,7 +19,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.manifest import OutputTarget
-from hepinfra.outputs.base import Written, existing_mode, render_keys
+from hepinfra.outputs.base import Written, delivered, existing_mode, render_keys
 from hepinfra.plan import ObservedOutput
 
 EXTRA = "pip install 'hepinfra[age]'"
@@ -82,7 +82,7 @@ class AgeSink:
         except ValueError as exc:
             raise OutputError(f"{target.path}: {exc}") from None
         atomic_write(file, data, existing_mode(file, target.mode), sync_dir=False)
-        return Written(digest(data), {k: digest(v) for k, v in values.items()})
+        return Written(digest(data), delivered(values, digest).key_digests)  # the file's digest, each value's
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -21,7 +21,7 @@ from hepinfra.aws import AwsError, code_of, failure, make_client
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.manifest import OutputTarget
-from hepinfra.outputs.base import Written, keyed_payload, render_keys
+from hepinfra.outputs.base import Written, delivered, observed, render_keys
 from hepinfra.plan import ObservedOutput
 
 PLAIN = "SecretString"  # the key name of a plain-value secret (``value:`` instead of ``keys:``)
@@ -138,7 +138,7 @@ class SecretsManagerSink:
                 client.put_secret_value(SecretId=name, SecretString=body, ClientRequestToken=token)
         except Exception as exc:
             raise failure(exc, target.path, "secretsmanager") from None
-        return Written(digest(keyed_payload(values)), {k: digest(v) for k, v in values.items()})
+        return delivered(values, digest)
 
     def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
         try:
@@ -152,13 +152,7 @@ class SecretsManagerSink:
         else:
             found = _raw_object(there) or {}
             values = {k: _text(v) for k, v in found.items() if k in keys}
-        if not values:
-            return ObservedOutput(exists=False)
-        return ObservedOutput(
-            exists=True,
-            digest=digest(keyed_payload(values)),
-            key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
-        )
+        return observed(values, digest)
 
     def retire(
         self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
@@ -244,20 +238,14 @@ class SsmSink:
                 client.delete_parameters(Names=gone[start : start + 10])
             except Exception as exc:
                 raise failure(exc, target.path, "ssm") from None
-        return Written(digest(keyed_payload(values)), {k: digest(v) for k, v in values.items()})
+        return delivered(values, digest)
 
     def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
         try:
             values = self._read(target, keys)
         except AwsError as exc:
             return ObservedOutput(exists=True, problem=f"cannot read it back: {exc.message}")
-        if not values:
-            return ObservedOutput(exists=False)
-        return ObservedOutput(
-            exists=True,
-            digest=digest(keyed_payload(values)),
-            key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
-        )
+        return observed(values, digest)
 
     def retire(
         self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester

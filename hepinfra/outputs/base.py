@@ -105,6 +105,22 @@ def render_keys(target: OutputTarget, context: dict[str, Any]) -> dict[str, str]
     return values
 
 
+def delivered(values: dict[str, str], digest: Digester) -> Written:
+    """What a write of ``values`` records: the digest of the whole and of each value."""
+    return Written(digest(keyed_payload(values)), {k: digest(v) for k, v in values.items()})
+
+
+def observed(values: dict[str, str], digest: Digester) -> ObservedOutput:
+    """What is there now, as ``delivered`` would have digested it (no value: missing)."""
+    if not values:
+        return ObservedOutput(exists=False)
+    return ObservedOutput(
+        exists=True,
+        digest=digest(keyed_payload(values)),
+        key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
+    )
+
+
 def keyed_payload(values: dict[str, str]) -> bytes:
     """The canonical JSON object of ``values`` (sorted keys): what is sent, and what is digested."""
     import json

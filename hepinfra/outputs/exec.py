@@ -22,7 +22,7 @@ from typing import Any
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.manifest import OutputTarget
-from hepinfra.outputs.base import Written, keyed_payload, render_keys
+from hepinfra.outputs.base import Written, delivered, keyed_payload, observed, render_keys
 from hepinfra.plan import ObservedOutput
 
 READ_LIMIT = 1024 * 1024
@@ -151,7 +151,7 @@ class ExecSink:
         code, _, err = run(target.argv, target, payload)
         if code != 0:
             raise OutputError(f"{target.path}: exited {code}: {first_line(err, list(values.values()))}")
-        return Written(digest(payload), {k: digest(v) for k, v in values.items()})
+        return delivered(values, digest)
 
     def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
         """What ``read:`` prints now; without ``read:``, nothing can be observed (the caller then
@@ -173,13 +173,7 @@ class ExecSink:
         if not isinstance(found, dict):
             return ObservedOutput(exists=True, problem="its read command printed no JSON object")
         values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in found.items() if k in keys}
-        if not values:
-            return ObservedOutput(exists=False)
-        return ObservedOutput(
-            exists=True,
-            digest=digest(keyed_payload(values)),
-            key_digests=tuple(sorted((k, digest(v)) for k, v in values.items())),
-        )
+        return observed(values, digest)
 
     def retire(
         self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester

@@ -224,9 +224,10 @@ class S3Backend(StoredBackend):
     def stuck_hint(self, env: str, holder: LockInfo) -> str:
         age = self._ages.get(env)
         refreshed = f"it was last refreshed {age:.0f}s ago; " if age is not None else ""
+        lease = holder.lease_s or self.spec.lock_ttl
         return (
             f"{refreshed}wait with --lock-timeout DURATION; if that run is gone (a killed runner), the next run "
-            f"takes the lock over once it is {self.spec.lock_ttl}s old (lock_ttl), or clear it now with "
+            f"takes the lock over once it is {lease}s old (its lock_ttl), or clear it now with "
             f"'hepinfra state unlock {shown(str(holder.id), 40)} -e {env}'"
         )
 
@@ -240,8 +241,9 @@ class S3Backend(StoredBackend):
                 beat.lost = True
         if beat is not None and beat.lost:
             raise LockError(
-                f"the lock of environment '{env}' in {self.where} was taken over by another run (this run did not "
-                f"refresh it for {self.spec.lock_ttl}s: frozen, or cut off from S3); this run stops writing state",
+                f"the lock of environment '{env}' in {self.where} was taken over by another run, or cleared with "
+                f"'state unlock' (after {self.spec.lock_ttl}s without a refresh: this run was frozen or cut off from "
+                "S3); this run stops writing state",
                 hint="run again; an interrupted step is finished from the journal",
             )
 

@@ -373,7 +373,7 @@ def test_s3_lock_of_a_dead_run_is_taken_over_after_lock_ttl(aws: Moto, caplog: p
     dead = conformance.kill_a_holder(factory, "prod")
     left = factory().lock_holder("prod")
     assert left is not None and left.pid == dead.pid
-    with pytest.raises(LockError, match="takes the lock over once it is 5s old"):
+    with pytest.raises(LockError, match=r"takes the lock over once it is 5s old \(its lock_ttl\)"):
         factory().lock("prod", LockInfo(), timeout=0)
     time.sleep(6.5)
     taker = factory()

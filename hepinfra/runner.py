@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,8 +58,6 @@ class Project:
 def release(backend: Backend, env: str, lock_id: str) -> None:
     """Release a lock (in a ``finally``): a failure never replaces the run's own result or error; it
     is a warning with the lock id and the command that clears it."""
-    from hepinfra.errors import HepinfraError
-
     try:
         backend.unlock(env, lock_id)
     except HepinfraError as exc:
@@ -81,6 +80,9 @@ def release(backend: Backend, env: str, lock_id: str) -> None:
             lock_id,
             env,
         )
+
+
+IDENT_RE = re.compile(manifest_mod.IDENT.strip("^$"))  # an environment name, as the manifest allows
 
 
 def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[str]:
@@ -364,7 +366,7 @@ def migrate_state(project: Project, *, force: bool, timeout: float, report: Call
             "then migrate"
         )
     source = LocalBackend(project.manifest.project_dir / ".hepinfra" / "state")
-    envs = source.environments()
+    envs = [env for env in source.environments() if IDENT_RE.fullmatch(env)]  # file names: only real ones
     if not envs:
         raise UsageError(f"{source.directory}: no local state to migrate")
     held: list[tuple[Backend, str, str]] = []

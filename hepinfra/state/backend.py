@@ -12,11 +12,14 @@ import getpass
 import os
 import socket
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from hepinfra.errors import LockError
 from hepinfra.state.model import State
 
 
@@ -98,6 +101,26 @@ def holder_from(data: bytes) -> LockInfo:
         return LockInfo.from_dict(json.loads(data))
     except (ValueError, RecursionError, TypeError):
         return UNREADABLE
+
+
+def wait_for_lock(
+    take: Callable[[], LockInfo | None],
+    timeout: float,
+    refused: Callable[[LockInfo], LockError],
+    *,
+    first: float,
+    cap: float,
+) -> None:
+    """The one lock wait every backend uses: ``take()`` until it returns None (taken), sleeping
+    ``first`` seconds, doubling up to ``cap``; at the timeout, raise ``refused(holder)``."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    delay = first
+    while (holder := take()) is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise refused(holder)
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, cap)
 
 
 def holder_process_alive(info: LockInfo) -> bool:

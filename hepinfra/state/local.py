@@ -26,7 +26,6 @@ import logging
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 from hepinfra.errors import LockError, StateError
@@ -34,7 +33,14 @@ from hepinfra.fsutil import atomic_write, fsync_dir, remove_stale_temps, temp_pr
 from hepinfra.locking import Flock, flock_path, is_open_at, try_flock
 from hepinfra.safety.paths import shown
 from hepinfra.state import codec
-from hepinfra.state.backend import UNREADABLE, LockInfo, holder_from, holder_process_gone, process_start_time
+from hepinfra.state.backend import (
+    UNREADABLE,
+    LockInfo,
+    holder_from,
+    holder_process_gone,
+    process_start_time,
+    wait_for_lock,
+)
 from hepinfra.state.model import State
 
 POLL_FIRST = 0.002  # seconds between attempts while a live holder has the lock, doubling up to POLL
@@ -162,21 +168,17 @@ class LocalBackend:
             liveness="flock",
             start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
         )
-        deadline = time.monotonic() + max(0.0, timeout)
-        delay = POLL_FIRST
-        while True:
-            holder = self._take(env, mine)
-            if holder is None:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LockError(
-                    f"the state of environment '{env}' is locked by {holder.describe()}",
-                    hint="wait with --lock-timeout DURATION, or if that process is gone run "
-                    f"'hepinfra state unlock {shown(str(holder.id), 40)} -e {env}'",
-                )
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, POLL)
+        wait_for_lock(
+            lambda: self._take(env, mine),
+            timeout,
+            lambda holder: LockError(
+                f"the state of environment '{env}' is locked by {holder.describe()}",
+                hint="wait with --lock-timeout DURATION, or if that process is gone run "
+                f"'hepinfra state unlock {shown(str(holder.id), 40)} -e {env}'",
+            ),
+            first=POLL_FIRST,
+            cap=POLL,
+        )
         fsync_dir(self.directory)
         for name in (".json", ".json.backup"):  # ours now: clear what a killed writer left
             remove_stale_temps(self._file(env, name))

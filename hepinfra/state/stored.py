@@ -11,12 +11,11 @@ Must not: know how bytes are stored, or break a lock (backends decide what a dea
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import ClassVar
 
 from hepinfra.errors import LockError, StateError
 from hepinfra.state import codec
-from hepinfra.state.backend import LockInfo, process_start_time
+from hepinfra.state.backend import LockInfo, process_start_time, wait_for_lock
 from hepinfra.state.model import State
 
 POLL_FIRST = 0.05  # seconds between lock attempts, doubling up to POLL
@@ -149,22 +148,19 @@ class StoredBackend:
             liveness="pid",
             start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
         )
-        deadline = time.monotonic() + max(0.0, timeout)
-        delay = POLL_FIRST
-        while True:
-            holder = self._try_lock(env, mine)
-            if holder is None:
-                self._held[env] = mine.id
-                self._backed_up.discard(env)
-                return mine
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LockError(
-                    f"the state of environment '{env}' in {self.where} is locked by {holder.describe()}",
-                    hint=self.stuck_hint(env, holder),
-                )
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, POLL)
+        wait_for_lock(
+            lambda: self._try_lock(env, mine),
+            timeout,
+            lambda holder: LockError(
+                f"the state of environment '{env}' in {self.where} is locked by {holder.describe()}",
+                hint=self.stuck_hint(env, holder),
+            ),
+            first=POLL_FIRST,
+            cap=POLL,
+        )
+        self._held[env] = mine.id
+        self._backed_up.discard(env)
+        return mine
 
     def stuck_hint(self, env: str, holder: LockInfo) -> str:
         from hepinfra.safety.paths import shown

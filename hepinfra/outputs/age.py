@@ -11,7 +11,6 @@ Must not: hold an identity (private key), or put a value in an exception.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.manifest import OutputTarget
-from hepinfra.outputs.base import Written, delivered, existing_mode, render_keys
+from hepinfra.outputs.base import Written, delivered, existing_mode, observe_whole_file, remove_whole_file, render_keys
 from hepinfra.plan import ObservedOutput
 
 EXTRA = "pip install 'hepinfra[age]'"
@@ -50,12 +49,7 @@ class AgeSink:
     deterministic = False  # age encrypts with a fresh file key each time
 
     def observe(self, file: Path, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
-        try:
-            return ObservedOutput(exists=True, digest=digest(file.read_bytes()))
-        except FileNotFoundError:
-            return ObservedOutput(exists=False)
-        except OSError as exc:
-            return ObservedOutput(exists=True, problem=f"unreadable ({exc.strerror})")
+        return observe_whole_file(file, digest)
 
     def write(
         self,
@@ -85,5 +79,4 @@ class AgeSink:
         return Written(digest(data), delivered(values, digest).key_digests)  # the file's digest, each value's
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            file.unlink()
+        remove_whole_file(file)

@@ -7,6 +7,7 @@ Must not: put a rendered value into an exception or a log line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,21 @@ def keyed_payload(values: dict[str, str]) -> bytes:
     import json
 
     return json.dumps(values, sort_keys=True, ensure_ascii=False).encode()
+
+
+def observe_whole_file(file: Path, digest: Digester) -> ObservedOutput:
+    """A sink that owns the whole file (template, age): the keyed digest of its bytes."""
+    try:
+        return ObservedOutput(exists=True, digest=digest(file.read_bytes()))
+    except FileNotFoundError:
+        return ObservedOutput(exists=False)
+    except OSError as exc:
+        return ObservedOutput(exists=True, problem=f"unreadable ({exc.strerror})")
+
+
+def remove_whole_file(file: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        file.unlink()
 
 
 def existing_mode(file: Path, requested: int) -> int:

@@ -6,7 +6,6 @@ Owns: rendering the whole file and writing it atomically, keeping a stricter mod
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.manifest import OutputTarget
-from hepinfra.outputs.base import existing_mode
+from hepinfra.outputs.base import existing_mode, observe_whole_file, remove_whole_file
 from hepinfra.plan import ObservedOutput
 from hepinfra.templates import compile_string, render_error, render_template
 
@@ -23,12 +22,7 @@ class TemplateSink:
     kind = "template"
 
     def observe(self, file: Path, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
-        try:
-            return ObservedOutput(exists=True, digest=digest(file.read_bytes()))
-        except FileNotFoundError:
-            return ObservedOutput(exists=False)
-        except OSError as exc:
-            return ObservedOutput(exists=True, problem=f"unreadable ({exc.strerror})")
+        return observe_whole_file(file, digest)
 
     def write(
         self,
@@ -50,5 +44,4 @@ class TemplateSink:
         return digest(data)
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            file.unlink()
+        remove_whole_file(file)

@@ -34,26 +34,26 @@ def locate(path: str) -> tuple[str | None, str]:
     return (parts[1], parts[2]) if len(parts) == 3 else (None, parts[1])
 
 
-def _clients(cache: dict[Any, Any], service: str, region: str | None, where: str) -> Any:
+_CLIENTS: dict[Any, Any] = {}
+
+
+def _clients(service: str, region: str | None, where: str) -> Any:
     """One client per service, region and AWS configuration (the AWS_* variables) for this process:
     made once per run, not per write."""
     import os
 
     key = (service, region, frozenset((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-    client = cache.get(key)
+    client = _CLIENTS.get(key)
     if client is None:
-        client = cache[key] = make_client(service, region, where)
+        client = _CLIENTS[key] = make_client(service, region, where)
     return client
 
 
 class SecretsManagerSink:
     kind = "aws_secretsmanager"
 
-    def __init__(self) -> None:
-        self._cache: dict[Any, Any] = {}
-
     def _client(self, target: OutputTarget) -> Any:
-        return _clients(self._cache, "secretsmanager", locate(target.path)[0], target.path)
+        return _clients("secretsmanager", locate(target.path)[0], target.path)
 
     def _state(self, target: OutputTarget) -> tuple[str, str | None]:
         """("missing" | "deleted" | "there", the SecretString)."""
@@ -73,10 +73,6 @@ class SecretsManagerSink:
 
     def _current(self, target: OutputTarget) -> str | None:
         return self._state(target)[1]
-
-    @staticmethod
-    def _plain(target: OutputTarget) -> bool:
-        return target.plain
 
     def write(
         self,
@@ -187,11 +183,8 @@ class SecretsManagerSink:
 class SsmSink:
     kind = "aws_ssm"
 
-    def __init__(self) -> None:
-        self._cache: dict[Any, Any] = {}
-
     def _client(self, target: OutputTarget) -> Any:
-        return _clients(self._cache, "ssm", locate(target.path)[0], target.path)
+        return _clients("ssm", locate(target.path)[0], target.path)
 
     def _names(self, target: OutputTarget, keys: tuple[str, ...]) -> dict[str, str]:
         prefix = locate(target.path)[1]

@@ -1,8 +1,10 @@
 """The fetch step: gather what the planner needs, so the planner never holds a client.
 
-Owns: choosing each environment's database key, one List call per environment, digesting
-outputs on disk, and (with refresh) Reveal for exactly the databases ``reveal_candidates``
-names. Every failure becomes a Diagnostic of its environment; nothing here decides a change.
+Owns: choosing each environment's database key (only where it manages databases), checking
+``HEPINFRA_STATE_KEY`` where it manages ids (before any API call), which credentials of the ID
+Generator and the Uploader are missing, one List call per environment with databases, digesting
+outputs, and (with refresh) Reveal for exactly the databases ``reveal_candidates`` names. Every
+remote failure becomes a Diagnostic of its environment; nothing here decides a change.
 Must not: keep a password beyond digesting it.
 """
 
@@ -22,36 +24,93 @@ from hepinfra.hepgg.config import check_credential
 from hepinfra.manifest import Manifest
 from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import resolve_path
-from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest, reveal_candidates
+from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest
 from hepinfra.safety.redact import register
+from hepinfra.state.crypto import Cipher, cipher_for, needs_key
 from hepinfra.state.model import State
+
+# an environment with neither databases nor ids digests only upload URLs, which are public
+_PUBLIC_DIGEST_KEY = "hepinfra-public-values"
 
 
 @dataclass(frozen=True)
 class EnvAccess:
-    """How to reach one environment's account: its key (secret) and where it came from."""
+    """How to reach one environment's account: its database key (secret) and where it came from,
+    whether it needs one at all, and the cipher of its state's ids (if it has ids)."""
 
     env: str
     key: SecretStr | None
     source: str  # the variable it was read from, or why there is none
+    needs_key: bool = True  # it manages databases (declared, or still in state)
+    cipher: Cipher | None = None
 
     def digester(self, state: State) -> Digester:
-        assert self.key is not None
-        return Digester(self.key.get_secret_value(), state.lineage)
+        """Keyed digests of this environment's outputs: keyed by its database key, or (an environment
+        without databases) by its state key, so nobody who reads state can test guesses."""
+        if self.key is not None:
+            return Digester(self.key.get_secret_value(), state.lineage)
+        if self.cipher is not None:
+            return Digester(self.cipher.digest_key(), state.lineage)
+        assert not self.needs_key
+        return Digester(_PUBLIC_DIGEST_KEY, state.lineage)
 
 
-def env_access(manifest: Manifest, env: str, hepgg: Hepgg) -> EnvAccess:
+def manages_databases(manifest: Manifest, env: str, state: State | None) -> bool:
+    return any(d.kind == "databases" for d in manifest.declared[env]) or bool(state is not None and state.databases)
+
+
+def env_access(
+    manifest: Manifest, env: str, hepgg: Hepgg, state: State | None = None, *, ids: bool = True
+) -> EnvAccess:
+    """The environment's database key and (``ids``) state cipher. Raises ``StateKeyError`` (before
+    any API call) when it manages ids and ``HEPINFRA_STATE_KEY`` is unset or wrong."""
+    cipher = None
+    if ids and needs_key(state, any(d.kind == "ids" for d in manifest.declared[env])):
+        cipher = cipher_for(env, state, hepgg.environ)
+    if not manages_databases(manifest, env, state):
+        return EnvAccess(env, None, "", needs_key=False, cipher=cipher)
     if hepgg.local:  # the embedded hep.gg has one account of its own: a real key is never used with it
         register(hepgg.environ["HEPGG_DB_KEY"])
-        return EnvAccess(env, SecretStr(hepgg.environ["HEPGG_DB_KEY"]), "the local hep.gg's key")
+        return EnvAccess(env, SecretStr(hepgg.environ["HEPGG_DB_KEY"]), "the local hep.gg's key", cipher=cipher)
     names = manifest.db_key_var(env)
     for name in names:
         value = (hepgg.environ.get(name) or "").strip()
         if value:
             register(value)
             check_credential(value, name)
-            return EnvAccess(env, SecretStr(value), name)
-    return EnvAccess(env, None, " or ".join(names))
+            return EnvAccess(env, SecretStr(value), name, cipher=cipher)
+    return EnvAccess(env, None, " or ".join(names), cipher=cipher)
+
+
+def id_vars(manifest: Manifest, env: str, hepgg: Hepgg) -> tuple[str, str]:
+    """The variables holding the ID Generator's username and token for ``env``."""
+    from hepinfra.hepgg.config import ID_TOKEN_VAR, ID_USERNAME_VAR
+
+    spec = manifest.env_spec(env)
+    if hepgg.local:  # the local hep.gg's own credentials, filled in under the default names
+        return ID_USERNAME_VAR, ID_TOKEN_VAR
+    return spec.id_username_env or ID_USERNAME_VAR, spec.id_token_env or ID_TOKEN_VAR
+
+
+def upload_var(manifest: Manifest, env: str, hepgg: Hepgg) -> str:
+    from hepinfra.hepgg.config import UPLOAD_TOKEN_VAR
+
+    return UPLOAD_TOKEN_VAR if hepgg.local else manifest.env_spec(env).upload_token_env or UPLOAD_TOKEN_VAR
+
+
+def missing_credentials(manifest: Manifest, env: str, hepgg: Hepgg) -> dict[str, str]:
+    """Per kind, the credential variables that are not set (named, never read out)."""
+    kinds = {d.kind for d in manifest.declared[env]}
+    missing: dict[str, str] = {}
+    if "ids" in kinds:
+        unset = [v for v in id_vars(manifest, env, hepgg) if not (hepgg.environ.get(v) or "").strip()]
+        if unset:
+            missing["ids"] = " and ".join(unset)
+    if "uploads" in kinds:
+        var = upload_var(manifest, env, hepgg)
+        if not (hepgg.environ.get(var) or "").strip():
+            missing["uploads"] = var
+    return missing
 
 
 def observe_outputs(
@@ -62,21 +121,22 @@ def observe_outputs(
     observed: dict[tuple[str, str], ObservedOutput] = {}
     for decl in manifest.declared[env]:
         for target in decl.outputs:
-            record = state.outputs.get(State.output_id(decl.key, target.path))
+            where = (decl.ref, target.path)
+            record = state.outputs.get(State.output_id(*where))
             if record is None:
                 continue
             if target.kind in REMOTE_SINKS:
                 if refresh:
-                    observed[(decl.key, target.path)] = REMOTE_SINKS[target.kind].observe(target, record.keys, digest)
+                    observed[where] = REMOTE_SINKS[target.kind].observe(target, record.keys, digest)
                 else:
-                    observed[(decl.key, target.path)] = ObservedOutput(exists=True, trusted=True)
+                    observed[where] = ObservedOutput(exists=True, trusted=True)
                 continue
             try:
                 file = resolve_path(manifest.project_dir, target)
             except OutputError as exc:
-                observed[(decl.key, target.path)] = ObservedOutput(exists=True, problem=exc.message)
+                observed[where] = ObservedOutput(exists=True, problem=exc.message)
                 continue
-            observed[(decl.key, target.path)] = SINKS[target.kind].observe(file, target, record.keys, digest)
+            observed[where] = SINKS[target.kind].observe(file, target, record.keys, digest)
     return observed
 
 
@@ -91,11 +151,12 @@ async def gather(
     rotate: RotateRequest | None = None,
     concurrency: int = 16,
 ) -> tuple[dict[str, EnvFacts], dict[str, EnvAccess]]:
-    access = {env: env_access(manifest, env, hepgg) for env in envs}
+    access = {env: env_access(manifest, env, hepgg, states.get(env)) for env in envs}  # key checks: no call yet
 
     async def one_env(env: str) -> EnvFacts:
         acc = access[env]
-        if acc.key is None:
+        missing = missing_credentials(manifest, env, hepgg)
+        if acc.needs_key and acc.key is None:
             return EnvFacts(
                 env,
                 None,
@@ -107,33 +168,37 @@ async def gather(
                     hint=f"export {acc.source}",
                 ),
             )
-        try:
-            databases = await hepgg.databases(acc.key).list()
-        except ApiError as exc:
-            message = f"cannot list the databases of environment '{env}': {exc.message}"
-            diagnostic = Diagnostic(severity="error", env=env, message=message, hint=exc.hint)
-            return EnvFacts(env, None, refreshed=refresh, error=diagnostic)
+        databases = []
+        if acc.key is not None:
+            try:
+                databases = await hepgg.databases(acc.key).list()
+            except ApiError as exc:
+                message = f"cannot list the databases of environment '{env}': {exc.message}"
+                diagnostic = Diagnostic(severity="error", env=env, message=message, hint=exc.hint)
+                return EnvFacts(env, None, refreshed=refresh, error=diagnostic)
         state = states.get(env)
         outputs = (
             await asyncio.to_thread(observe_outputs, manifest, env, state, acc.digester(state), refresh=refresh)
             if state
             else {}
         )
-        return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh)
+        return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh, missing=missing)
 
     facts = dict(zip(envs, await asyncio.gather(*(one_env(e) for e in envs)), strict=True))
     secrets = {env: a.key.get_secret_value() for env, a in access.items() if a.key is not None}
     # environments of this manifest not selected (-e) may share an account: their databases are managed too
-    unselected = (env_access(manifest, e, hepgg) for e in manifest.environments if e not in access)
+    unselected = (env_access(manifest, e, hepgg, ids=False) for e in manifest.environments if e not in access)
     others = {a.env: a.key.get_secret_value() for a in unselected if a.key is not None}
     for env, secret in secrets.items():
         peers = tuple(e for e, other in secrets.items() if e != env and other == secret)
         outside = [e for e, other in others.items() if other == secret]
-        names = frozenset(d.name for e in outside for d in manifest.declared[e])
+        names = frozenset(d.name for e in outside for d in manifest.declared[e] if d.kind == "databases")
         if peers or names:
             facts[env] = replace(facts[env], account_peers=peers, peer_names=names)
     if not refresh:
         return facts, access
+
+    from hepinfra.kinds.databases import reveal_candidates
 
     wanted = reveal_candidates(manifest, states, facts, now=now, rotate=rotate)
     limit = asyncio.Semaphore(concurrency)

@@ -2,7 +2,8 @@
 
 Owns: the schema of ``hepinfra.yaml`` (frozen pydantic models), turning every problem into
 one ManifestError located as ``file:line:col: key.path: what is wrong (what is allowed)``,
-and resolving declarations into ``DeclaredDatabase`` values per environment (platform names
+and resolving declarations of every resource kind (databases, ids, uploads) into ``Declared``
+values per environment (platform names
 and output paths rendered, templates compiled and dry-rendered).
 Must not: do network I/O, or read anything but the manifest and the template files it names.
 """
@@ -222,6 +223,7 @@ _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
 _PARAMETER_PREFIX = re.compile(r"[A-Za-z0-9_./-]{1,1000}")
 # what an exec argv may use: a secret in argv is visible to every user of the machine (ps, /proc)
 ARGV_VARIABLES = ("env", "key", "name", "vars")
+SECRET_VARIABLES = ("db", "id", "upload")  # the resources' values: never in argv or a name
 
 
 class DatabaseSpec(_Model):
@@ -232,8 +234,55 @@ class DatabaseSpec(_Model):
     outputs: list[OutputSpec] = []
 
 
+ID_TYPES = ("uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid")
+_ID_FIELDS = ("type", "rotate_every", "environments", "outputs")
+_ID_RESERVED = ("username", "token")  # the request's own fields: never an option
+UPLOAD_LIMIT = 100 * 1024 * 1024  # an upload's file is read (and digested) whole at every load
+
+
+class IdSpec(_Model):
+    """A value minted by the ID Generator; every other key is an option of its type, sent as written."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
+
+    type: Literal["uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid"]
+    rotate_every: Duration | None = None
+    environments: list[Ident] | None = None
+    outputs: list[OutputSpec] = []
+
+    @model_validator(mode="after")
+    def _options(self) -> IdSpec:
+        for name, value in (self.model_extra or {}).items():
+            if name in _ID_RESERVED:
+                raise ValueError(f"'{name}' is not an option: the ID Generator's credentials come from the environment")
+            guess = difflib.get_close_matches(name, _ID_FIELDS, n=1, cutoff=0.8) if len(name) < 100 else []
+            if guess:
+                raise ValueError(f"unknown field '{yamlpos.clip(name)}' (did you mean '{guess[0]}'?)")
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ValueError(f"option '{yamlpos.clip(name)}' must be a string, number or true/false")
+        if self.type == "nanoid" and (self.model_extra or {}).get("length") in (None, ""):
+            raise ValueError("a nanoid needs length: (hep.gg answers 'Please specify the length')")
+        return self
+
+    @property
+    def options(self) -> dict[str, str | int | float | bool]:
+        return dict(sorted((self.model_extra or {}).items()))
+
+
+class UploadSpec(_Model):
+    """A file published through the Uploader; re-uploaded when its content changes."""
+
+    file: str = Field(min_length=1)  # relative to the manifest, the same path rules as template sources
+    allow_outside: bool = False
+    environments: list[Ident] | None = None
+    outputs: list[OutputSpec] = []
+
+
 class EnvironmentSpec(_Model):
     db_key_env: EnvVarName | None = None
+    id_username_env: EnvVarName | None = None  # else HEPGG_ID_USERNAME
+    id_token_env: EnvVarName | None = None  # else HEPGG_ID_TOKEN
+    upload_token_env: EnvVarName | None = None  # else HEPGG_UPLOAD_TOKEN
     vars: dict[str, Any] = {}
 
 
@@ -265,6 +314,13 @@ class ManifestModel(_Model):
     state: StateSpec = LocalState()
     environments: Annotated[dict[Ident, EnvironmentSpec], BeforeValidator(_none_as_empty)] = Field(min_length=1)
     databases: Annotated[dict[Ident, DatabaseSpec], BeforeValidator(_none_as_empty)] = {}
+    ids: Annotated[dict[Ident, IdSpec], BeforeValidator(_none_as_empty)] = {}
+    uploads: Annotated[dict[Ident, UploadSpec], BeforeValidator(_none_as_empty)] = {}
+
+    def section(self, name: str) -> dict[str, DatabaseSpec | IdSpec | UploadSpec]:
+        """A resource kind's declarations (``databases``, ``ids``, ``uploads``), by key."""
+        found: dict[str, DatabaseSpec | IdSpec | UploadSpec] = getattr(self, name)
+        return found
 
 
 # --- resolved values -------------------------------------------------------------------------------
@@ -300,17 +356,46 @@ class OutputTarget:
 
 
 @dataclass(frozen=True)
-class DeclaredDatabase:
+class Declared:
+    """One resource of one kind declared in one environment, resolved."""
+
     env: str
     key: str
-    name: str
-    engine: str
+    name: str  # a database's platform name; an id's or an upload's key
+    engine: str  # a database's engine; an id's type; "file" for an upload
     rotate_every: int | None
     outputs: tuple[OutputTarget, ...]
+    kind: str = "databases"
+    options: tuple[tuple[str, str | int | float | bool], ...] = ()  # ids: the type's options, sorted
+    file: str = ""  # uploads: as declared
+    file_real: str = ""  # uploads: its real path, checked at load time
+    file_digest: str = ""  # uploads: sha256 of its content at load time
+    allow_outside: bool = False
 
     @property
     def address(self) -> str:
-        return f"{self.env}/databases.{self.key}"
+        return f"{self.env}/{self.kind}.{self.key}"
+
+    @property
+    def ref(self) -> str:
+        """How state refers to it (output records, journal): databases by key (they came first),
+        other kinds as ``KIND.KEY``, so keys of different kinds never collide."""
+        return ref_of(self.kind, self.key)
+
+
+def ref_of(kind: str, key: str) -> str:
+    return key if kind == "databases" else f"{kind}.{key}"
+
+
+def split_ref(text: str) -> tuple[str, str]:
+    """``ids.KEY`` -> (ids, KEY); ``databases.KEY`` or a bare ``KEY`` -> (databases, KEY)."""
+    kind, dot, key = text.partition(".")
+    if dot and kind in RESOURCE_SECTIONS:
+        return kind, key
+    return "databases", text
+
+
+DeclaredDatabase = Declared  # the name before ids and uploads
 
 
 @dataclass(frozen=True)
@@ -320,7 +405,7 @@ class Manifest:
     path: Path
     project_dir: Path
     model: ManifestModel
-    declared: dict[str, tuple[DeclaredDatabase, ...]]  # env -> declarations
+    declared: dict[str, tuple[Declared, ...]]  # env -> declarations
     digest: str  # sha256 of the manifest file and every template file it uses
 
     @property
@@ -565,6 +650,9 @@ def load(path: str | Path) -> Manifest:
     return Manifest(file, project_dir, model, declared, digest.hexdigest())
 
 
+RESOURCE_SECTIONS = ("databases", "ids", "uploads")  # the resource kinds, in plan order
+
+
 class _Resolver:
     """Renders names and paths per environment and dry-renders value templates."""
 
@@ -576,8 +664,9 @@ class _Resolver:
         self.template_bytes: dict[str, bytes] = {}
         self._template_sources: dict[str, str] = {}
         self.boundary = Boundary(project_dir)
-        self._checked: set[tuple[str, str, str]] = set()
-        self._by_env: dict[str, list[str]] | None = None
+        self._checked: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
+        self._by_env: dict[str, dict[str, list[str]]] = {}
+        self._uploads: dict[str, tuple[str, str, int]] = {}  # file -> (real path, sha256, size), read once
 
     def error(self, path: tuple[str | int, ...], message: str, *, at_key: bool = False) -> ManifestError:
         pos = (self.keys.get(path) if at_key else None) or self.values.get(path) or (None, None)
@@ -592,21 +681,21 @@ class _Resolver:
         except Exception as exc:  # jinja2 raises a family of errors; each becomes one located line
             raise self.error(path, template_error_message(exc)) from None
 
-    def databases_in(self, env: str) -> list[str]:
-        """The keys of the databases declared in ``env``, in manifest order.
+    def resources_in(self, section: str, env: str) -> list[str]:
+        """The keys of the resources of ``section`` declared in ``env``, in manifest order.
 
-        The first call checks each database's ``environments`` list once and indexes them, so
-        resolving every environment costs the size of the manifest, not environments x lists.
+        The first call per section checks each resource's ``environments`` list once and indexes
+        them, so resolving every environment costs the size of the manifest, not environments x lists.
         """
-        if self._by_env is None:
+        if section not in self._by_env:
             declared = self.model.environments
             by_env: dict[str, list[str]] = {name: [] for name in declared}
-            for key, db in self.model.databases.items():
-                if db.environments is None:
+            for key, spec in self.model.section(section).items():
+                if spec.environments is None:
                     for members in by_env.values():
                         members.append(key)
                     continue
-                for i, wanted in enumerate(db.environments):
+                for i, wanted in enumerate(spec.environments):
                     if wanted not in declared:
                         guess = difflib.get_close_matches(wanted, list(declared), n=1) if len(wanted) < 100 else []
                         hint = f" (did you mean '{guess[0]}'?)" if guess else ""
@@ -614,74 +703,132 @@ class _Resolver:
                             f", … ({len(declared)} in all)" if len(declared) > 10 else ""
                         )
                         raise self.error(
-                            ("databases", key, "environments", i),
+                            (section, key, "environments", i),
                             f"unknown environment '{yamlpos.clip(wanted)}'{hint}; declared: {names}",
                         )
-                for wanted in dict.fromkeys(db.environments):
+                for wanted in dict.fromkeys(spec.environments):
                     by_env[wanted].append(key)
-            self._by_env = by_env
-        return self._by_env[env]
+            self._by_env[section] = by_env
+        return self._by_env[section][env]
 
-    def resolve_env(self, env: str) -> tuple[DeclaredDatabase, ...]:
+    def databases_in(self, env: str) -> list[str]:
+        return self.resources_in("databases", env)
+
+    def resolve_env(self, env: str) -> tuple[Declared, ...]:
+        """Every resource of every kind in ``env``: databases, then ids, then uploads (manifest order
+        within a kind). Dotenv keys and whole files are claimed across kinds."""
         spec = self.model.environments[env]
-        out: list[DeclaredDatabase] = []
+        out: list[Declared] = []
         names: dict[str, str] = {}
         dotenv_keys: dict[tuple[str, str], str] = {}
-        dotenv_paths: dict[str, str] = {}  # path -> the first database managing keys in it
+        dotenv_paths: dict[str, str] = {}  # path -> the first resource managing keys in it
         template_paths: dict[str, str] = {}
-        for key in self.databases_in(env):
-            db = self.model.databases[key]
-            base = ("databases", key)
-            context = {"env": env, "key": key, "vars": spec.vars}
-            name_path = (*base, "name") if db.name else base
-            name = self.render(db.name, context, name_path) if db.name else f"{key}-{env}"
-            if not PLATFORM_NAME.fullmatch(name):
-                raise self.error(
-                    name_path,
-                    f"platform name '{name}' (environment {env}) is not valid: 1 to 63 "
-                    "letters, digits, '_' or '-', starting with a letter or digit",
-                    at_key=not db.name,
-                )
-            if name in names:
-                raise self.error(
-                    name_path,
-                    f"platform name '{name}' in environment {env} is also used by "
-                    f"databases.{names[name]}; names are unique per account",
-                    at_key=not db.name,
-                )
-            names[name] = key
-            context["name"] = name
-            outputs = []
-            for i, output in enumerate(db.outputs):
-                target = self.resolve_output(env, key, i, output, context)
-                if target.kind == "dotenv":
-                    if target.path in template_paths:
-                        raise self.error(
-                            (*base, "outputs", i, "dotenv"),
-                            f"path '{target.path}' is also written "
-                            f"by the template output of {template_paths[target.path]}",
-                        )
-                    for k, _ in target.keys:
-                        owner = dotenv_keys.get((target.path, k))
+        for section in RESOURCE_SECTIONS:
+            for key in self.resources_in(section, env):
+                base: tuple[str | int, ...] = (section, key)
+                context: dict[str, Any] = {"env": env, "key": key, "vars": spec.vars}
+                fields = _DECLARE[section](self, env, key, context, names)
+                context["name"] = fields["name"]
+                resource = self.model.section(section)[key]
+                outputs = []
+                for i, output in enumerate(resource.outputs):
+                    target = self.resolve_output(env, key, i, output, context, section=section, value=fields["value"])
+                    owner_label = f"{section}.{key}"
+                    if target.kind == "dotenv":
+                        if target.path in template_paths:
+                            raise self.error(
+                                (*base, "outputs", i, "dotenv"),
+                                f"path '{target.path}' is also written "
+                                f"by the template output of {template_paths[target.path]}",
+                            )
+                        for k, _ in target.keys:
+                            owner = dotenv_keys.get((target.path, k))
+                            if owner is not None:
+                                raise self.error(
+                                    (*base, "outputs", i, "keys", k),
+                                    f"key {k} in '{target.path}' is also managed by {owner} (environment {env})",
+                                    at_key=True,
+                                )
+                            dotenv_keys[(target.path, k)] = owner_label
+                            dotenv_paths.setdefault(target.path, owner_label)
+                    elif target.kind in ("template", "age"):
+                        owner = template_paths.get(target.path) or dotenv_paths.get(target.path)
                         if owner is not None:
                             raise self.error(
-                                (*base, "outputs", i, "keys", k),
-                                f"key {k} in '{target.path}' is also managed by {owner} (environment {env})",
-                                at_key=True,
+                                (*base, "outputs", i, "path"),
+                                f"path '{target.path}' is also written by {owner} (environment {env})",
                             )
-                        dotenv_keys[(target.path, k)] = f"databases.{key}"
-                        dotenv_paths.setdefault(target.path, f"databases.{key}")
-                elif target.kind in ("template", "age"):
-                    owner = template_paths.get(target.path) or dotenv_paths.get(target.path)
-                    if owner is not None:
-                        raise self.error(
-                            (*base, "outputs", i, "path"),
-                            f"path '{target.path}' is also written by {owner} (environment {env})",
-                        )
-                    template_paths[target.path] = f"databases.{key}"
-                outputs.append(target)
-            out.append(DeclaredDatabase(env, key, name, db.engine, db.rotate_every, tuple(outputs)))
+                        template_paths[target.path] = owner_label
+                    outputs.append(target)
+                del fields["value"]
+                out.append(Declared(env=env, key=key, outputs=tuple(outputs), kind=section, **fields))
         return tuple(out)
+
+    def declare_database(self, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        from hepinfra.templates import placeholder_db
+
+        db = self.model.databases[key]
+        base = ("databases", key)
+        name_path = (*base, "name") if db.name else base
+        name = self.render(db.name, context, name_path) if db.name else f"{key}-{env}"
+        if not PLATFORM_NAME.fullmatch(name):
+            raise self.error(
+                name_path,
+                f"platform name '{name}' (environment {env}) is not valid: 1 to 63 "
+                "letters, digits, '_' or '-', starting with a letter or digit",
+                at_key=not db.name,
+            )
+        if name in names:
+            raise self.error(
+                name_path,
+                f"platform name '{name}' in environment {env} is also used by "
+                f"databases.{names[name]}; names are unique per account",
+                at_key=not db.name,
+            )
+        names[name] = key
+        return {
+            "name": name,
+            "engine": db.engine,
+            "rotate_every": db.rotate_every,
+            "value": {"db": placeholder_db(db.engine, name)},
+        }
+
+    def declare_id(self, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        from hepinfra.templates import placeholder_id
+
+        spec = self.model.ids[key]
+        return {
+            "name": key,
+            "engine": spec.type,
+            "rotate_every": spec.rotate_every,
+            "options": tuple(spec.options.items()),
+            "value": {"id": placeholder_id(spec.type)},
+        }
+
+    def declare_upload(self, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        from hepinfra.templates import placeholder_upload
+
+        spec = self.model.uploads[key]
+        node = ("uploads", key, "file")
+        if spec.file not in self._uploads:
+            try:
+                real, raw = self.boundary.read_source(spec.file, allow_outside=spec.allow_outside, limit=UPLOAD_LIMIT)
+            except Refused as exc:
+                raise self.error(node, f"upload file '{shown(spec.file)}' {exc}") from None
+            self.boundary.protect(real, f"the upload source '{shown(spec.file)}'")
+            self._uploads[spec.file] = (str(real), hashlib.sha256(raw).hexdigest(), len(raw))
+        real_path, digest, size = self._uploads[spec.file]
+        self.template_bytes[f"upload:{spec.file}"] = digest.encode()  # a changed file makes saved plans stale
+        return {
+            "name": key,
+            "engine": "file",
+            "rotate_every": None,
+            "file": spec.file,
+            "file_real": real_path,
+            "file_digest": digest,
+            "allow_outside": spec.allow_outside,
+            "value": {"upload": placeholder_upload(spec.file, digest, size)},
+        }
 
     def resolve_output(
         self,
@@ -690,19 +837,20 @@ class _Resolver:
         index: int,
         output: DotenvOutput | TemplateOutput | ExecOutput | AwsSecretsManagerOutput | AwsSsmOutput | AgeOutput,
         context: dict[str, Any],
+        *,
+        section: str = "databases",
+        value: dict[str, Any],
     ) -> OutputTarget:
-        from hepinfra.templates import placeholder_db
-
-        base: tuple[str | int, ...] = ("databases", key, "outputs", index)
+        """``value``: the resource's template variable with placeholder values shaped as the real ones
+        (``db`` of the declared engine, with an int port; ``id``; ``upload``), for dry renders."""
+        base: tuple[str | int, ...] = (section, key, "outputs", index)
+        value_context = {**context, **value}
         if isinstance(output, ExecOutput):
-            return self.resolve_exec(key, base, output, context)
+            return self.resolve_exec(base, output, context, value_context)
         if isinstance(output, AwsSecretsManagerOutput | AwsSsmOutput):
-            return self.resolve_aws(key, base, output, context)
+            return self.resolve_aws(base, output, context, value_context)
         if isinstance(output, AgeOutput):
-            return self.resolve_age(key, base, output, context)
-        # the declared engine and realistic types (db.port is an int), as in a real render
-        engine = self.model.databases[key].engine
-        value_context = {**context, "db": placeholder_db(engine, context["name"])}
+            return self.resolve_age(base, output, context, value_context)
         if isinstance(output, DotenvOutput):
             node: tuple[str | int, ...] = (*base, "dotenv")
             path, real = self.check_path(self.render(output.dotenv, context, node), output, node)
@@ -740,12 +888,10 @@ class _Resolver:
         )
 
     def resolve_exec(
-        self, key: str, base: tuple[str | int, ...], output: ExecOutput, context: dict[str, Any]
+        self, base: tuple[str | int, ...], output: ExecOutput, context: dict[str, Any], value_context: dict[str, Any]
     ) -> OutputTarget:
         """An exec output: its argv rendered now (no secret can be in it), its keys dry-run."""
         import shlex
-
-        from hepinfra.templates import placeholder_db
 
         def argv(items: list[str], field: str) -> tuple[str, ...]:
             out = []
@@ -760,7 +906,6 @@ class _Resolver:
 
         command = argv(output.exec, "exec")
         read = argv(output.read, "read") if output.read else ()
-        value_context = {**context, "db": placeholder_db(self.model.databases[key].engine, context["name"])}
         for k, source in output.keys.items():
             self.dry_render(source, value_context, (*base, "keys", k))
         path = "exec:" + shlex.join(command)
@@ -795,15 +940,13 @@ class _Resolver:
 
     def resolve_aws(
         self,
-        key: str,
         base: tuple[str | int, ...],
         output: AwsSecretsManagerOutput | AwsSsmOutput,
         context: dict[str, Any],
+        value_context: dict[str, Any],
     ) -> OutputTarget:
         """An AWS output: its secret name or parameter prefix rendered now, its values dry-run."""
         import importlib.util
-
-        from hepinfra.templates import placeholder_db
 
         kind = "aws_secretsmanager" if isinstance(output, AwsSecretsManagerOutput) else "aws_ssm"
         node = (*base, kind)
@@ -818,8 +961,10 @@ class _Resolver:
             )
         if kind == "aws_ssm":
             longest = max(len(k) for k in (output.keys or {}))
-            if not _PARAMETER_PREFIX.fullmatch(name) or ("/" in name and not name.startswith("/")) or (
-                name.lower().lstrip("/").startswith(("aws", "ssm")) or len(name) + longest > 1011
+            if (
+                not _PARAMETER_PREFIX.fullmatch(name)
+                or ("/" in name and not name.startswith("/"))
+                or (name.lower().lstrip("/").startswith(("aws", "ssm")) or len(name) + longest > 1011)
             ):
                 raise self.error(
                     node,
@@ -828,7 +973,6 @@ class _Resolver:
                 )
         plain = output.value if isinstance(output, AwsSecretsManagerOutput) else None
         keys = tuple(output.keys.items()) if output.keys else (("SecretString", plain or ""),)
-        value_context = {**context, "db": placeholder_db(self.model.databases[key].engine, context["name"])}
         for k, value_source in keys:
             where = (*base, "keys", k) if output.keys else (*base, "value")
             self.dry_render(value_source, value_context, where)
@@ -851,11 +995,10 @@ class _Resolver:
         )
 
     def resolve_age(
-        self, key: str, base: tuple[str | int, ...], output: AgeOutput, context: dict[str, Any]
+        self, base: tuple[str | int, ...], output: AgeOutput, context: dict[str, Any], value_context: dict[str, Any]
     ) -> OutputTarget:
         """An age output: a file like a dotenv one, its recipients parsed now (offline)."""
         from hepinfra.outputs.age import recipients as parse_recipients
-        from hepinfra.templates import placeholder_db
 
         node: tuple[str | int, ...] = (*base, "age")
         path, real = self.check_path(self.render(output.age, context, node), output, node)
@@ -869,7 +1012,6 @@ class _Resolver:
             parse_recipients(found)
         except ValueError as exc:
             raise self.error(where, str(exc)) from None
-        value_context = {**context, "db": placeholder_db(self.model.databases[key].engine, context["name"])}
         for k, source_text in output.keys.items():
             self.dry_render(source_text, value_context, (*base, "keys", k))
         definition = {"kind": "age", "keys": sorted(output.keys.items()), "recipients": sorted(found),
@@ -901,14 +1043,17 @@ class _Resolver:
         except TemplateSyntaxError as exc:
             raise self.error(node, template_error_message(exc)) from None
         used = {n.name for n in tree.find_all(nodes.Name)}
-        if "db" in used and what == "an exec argv":
+        secret = next((v for v in SECRET_VARIABLES if v in used), None)
+        if secret is not None and what == "an exec argv":
             raise self.error(
                 node,
-                "an exec argv must not use db: a value in argv is visible to every user of the machine while the "
-                "command runs; send it in keys:, which reach the command on its stdin",
+                f"an exec argv must not use {secret}: a value in argv is visible to every user of the machine while "
+                "the command runs; send it in keys:, which reach the command on its stdin",
             )
-        if "db" in used:
-            raise self.error(node, f"{what} must not use db: names are not secret (they appear in plans and logs)")
+        if secret is not None:
+            raise self.error(
+                node, f"{what} must not use {secret}: names are not secret (they appear in plans and logs)"
+            )
 
     def check_path(self, rendered: str, output: _OutputBase, path: tuple[str | int, ...]) -> tuple[str, Path]:
         """The output path as written (POSIX form) and its real path, checked (see safety.paths)."""
@@ -918,7 +1063,7 @@ class _Resolver:
             raise self.error(path, f"output path '{shown(rendered)}' {exc}") from None
         return str(PurePosixPath(rendered)), real
 
-    def check_outputs(self, declared: dict[str, tuple[DeclaredDatabase, ...]]) -> None:
+    def check_outputs(self, declared: dict[str, tuple[Declared, ...]]) -> None:
         """Checks across every environment, on real paths (so a link cannot alias two paths):
         no output overwrites the manifest, a template source or a non-regular file; no output
         writes a Git-tracked file unless allowed; no two declarations write the same dotenv key,
@@ -972,7 +1117,7 @@ class _Resolver:
         except GitUnavailable as exc:
             log.warning("cannot tell whether Git ignores the outputs: %s", exc)
 
-    def _claim_remote(self, decl: DeclaredDatabase, target: OutputTarget, claims: dict[tuple[str, ...], str]) -> None:
+    def _claim_remote(self, decl: Declared, target: OutputTarget, claims: dict[tuple[str, ...], str]) -> None:
         """No two declarations write one SSM parameter, one key of a secret, or a plain secret another
         writes keys of: each apply would overwrite the other's value (regions aside: the same name
         with and without ``region:`` may be one secret)."""
@@ -1005,7 +1150,7 @@ class _Resolver:
 
     def _claim(
         self,
-        decl: DeclaredDatabase,
+        decl: Declared,
         target: OutputTarget,
         whole: dict[str, str],
         keyed: dict[tuple[str, str], str],
@@ -1071,7 +1216,10 @@ class _Resolver:
         marker = (
             source,
             str(sorted(context["vars"].items())) if context.get("vars") else "",
-            context["db"]["engine"],
+            # the shape of the value variable (an engine's db, a type's id), not its per-environment names
+            tuple(
+                (k, str(context[k].get("engine", context[k].get("type", "")))) for k in SECRET_VARIABLES if k in context
+            ),
         )
         if marker in self._checked:
             return
@@ -1085,6 +1233,13 @@ class _Resolver:
             where = f"{file}: " if file else ""
             raise self.error(path, where + template_error_message(exc)) from None
         self._checked.add(marker)
+
+
+_DECLARE = {
+    "databases": _Resolver.declare_database,
+    "ids": _Resolver.declare_id,
+    "uploads": _Resolver.declare_upload,
+}
 
 
 def decl_where(resolver: _Resolver, target: OutputTarget) -> str:

@@ -2,9 +2,10 @@
 
 Owns: the closed set of actions, the Change / Diagnostic / Plan values (serialisable, no
 secrets, pinned to each environment's state lineage + serial and a digest of its List
-response), and ``make_plan``, a pure function. ``reveal_candidates`` (also pure) tells the
-fetch step which databases need a Reveal to decide whether an output holds a stale password.
-Must not: do I/O, hold an HTTP client, or ever see a password (only keyed digests).
+response), the rules every resource kind shares (due rotations, stale and retired outputs),
+and ``make_plan``, a pure function that asks each kind of the registry (``hepinfra.kinds``)
+for its changes. Must not: do I/O, hold an HTTP client, know a kind's own rules, or ever see a
+secret (only keyed digests).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hepinfra import __version__
 from hepinfra.hepgg.models import DatabaseSummary
-from hepinfra.manifest import DeclaredDatabase, Manifest, format_duration
+from hepinfra.manifest import Declared, Manifest, format_duration
 from hepinfra.state.model import State
 
 PLAN_FORMAT = 1
@@ -66,8 +67,9 @@ class Change(_Value):
     key: str
     action: Action
     reasons: tuple[str, ...] = ()
-    name: str
-    engine: str
+    name: str  # a database's platform name; an id's or an upload's key
+    engine: str  # a database's engine; an id's type; "file" for an upload
+    kind: str = "databases"  # the resource kind: databases, ids, uploads
     database_id: str | None = None
     outputs: tuple[OutputChange, ...] = ()  # outputs this change writes
     retire: tuple[str, ...] = ()  # outputs no longer declared: hepinfra's keys/files are removed
@@ -142,11 +144,12 @@ class EnvFacts:
     env: str
     databases: tuple[DatabaseSummary, ...] | None  # None: List could not be called
     error: Diagnostic | None = None
-    outputs: Mapping[tuple[str, str], ObservedOutput] = field(default_factory=dict)  # (db key, path)
+    outputs: Mapping[tuple[str, str], ObservedOutput] = field(default_factory=dict)  # (resource ref, path)
     password_digests: Mapping[str, str] = field(default_factory=dict)  # database id -> keyed digest
     refreshed: bool = False
     account_peers: tuple[str, ...] = ()  # other selected environments using the same database key
     peer_names: frozenset[str] = frozenset()  # platform names declared by unselected environments on that key
+    missing: Mapping[str, str] = field(default_factory=dict)  # kind -> credential variables not set
 
     @property
     def remote_digest(self) -> str | None:
@@ -166,12 +169,13 @@ def remote_digest(databases: Iterable[DatabaseSummary]) -> str:
 
 @dataclass(frozen=True)
 class RotateRequest:
-    """``--rotate`` targets, parsed: (env or None for every env, database key)."""
+    """``--rotate`` targets, parsed: (env or None for every env, resource ref: ``KEY`` of a
+    database, ``ids.KEY``, ``uploads.KEY``)."""
 
     targets: frozenset[tuple[str | None, str]] = frozenset()
 
-    def wants(self, env: str, key: str) -> bool:
-        return (env, key) in self.targets or (None, key) in self.targets
+    def wants(self, env: str, ref: str) -> bool:
+        return (env, ref) in self.targets or (None, ref) in self.targets
 
 
 def _age(seconds: float) -> str:
@@ -181,7 +185,7 @@ def _age(seconds: float) -> str:
     return f"{int(seconds)}s"  # pragma: no cover
 
 
-def _due(decl: DeclaredDatabase, managed_baseline: datetime | None, now: datetime) -> str | None:
+def due(decl: Declared, managed_baseline: datetime | None, now: datetime) -> str | None:
     if decl.rotate_every is None or managed_baseline is None:
         return None
     age = (now - managed_baseline).total_seconds()
@@ -190,11 +194,13 @@ def _due(decl: DeclaredDatabase, managed_baseline: datetime | None, now: datetim
     return None
 
 
-def _output_reason(
-    decl: DeclaredDatabase, target_path: str, definition: str, state: State, facts: EnvFacts, db_id: str | None
+def output_reason(
+    decl: Declared, target_path: str, definition: str, state: State, facts: EnvFacts, current: str | None
 ) -> str | None:
-    record = state.outputs.get(State.output_id(decl.key, target_path))
-    observed = facts.outputs.get((decl.key, target_path), ObservedOutput(exists=False))
+    """Why one output must be written again, or None. ``current``: the keyed digest of the
+    resource's value now (a revealed password, a stored id, an upload's URL), where known."""
+    record = state.outputs.get(State.output_id(decl.ref, target_path))
+    observed = facts.outputs.get((decl.ref, target_path), ObservedOutput(exists=False))
     if record is None:
         return "never rendered"
     if not observed.exists:
@@ -205,12 +211,8 @@ def _output_reason(
         return _key_drift(record.key_digests, observed.key_digests) or "edited since it was written"
     if record.definition_digest != definition:
         return "its definition in the manifest changed"
-    if (
-        db_id is not None
-        and db_id in facts.password_digests
-        and facts.password_digests[db_id] != record.password_digest
-    ):
-        return "holds an old password"
+    if current is not None and current != record.password_digest:
+        return "holds an old password" if decl.kind == "databases" else "holds an old value"
     return None
 
 
@@ -222,8 +224,8 @@ def _unobservable(manifest: Manifest, env: str, state: State | None, facts: EnvF
         target.path
         for decl in manifest.declared[env]
         for target in decl.outputs
-        if State.output_id(decl.key, target.path) in state.outputs
-        and facts.outputs.get((decl.key, target.path), ObservedOutput(exists=False)).trusted
+        if State.output_id(decl.ref, target.path) in state.outputs
+        and facts.outputs.get((decl.ref, target.path), ObservedOutput(exists=False)).trusted
     ]
     if not trusted:
         return []
@@ -256,37 +258,6 @@ def _key_drift(recorded: Mapping[str, str], observed: tuple[tuple[str, str], ...
     return f"{found} since it was written" if found else None
 
 
-def reveal_candidates(
-    manifest: Manifest,
-    states: Mapping[str, State | None],
-    facts: Mapping[str, EnvFacts],
-    *,
-    now: datetime,
-    rotate: RotateRequest | None = None,
-) -> dict[str, list[str]]:
-    """Database ids per env whose outputs look current on disk, so only Reveal can tell if they are stale.
-
-    Databases the plan rotates (due or requested) are left out: their outputs are rewritten anyway.
-    """
-    wanted: dict[str, list[str]] = {}
-    for env, env_facts in facts.items():
-        state = states.get(env)
-        if state is None or env_facts.databases is None:
-            continue
-        remote_ids = {d.id for d in env_facts.databases}
-        for decl in manifest.declared[env]:
-            managed = state.databases.get(decl.key)
-            if managed is None or managed.id not in remote_ids or not decl.outputs or state.pending(decl.key):
-                continue
-            if (rotate and rotate.wants(env, decl.key)) or _due(decl, managed.rotated_at or managed.managed_since, now):
-                continue  # rotated anyway: every output is written with the new password
-            if all(
-                _output_reason(decl, t.path, t.definition_digest, state, env_facts, None) is None for t in decl.outputs
-            ):
-                wanted.setdefault(env, []).append(managed.id)
-    return wanted
-
-
 def make_plan(
     manifest: Manifest,
     states: Mapping[str, State | None],
@@ -315,9 +286,16 @@ def make_plan(
             diagnostics.append(env_facts.error)
         if env_facts.databases is None:
             continue
-        env_changes, env_diags, claimed[env] = _plan_env(
-            manifest, env, state or State(environment=env), env_facts, now, rotate
-        )
+        from hepinfra.kinds import KINDS
+
+        here = EnvInput(manifest, env, state or State(environment=env), env_facts, now, rotate)
+        claimed[env] = set()
+        env_changes, env_diags = [], []
+        for kind in KINDS.values():
+            found, found_diags, found_claims = kind.plan(here)
+            env_changes += found
+            env_diags += found_diags
+            claimed[env] |= found_claims
         changes.extend(env_changes)
         diagnostics.extend(env_diags)
         diagnostics.extend(_unobservable(manifest, env, state, env_facts))
@@ -331,154 +309,6 @@ def make_plan(
         changes=tuple(changes),
         diagnostics=tuple(diagnostics),
     )
-
-
-def _plan_env(
-    manifest: Manifest, env: str, state: State, facts: EnvFacts, now: datetime, rotate: RotateRequest
-) -> tuple[list[Change], list[Diagnostic], set[str]]:
-    assert facts.databases is not None
-    by_id = {d.id: d for d in facts.databases}
-    by_name = {d.name: d for d in facts.databases}
-    changes: list[Change] = []
-    diags: list[Diagnostic] = []
-    declared = manifest.declared[env]
-    claimed: set[str] = set()  # remote ids accounted for
-    record_paths: dict[str, list[str]] = {}  # database key -> output paths with a record (one pass: O(N))
-    for record in state.outputs.values():
-        record_paths.setdefault(record.database, []).append(record.path)
-
-    for decl in declared:
-        managed = state.databases.get(decl.key)
-        pending = {j.op for j in state.pending(decl.key)}
-        all_outputs = tuple(
-            OutputChange(path=t.path, kind=t.kind, reason="with the new credentials") for t in decl.outputs
-        )
-        base = {"address": decl.address, "env": env, "key": decl.key, "name": decl.name, "engine": decl.engine}
-        remote = by_id.get(managed.id) if managed else None
-        if remote is None and decl.name in by_name and (managed is None or by_name[decl.name].id != managed.id):
-            remote_named = by_name[decl.name]
-        else:
-            remote_named = None
-        retire = _retired(record_paths, decl)
-
-        if remote is not None:  # managed and still there
-            claimed.add(remote.id)
-            if remote.name != decl.name:
-                diags.append(
-                    Diagnostic(
-                        severity="error",
-                        env=env,
-                        address=decl.address,
-                        message=(
-                            f"the platform name changed from '{remote.name}' to '{decl.name}', "
-                            "but hep.gg cannot rename a database"
-                        ),
-                        hint=f"restore the old name in the manifest, or run 'hepinfra state rm {decl.address}' to "
-                        f"manage '{decl.name}' as a new database (the old one stays on the account)",
-                    )
-                )
-                continue
-            if not _engine_ok(decl, remote, diags):
-                continue
-            _status_warning(decl, remote, diags)
-            reasons: list[str] = []
-            finish = "rotate" in pending
-            if finish:
-                reasons.append("finishing an interrupted rotation (Reveal decides: a second rotate never happens)")
-            elif rotate.wants(env, decl.key):
-                reasons.append("requested")
-            elif due := _due(decl, managed.rotated_at or managed.managed_since if managed else None, now):
-                reasons.append(due)
-            if reasons:
-                changes.append(
-                    Change(
-                        **base,
-                        action=Action.ROTATE,
-                        reasons=tuple(reasons),
-                        database_id=remote.id,
-                        outputs=all_outputs,
-                        retire=retire,
-                        finish_rotation=finish,
-                    )
-                )
-                continue
-            stale = _stale_outputs(decl, state, facts, remote.id, pending)
-            if stale or retire:
-                reasons_out = tuple(f"{o.path}: {o.reason}" for o in stale) + tuple(
-                    f"{p}: no longer declared" for p in retire
-                )
-                changes.append(
-                    Change(
-                        **base,
-                        action=Action.RENDER,
-                        reasons=reasons_out,
-                        database_id=remote.id,
-                        outputs=stale,
-                        retire=retire,
-                    )
-                )
-            else:
-                changes.append(Change(**base, action=Action.NOOP, database_id=remote.id))
-            continue
-
-        if remote_named is not None:  # exists on the account, not (or no longer) in state: take it over
-            claimed.add(remote_named.id)
-            if not _engine_ok(decl, remote_named, diags):
-                continue
-            _status_warning(decl, remote_named, diags)
-            if "create" in pending:
-                why = "finishing an interrupted create: found by name"
-            elif managed is not None:
-                why = "the managed database is gone; another with this name exists on the account"
-            else:
-                why = "exists on the account but not in state: taken over without rotating"
-            reasons = [why]
-            rotate_after = rotate.wants(env, decl.key)
-            if rotate_after:
-                reasons.append("rotation requested: rotated right after adoption")
-            changes.append(
-                Change(
-                    **base,
-                    action=Action.ADOPT,
-                    reasons=tuple(reasons),
-                    database_id=remote_named.id,
-                    outputs=all_outputs,
-                    retire=retire,
-                    rotate_after_adopt=rotate_after,
-                )
-            )
-            continue
-
-        reasons = ["not on hep.gg yet"]
-        if managed is not None:
-            reasons = ["the managed database no longer exists on hep.gg (deleted in the dashboard?): created again"]
-        if rotate.wants(env, decl.key):
-            reasons.append("requested rotation not needed: a new database gets a fresh password")
-        changes.append(Change(**base, action=Action.CREATE, reasons=tuple(reasons), outputs=all_outputs, retire=retire))
-
-    declared_keys = {d.key for d in declared}
-    for key, managed in sorted(state.databases.items()):
-        if key in declared_keys:
-            continue
-        claimed.add(managed.id)
-        changes.append(
-            Change(
-                address=f"{env}/databases.{key}",
-                env=env,
-                key=key,
-                name=managed.name,
-                engine=managed.engine,
-                database_id=managed.id,
-                action=Action.FORGET,
-                reasons=(
-                    "no longer declared: hep.gg cannot delete databases, so it stays on the account "
-                    "(delete it in the dashboard if it is unused); hepinfra stops managing it "
-                    "and leaves its outputs in place",
-                ),
-            )
-        )
-
-    return changes, diags, claimed
 
 
 def _account_diagnostics(
@@ -525,54 +355,70 @@ def _account_diagnostics(
     return diags
 
 
-def _retired(records: Mapping[str, list[str]], decl: DeclaredDatabase) -> tuple[str, ...]:
-    declared_paths = {t.path for t in decl.outputs}
-    return tuple(sorted(p for p in records.get(decl.key, ()) if p not in declared_paths))
+@dataclass
+class EnvInput:
+    """What a kind's planner gets for one environment (all pure values)."""
 
+    manifest: Manifest
+    env: str
+    state: State
+    facts: EnvFacts
+    now: datetime
+    rotate: RotateRequest
+    _records: dict[str, list[str]] | None = None
 
-def _stale_outputs(
-    decl: DeclaredDatabase, state: State, facts: EnvFacts, db_id: str, pending: set[Any]
-) -> tuple[OutputChange, ...]:
-    stale = []
-    for target in decl.outputs:
-        reason = _output_reason(decl, target.path, target.definition_digest, state, facts, db_id)
-        if reason is None and "render" in pending:
-            marked = any(target.path in j.outputs for j in state.pending(decl.key))
-            reason = "marked stale by an interrupted apply" if marked else None
-        if reason is not None:
-            stale.append(OutputChange(path=target.path, kind=target.kind, reason=reason))
-    return tuple(stale)
+    def declared(self, kind: str) -> list[Declared]:
+        return [d for d in self.manifest.declared[self.env] if d.kind == kind]
 
+    def record_paths(self, ref: str) -> list[str]:
+        """Paths with an output record of ``ref`` (indexed once: O(N) per environment)."""
+        if self._records is None:
+            self._records = {}
+            for record in self.state.outputs.values():
+                self._records.setdefault(record.database, []).append(record.path)
+        return self._records.get(ref, [])
 
-def _engine_ok(decl: DeclaredDatabase, remote: DatabaseSummary, diags: list[Diagnostic]) -> bool:
-    if remote.engine == decl.engine:
-        return True
-    diags.append(
-        Diagnostic(
-            severity="error",
-            env=decl.env,
-            address=decl.address,
-            message=f"'{remote.name}' is a {remote.engine} database on hep.gg, but the manifest declares {decl.engine}",
-            hint=f"no API changes an engine: set engine: {remote.engine}, or give this declaration another name "
-            "to create a new database",
-        )
-    )
-    return False
+    def retired(self, decl: Declared) -> tuple[str, ...]:
+        """Paths of outputs with a record but no longer declared: hepinfra's part is removed."""
+        declared_paths = {t.path for t in decl.outputs}
+        return tuple(sorted(p for p in self.record_paths(decl.ref) if p not in declared_paths))
 
+    def stale_outputs(self, decl: Declared, current: str | None) -> tuple[OutputChange, ...]:
+        """The outputs to write again: missing, edited, redefined, holding an old value, or owed by an
+        interrupted apply."""
+        stale = []
+        pending = self.state.pending(decl.ref)
+        owed = any(j.op == "render" for j in pending)
+        for target in decl.outputs:
+            reason = output_reason(decl, target.path, target.definition_digest, self.state, self.facts, current)
+            if reason is None and owed and any(target.path in j.outputs for j in pending):
+                reason = "marked stale by an interrupted apply"
+            if reason is not None:
+                stale.append(OutputChange(path=target.path, kind=target.kind, reason=reason))
+        return tuple(stale)
 
-def _status_warning(decl: DeclaredDatabase, remote: DatabaseSummary, diags: list[Diagnostic]) -> None:
-    if remote.status in ("over_quota", "disabled"):
-        hint = (
-            "free storage or buy more in the dashboard (Top Up)"
-            if remote.status == "over_quota"
-            else "the database is disabled on hep.gg; see the dashboard"
-        )
-        diags.append(
-            Diagnostic(
-                severity="warning",
-                env=decl.env,
-                address=decl.address,
-                message=f"'{remote.name}' has status {remote.status}",
-                hint=hint,
+    def render_or_noop(self, decl: Declared, current: str | None, **extra: Any) -> Change:
+        """The change of a resource that needs no remote step: write its stale outputs, or nothing."""
+        stale = self.stale_outputs(decl, current)
+        gone = self.retired(decl)
+        if stale or gone:
+            reasons = tuple(f"{o.path}: {o.reason}" for o in stale) + tuple(f"{p}: no longer declared" for p in gone)
+            return Change(
+                **base_fields(decl), action=Action.RENDER, reasons=reasons, outputs=stale, retire=gone, **extra
             )
-        )
+        return Change(**base_fields(decl), action=Action.NOOP, **extra)
+
+
+def all_outputs(decl: Declared, reason: str = "with the new credentials") -> tuple[OutputChange, ...]:
+    return tuple(OutputChange(path=t.path, kind=t.kind, reason=reason) for t in decl.outputs)
+
+
+def base_fields(decl: Declared) -> dict[str, Any]:
+    return {
+        "address": decl.address,
+        "env": decl.env,
+        "key": decl.key,
+        "name": decl.name,
+        "engine": decl.engine,
+        "kind": decl.kind,
+    }

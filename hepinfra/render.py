@@ -38,19 +38,9 @@ def summary_line(plan: Plan) -> str:
 
 
 def _headline(change: Change) -> str:
-    verb = {
-        Action.CREATE: f"will be created as '{change.name}' ({change.engine})",
-        Action.ADOPT: f"will be adopted: '{change.name}' ({change.engine}, {change.database_id})",
-        Action.ROTATE: (
-            f"rotation of '{change.name}' will be finished"
-            if change.finish_rotation
-            else f"password of '{change.name}' will be rotated"
-        ),
-        Action.RENDER: f"outputs of '{change.name}' will be rendered",
-        Action.FORGET: f"will no longer be managed: '{change.name}' stays on hep.gg",
-        Action.NOOP: "is up to date",
-    }[change.action]
-    return f"{change.address} {verb}"
+    from hepinfra.kinds import KINDS
+
+    return f"{change.address} {KINDS[change.kind].headline(change)}"
 
 
 def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:

@@ -97,7 +97,9 @@ def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[st
 
 
 def parse_rotate(manifest: Manifest, envs: Sequence[str], addresses: Sequence[str]) -> RotateRequest:
-    """``ENV/databases.KEY``, ``databases.KEY`` or ``KEY`` (every selected environment)."""
+    """``ENV/KIND.KEY``, ``KIND.KEY`` or ``KEY`` (a database; every selected environment)."""
+    from hepinfra.manifest import ref_of, split_ref
+
     targets: set[tuple[str | None, str]] = set()
     for address in addresses:
         env: str | None = None
@@ -108,14 +110,14 @@ def parse_rotate(manifest: Manifest, envs: Sequence[str], addresses: Sequence[st
                 raise UsageError(
                     f"--rotate {address}: environment '{env}' is not selected (selected: {', '.join(envs)})"
                 )
-        key = rest.removeprefix("databases.")
+        kind, key = split_ref(rest)
         scope = [env] if env else list(envs)
-        if not any(d.key == key for e in scope for d in manifest.declared[e]):
+        if not any(d.kind == kind and d.key == key for e in scope for d in manifest.declared[e]):
             raise UsageError(
-                f"--rotate {address}: no database '{key}' is declared in "
+                f"--rotate {address}: no {kind} '{key}' is declared in "
                 f"{'environment ' + env if env else 'the selected environments'}"
             )
-        targets.add((env, key))
+        targets.add((env, ref_of(kind, key)))
     return RotateRequest(frozenset(targets))
 
 
@@ -240,8 +242,8 @@ async def apply(
             if saved is not None:
                 plan = saved
                 states = project.states(envs)
-                access = {env: env_access(project.manifest, env, hub) for env in envs}
-                missing = [a for a in access.values() if a.key is None]
+                access = {env: env_access(project.manifest, env, hub, states[env]) for env in envs}
+                missing = [a for a in access.values() if a.needs_key and a.key is None]
                 if missing:
                     raise UsageError(f"no database key for environment '{missing[0].env}': export {missing[0].source}")
                 rows = await current_remote(hub, access, envs)
@@ -281,32 +283,34 @@ async def apply(
 # --- state repairs and explicit value requests ------------------------------------------------------
 
 
-def remove_from_state(project: Project, targets: Sequence[tuple[str, str]], timeout: float) -> list[tuple[str, str]]:
-    """Stop managing (env, key) pairs under each environment's lock; the databases stay on hep.gg."""
+def remove_from_state(
+    project: Project, targets: Sequence[tuple[str, str, str]], timeout: float
+) -> list[tuple[str, str, str]]:
+    """Stop managing (env, kind, key) resources under each environment's lock; nothing changes on hep.gg."""
+    from hepinfra.manifest import ref_of
     from hepinfra.state.backend import LockInfo
 
-    removed: list[tuple[str, str]] = []
-    for env in dict.fromkeys(e for e, _ in targets):
-        keys = [k for e, k in targets if e == env]
+    removed: list[tuple[str, str, str]] = []
+    for env in dict.fromkeys(e for e, _, _ in targets):
+        mine = [(kind, key) for e, kind, key in targets if e == env]
+        refs = {ref_of(kind, key) for kind, key in mine}
         lock = project.backend.lock(env, LockInfo(), timeout)
         try:
             current = project.backend.read(env)
-            missing = [k for k in keys if current is None or k not in current.databases]
+            missing = [(kind, key) for kind, key in mine if current is None or key not in getattr(current, kind)]
             if missing or current is None:
-                raise UsageError(f"{env}/databases.{missing[0]}: not in the state of environment '{env}'")
-            project.backend.write(
-                env,
-                current.model_copy(
-                    update={
-                        "databases": {k: v for k, v in current.databases.items() if k not in keys},
-                        "outputs": {k: v for k, v in current.outputs.items() if v.database not in keys},
-                        "journal": tuple(j for j in current.journal if j.database not in keys),
-                    }
-                ),
-            )
+                kind, key = missing[0]
+                raise UsageError(f"{env}/{kind}.{key}: not in the state of environment '{env}'")
+            update: dict[str, object] = {
+                kind: {k: v for k, v in getattr(current, kind).items() if (kind, k) not in mine}
+                for kind in {kind for kind, _ in mine}
+            }
+            update["outputs"] = {k: v for k, v in current.outputs.items() if v.database not in refs}
+            update["journal"] = tuple(j for j in current.journal if j.database not in refs)
+            project.backend.write(env, current.model_copy(update=update))
         finally:
             release(project.backend, env, lock.id)
-        removed.extend((env, k) for k in keys)
+        removed.extend((env, kind, key) for kind, key in mine)
     return removed
 
 
@@ -412,28 +416,44 @@ def migrate_state(project: Project, *, force: bool, timeout: float, report: Call
             release(backend, env, lock_id)
 
 
-async def database_values(project: Project, env: str, keys: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Reveal managed databases and render their dotenv keys (or standard fields). Holds secrets:
-    only for ``output`` and ``run``, which a person asks for explicitly."""
+async def resource_values(project: Project, env: str, refs: Sequence[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """The values of managed resources, (kind, key) each, with their dotenv keys rendered (or standard
+    fields): databases by Reveal, ids decrypted from state, uploads from state. Holds secrets: only
+    for ``output`` and ``run``, which a person asks for explicitly."""
+    import json as json_mod
+
     from hepinfra.errors import OutputError
     from hepinfra.fetch import env_access
+    from hepinfra.kinds import KINDS
     from hepinfra.outputs.base import db_context
     from hepinfra.templates import render_error, render_string
 
     current = project.backend.read(env)
-    declared = {d.key: d for d in project.manifest.declared[env]}
+    declared = {(d.kind, d.key): d for d in project.manifest.declared[env]}
     out: dict[str, dict[str, str]] = {}
     async with project.hepgg() as hub:
-        access = env_access(project.manifest, env, hub)
-        if access.key is None:
-            raise UsageError(f"no database key for environment '{env}': export {access.source}")
-        for key in keys:
-            if current is None or key not in current.databases:
-                raise UsageError(f"{env}/databases.{key} is not managed yet: run 'hepinfra apply' first")
-            creds = await hub.databases(access.key).reveal(current.databases[key].id)
-            db = db_context(creds)
-            decl = declared[key]
-            context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars, "db": db}
+        access = env_access(project.manifest, env, hub, current)
+        for kind, key in refs:
+            managed = getattr(current, kind).get(key) if current is not None else None
+            if managed is None:
+                raise UsageError(f"{env}/{kind}.{key} is not managed yet: run 'hepinfra apply' first")
+            decl = declared[(kind, key)]
+            fields: dict[str, Any]
+            if kind == "databases":
+                if access.key is None:
+                    raise UsageError(f"no database key for environment '{env}': export {access.source}")
+                value = db_context(await hub.databases(access.key).reveal(managed.id))
+                fields = {f: value[f] for f in ("connection_string", "host", "port", "db_name", "user", "password")}
+            elif kind == "ids":
+                assert access.cipher is not None
+                payload = json_mod.loads(access.cipher.open(managed.ciphertext, decl.address))
+                value = {"value": payload["id"], "private": payload.get("privateID"), "type": managed.type}
+                fields = {k: v for k, v in (("value", value["value"]), ("private", value["private"])) if v is not None}
+            else:
+                value = {"url": managed.url, "file": managed.file, "sha256": managed.digest, "size": managed.size}
+                fields = {"url": managed.url}
+            context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars,
+                       KINDS[kind].var: value}  # fmt: skip
             values: dict[str, str] = {}
             for target in decl.outputs:
                 if target.kind != "dotenv":
@@ -443,11 +463,10 @@ async def database_values(project: Project, env: str, keys: Sequence[str]) -> di
                         values[name] = render_string(source, context)
                     except Exception as exc:  # never the value: the placeholder render describes it
                         raise OutputError(
-                            f"{env}/databases.{key}: {target.path}: {name}: {render_error(exc, source, context)}"
+                            f"{decl.address}: {target.path}: {name}: {render_error(exc, source, context)}"
                         ) from None
             if not values:
                 prefix = key.upper().replace("-", "_") + "_"
-                fields = ("connection_string", "host", "port", "db_name", "user", "password")
-                values = {prefix + f.upper(): str(db[f]) for f in fields}
-            out[key] = values
+                values = {prefix + f.upper(): str(v) for f, v in fields.items()}
+            out[decl.ref] = values
     return out

@@ -479,6 +479,25 @@ def placeholder_db(engine: str, name: str = "placeholder") -> dict[str, Any]:
     }
 
 
+def placeholder_id(id_type: str) -> dict[str, Any]:
+    """An ``id`` variable shaped like a real one (``private`` only for a keypair), holding no secret."""
+    return {
+        "value": "placeholder-id",
+        "private": "placeholder-private-id" if id_type == "keypair" else None,
+        "type": id_type,
+    }
+
+
+def placeholder_upload(file: str, digest: str = "0" * 64, size: int = 0) -> dict[str, Any]:
+    """An ``upload`` variable shaped like a real one."""
+    return {
+        "url": "https://upload.example.invalid/u/placeholder/file",
+        "file": file,
+        "sha256": digest,
+        "size": size,
+    }
+
+
 def _template_line(exc: BaseException) -> int | None:
     """The line of the template where a render failed (Jinja2 rewrites tracebacks to template lines)."""
     line = getattr(exc, "lineno", None)
@@ -505,6 +524,8 @@ def render_error(exc: Exception, source: str, context: dict[str, Any]) -> str:
     fake = {**context}
     if isinstance(context.get("db"), dict):
         fake["db"] = placeholder_db(str(context["db"].get("engine", "mariadb")), str(context["db"].get("name", "")))
+    if isinstance(context.get("id"), dict):
+        fake["id"] = placeholder_id(str(context["id"].get("type", "")))
     try:
         render_template(compile_string(source), fake)
     except Exception as fake_exc:

@@ -22,21 +22,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hepinfra.apply.ledger import Ledger, settled, with_entry
 from hepinfra.apply.writer import Failure, OutputWriter, failure_message
-from hepinfra.errors import ApiError, HepinfraError, Interrupted, OutputError
+from hepinfra.digests import Digester
+from hepinfra.errors import HepinfraError, Interrupted, OutputError
 from hepinfra.fetch import EnvAccess
 from hepinfra.fsutil import fsync_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseCredentials
-from hepinfra.manifest import DeclaredDatabase, Manifest, OutputTarget
+from hepinfra.manifest import Declared, Manifest, OutputTarget, ref_of
 from hepinfra.outputs import SINKS
-from hepinfra.outputs.base import db_context, resolve_path
+from hepinfra.outputs.base import resolve_path
 from hepinfra.plan import Action, Change, Plan
 from hepinfra.safety.redact import redact_data
-from hepinfra.state.model import JournalEntry, ManagedDatabase, OutputRecord, State
+from hepinfra.state.model import JournalEntry, OutputRecord, State
 
 Event = dict[str, Any]
 # how long a killed run's rotate request may still land at hep.gg: twice the HTTP timeout
@@ -45,7 +46,7 @@ Emit = Callable[[Event], None]
 T = TypeVar("T")
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -85,7 +86,7 @@ class ApplyResult:
         return {o.address: o.rotation_window_ms for o in self.outcomes if o.rotation_window_ms is not None}
 
 
-class _Tracker:
+class Tracker:
     """One change's timing and progress: queue time, and whether a remote step began."""
 
     def __init__(self) -> None:
@@ -98,7 +99,7 @@ class _Calls:
     """A change's API calls: each takes one of the executor's slots (waiting for one counts as
     queue time); a mutation journals its intent while holding the slot, right before the call."""
 
-    def __init__(self, client: Any, slots: asyncio.Semaphore, tracker: _Tracker) -> None:
+    def __init__(self, client: Any, slots: asyncio.Semaphore, tracker: Tracker) -> None:
         self._client, self._slots, self._tracker = client, slots, tracker
 
     async def _slot(self) -> None:
@@ -114,9 +115,7 @@ class _Calls:
         finally:
             self._slots.release()
 
-    async def mutate(
-        self, journal: Callable[[], Awaitable[None]] | None, call: Callable[[Any], Awaitable[T]]
-    ) -> T:
+    async def mutate(self, journal: Callable[[], Awaitable[None]] | None, call: Callable[[Any], Awaitable[T]]) -> T:
         await self._slot()
         try:
             if journal is not None:
@@ -150,9 +149,9 @@ class Executor:
         self.writer = OutputWriter(
             manifest.project_dir, [t for decls in manifest.declared.values() for d in decls for t in d.outputs]
         )
-        self._rotated: set[str] = set()
+        self.rotated: set[str] = set()  # remote ids rotated in this run: never twice
         self._declared = {d.address: d for decls in manifest.declared.values() for d in decls}
-        self._trackers: dict[str, _Tracker] = {}
+        self.trackers: dict[str, Tracker] = {}
 
     def emit(self, event: Event) -> None:
         self._emit(redact_data(event))
@@ -160,22 +159,17 @@ class Executor:
     # --- driving -------------------------------------------------------------------------------------
 
     async def run(self) -> ApplyResult:
+        from hepinfra.kinds import KINDS
+
         result = ApplyResult()
-        handlers: dict[Action, Callable[[Change], Awaitable[Outcome]]] = {
-            Action.CREATE: self.create,
-            Action.ADOPT: self.adopt,
-            Action.ROTATE: self.rotate,
-            Action.RENDER: self.render,
-            Action.FORGET: self.forget,
-        }
         finished: dict[str, Outcome] = {}
 
         async def one(change: Change) -> Outcome:
             started = time.perf_counter()
-            tracker = self._trackers.setdefault(change.address, _Tracker())
+            tracker = self.trackers.setdefault(change.address, Tracker())
             self.emit({"event": "start", "address": change.address, "action": change.action.value})
             try:
-                outcome = await handlers[change.action](change)
+                outcome = cast(Outcome, await KINDS[change.kind].step(change.action)(self, change))
             except (HepinfraError, OSError) as exc:
                 outcome = Outcome(change.address, change.action.value, False, failure_message(exc))
             total = time.perf_counter() - started
@@ -208,9 +202,7 @@ class Executor:
     def _interrupt_summary(self, work: list[Change], finished: dict[str, Outcome]) -> str:
         done = [c.address for c in work if c.address in finished]
         flying = [
-            c.address
-            for c in work
-            if c.address not in finished and self._trackers.get(c.address, _Tracker()).in_flight
+            c.address for c in work if c.address not in finished and self.trackers.get(c.address, Tracker()).in_flight
         ]
         waiting = [c.address for c in work if c.address not in finished and c.address not in flying]
 
@@ -239,23 +231,29 @@ class Executor:
                         continue
         self.writer.clear_stale_temps(files)
 
-    def _calls(self, change: Change) -> _Calls:
-        key = self.access[change.env].key
-        assert key is not None
-        tracker = self._trackers.setdefault(change.address, _Tracker())
-        return _Calls(self.hepgg.databases(key), self._slots, tracker)
+    def calls(self, change: Change, client: Any = None) -> _Calls:
+        """The change's API calls through the executor's slots: to ``client``, or the databases API."""
+        if client is None:
+            key = self.access[change.env].key
+            assert key is not None
+            client = self.hepgg.databases(key)
+        tracker = self.trackers.setdefault(change.address, Tracker())
+        return _Calls(client, self._slots, tracker)
 
-    def _decl(self, change: Change) -> DeclaredDatabase:
+    def decl(self, change: Change) -> Declared:
         return self._declared[change.address]
 
-    def _targets(self, change: Change, only: tuple[str, ...] | None = None) -> list[OutputTarget]:
-        targets = list(self._decl(change).outputs)
+    def digester(self, change: Change) -> Digester:
+        return self.access[change.env].digester(self.ledgers[change.env].state)
+
+    def targets(self, change: Change, only: tuple[str, ...] | None = None) -> list[OutputTarget]:
+        targets = list(self.decl(change).outputs)
         return [t for t in targets if only is None or t.path in only]
 
-    async def _journal(self, change: Change, entry: JournalEntry, *, urgent: bool = False, early: bool = False) -> None:
+    async def journal(self, change: Change, entry: JournalEntry, *, urgent: bool = False, early: bool = False) -> None:
         """Journal ``entry``. ``early``: before waiting for a slot (a create: many intents share one write,
         and an interrupt removes those whose call never started), else right before the call."""
-        tracker = self._trackers.setdefault(change.address, _Tracker())
+        tracker = self.trackers.setdefault(change.address, Tracker())
         if early:
             tracker.early_intent = (change.env, entry.id)
         else:
@@ -264,7 +262,7 @@ class Executor:
 
     async def _drop_early_intents(self, finished: dict[str, Outcome]) -> None:
         """After an interrupt: intents journaled ahead of a call that never started are not kept."""
-        for address, tracker in self._trackers.items():
+        for address, tracker in self.trackers.items():
             if tracker.early_intent is None or tracker.in_flight or address in finished:
                 continue
             env, entry_id = tracker.early_intent
@@ -274,223 +272,74 @@ class Executor:
 
             await self.ledgers[env].commit(drop)
 
-    async def _finish(
+    async def finish(
         self,
         change: Change,
-        creds: DatabaseCredentials,
+        value: dict[str, Any],
+        secret: str,
         entry: JournalEntry,
-        update_db: Callable[[ManagedDatabase | None], ManagedDatabase],
+        update: Callable[[State], State],
     ) -> tuple[list[Failure], float]:
-        """Write every output of ``entry`` (each on its own) and record the result in one commit: the
-        database, the records written, and a journal that owes only the outputs that failed.
-        Returns the failures and the ms spent writing."""
-        env, decl = change.env, self._decl(change)
+        """Write every output of ``entry`` (each on its own) with the resource's template variable
+        ``value`` (``db``, ``id``, ``upload``), and record the result in one commit: ``update`` (the
+        resource itself), the records written (holding a keyed digest of ``secret``), and a journal
+        that owes only the outputs that failed. Returns the failures and the ms spent writing."""
+        from hepinfra.kinds import KINDS
+
+        env, decl = change.env, self.decl(change)
         ledger = self.ledgers[env]
         context = {
             "env": env,
             "key": decl.key,
             "name": decl.name,
             "vars": self.manifest.env_spec(env).vars,
-            "db": db_context(creds),
+            KINDS[change.kind].var: value,
         }
         digest = self.access[env].digester(ledger.state)
         started = time.perf_counter()
         records, failures = await self.writer.write(
-            decl, self._targets(change, entry.outputs), context, digest, ledger.state
+            decl, self.targets(change, entry.outputs), context, digest, ledger.state, digest(secret)
         )
         window = (time.perf_counter() - started) * 1000
         owed = [f.target for f in failures]
-        retire = self._retirable(change, ledger.state)
+        retire = self.retirable(change, ledger.state)
         failures += await self.writer.retire(retire, digest)
-        gone = {State.output_id(change.key, r.path) for r in retire}
+        gone = {State.output_id(decl.ref, r.path) for r in retire}
 
         def record(s: State) -> State:
-            s = s.model_copy(
-                update={
-                    "databases": {**s.databases, change.key: update_db(s.databases.get(change.key))},
-                    "outputs": {k: v for k, v in {**s.outputs, **records}.items() if k not in gone},
-                }
+            s = update(s).model_copy(
+                update={"outputs": {k: v for k, v in {**s.outputs, **records}.items() if k not in gone}}
             )
-            return settled(s, change.key, owed, entry)
+            return settled(s, decl.ref, owed, entry)
 
         await ledger.commit(record)
         return failures, window
 
-    def _retirable(self, change: Change, state: State) -> list[OutputRecord]:
-        records = (state.outputs.get(State.output_id(change.key, path)) for path in change.retire)
+    def retirable(self, change: Change, state: State) -> list[OutputRecord]:
+        ref = ref_of(change.kind, change.key)
+        records = (state.outputs.get(State.output_id(ref, path)) for path in change.retire)
         return [r for r in records if r is not None]
 
-    def _outcome(
-        self, change: Change, note: str, failures: list[Failure], window: float | None = None
-    ) -> Outcome:
+    def outcome(self, change: Change, note: str, failures: list[Failure], window: float | None = None) -> Outcome:
         message = note
         if failures:
             message += "; but " + "; ".join(f.describe() for f in failures)
         return Outcome(change.address, change.action.value, not failures, message, window, failures=failures)
 
-    # --- handlers ------------------------------------------------------------------------------------
-
-    async def create(self, change: Change) -> Outcome:
-        outputs = tuple(t.path for t in self._targets(change))
-        intent = JournalEntry(op="create", database=change.key, name=change.name, started_at=_now(), outputs=outputs)
-        await self._journal(change, intent, urgent=True, early=True)  # a whole batch of intents in one write
-        creds = await self._calls(change).mutate(None, lambda c: c.create(change.name, change.engine))
-        now = _now()
-        managed = ManagedDatabase(
-            key=change.key,
-            name=creds.name,
-            id=creds.id,
-            engine=creds.engine,
-            created_at=creds.created_at or now,
-            managed_since=now,
-            rotated_at=now,
-        )
-        owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
-        failures, _ = await self._finish(change, creds, owed, lambda db: db or managed)
-        note = "created (answer lost; found by name)" if creds.recovered else "created"
-        return self._outcome(change, note, failures)
-
-    async def adopt(self, change: Change) -> Outcome:
-        assert change.database_id is not None
-        creds = await self._calls(change).reveal(change.database_id)
-        now = _now()
-        intent = JournalEntry(
-            op="render",
-            database=change.key,
-            name=change.name,
-            database_id=creds.id,
-            started_at=now,
-            outputs=tuple(t.path for t in self._targets(change)),
-        )
-        adopted = ManagedDatabase(
-            key=change.key,
-            name=creds.name,
-            id=creds.id,
-            engine=creds.engine,
-            created_at=creds.created_at,
-            managed_since=now,
-            adopted=True,
-        )
-        def take_over(s: State) -> State:
-            journal = tuple(j for j in s.journal if j.database != change.key)
-            return with_entry(
-                s.model_copy(update={"databases": {**s.databases, change.key: adopted}, "journal": journal}), intent
-            )
-
-        self._trackers.setdefault(change.address, _Tracker()).in_flight = True
-        await self.ledgers[change.env].commit(take_over)
-        failures, _ = await self._finish(change, creds, intent, lambda db: db or adopted)
-        if change.rotate_after_adopt and not failures:
-            rotated = await self.rotate(change.model_copy(update={"action": Action.ROTATE}))
-            rotated.action = change.action.value
-            rotated.message = "adopted, then " + rotated.message
-            return rotated
-        note = "adopted" + ("; the requested rotation waits until its outputs can be written" if failures and
-                            change.rotate_after_adopt else "")
-        return self._outcome(change, note, failures)
-
-    async def rotate(self, change: Change) -> Outcome:
-        """Rotate once. The "before" digest comes from a Reveal right before the call, so it cannot be
-        stale (a rotation in the dashboard, a changed key). An interrupted or unanswered rotation is
-        settled by comparing the revealed password with it: changed means it happened (finish: write
-        outputs); unchanged means it never reached hep.gg (rotate now: the first rotation, not a second)."""
-        assert change.database_id is not None
-        if change.database_id in self._rotated:
-            return Outcome(change.address, change.action.value, False, "refused: already rotated in this run")
-        self._rotated.add(change.database_id)
-        ledger = self.ledgers[change.env]
-        calls = self._calls(change)
-        digest = self.access[change.env].digester(ledger.state)
-        entry = next((j for j in ledger.state.pending(change.key) if j.op == "rotate"), None)
-        creds: DatabaseCredentials | None = None
-        note = "rotated"
-        finished_earlier = False  # the rotation happened in an earlier run: keep its time
-        revealed = await calls.reveal(change.database_id)
-        now_digest = digest(revealed.password.get_secret_value())
-        if change.finish_rotation and entry is not None and now_digest == entry.password_digest:
-            # unchanged: it never reached hep.gg, or it is still on its way (a killed run's request can
-            # land late): wait until no request of that run can still be in flight, then look again
-            wait = self.settle_s - (_now() - entry.started_at).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                revealed = await calls.reveal(change.database_id)
-                now_digest = digest(revealed.password.get_secret_value())
-        if change.finish_rotation and entry is not None:
-            if entry.password_digest is None or now_digest != entry.password_digest:
-                # changed, or no digest to tell (an older state): finish, never risk a second rotation
-                creds, note = revealed, "finished an interrupted rotation (Reveal, no second rotate)"
-                finished_earlier = True
-            else:
-                note = "the interrupted rotation never reached hep.gg: rotated now"
-        if creds is None:
-            entry = JournalEntry(
-                op="rotate",
-                database=change.key,
-                name=change.name,
-                database_id=change.database_id,
-                started_at=_now(),
-                outputs=tuple(t.path for t in self._targets(change)),
-                password_digest=now_digest,
-            )
-            intent = entry
-            attempts = 0
-            while creds is None:
-                attempts += 1
-                answer = await calls.mutate(
-                    lambda: self._journal(change, intent, urgent=True), lambda c: c.rotate(change.database_id)
-                )
-                if not answer.recovered or digest(answer.password.get_secret_value()) != intent.password_digest:
-                    creds = answer
-                    if answer.recovered:
-                        note = "rotated (answer lost; current password revealed)"
-                elif attempts >= 3:
-                    raise ApiError(
-                        f"{change.address}: the rotation could not be confirmed after {attempts} tries",
-                        hint="run the apply again; the journal keeps it pending",
-                    )
-        assert entry is not None
-        rotated_at = entry.started_at if finished_earlier else _now()
-        # the old password is dead from here: write every output before anything else; the rotation is
-        # recorded done whatever the outputs do, and only the failed ones stay owed
-        failures, window = await self._finish(change, creds, entry, lambda db: _rotated(db, rotated_at))
-        return self._outcome(change, note, failures, window)
-
-    async def render(self, change: Change) -> Outcome:
-        assert change.database_id is not None
-        paths = tuple(o.path for o in change.outputs)
-        if paths:
-            creds = await self._calls(change).reveal(change.database_id)
-            intent = JournalEntry(
-                op="render",
-                database=change.key,
-                name=change.name,
-                database_id=change.database_id,
-                started_at=_now(),
-                outputs=paths,
-            )
-            await self._journal(change, intent)
-            failures, _ = await self._finish(change, creds, intent, lambda db: db or _missing(change))
-        else:
-            ledger = self.ledgers[change.env]
-            retire = self._retirable(change, ledger.state)
-            failures = await self.writer.retire(retire, self.access[change.env].digester(ledger.state))
-            gone = {State.output_id(change.key, r.path) for r in retire}
-            await self.ledgers[change.env].commit(
-                lambda s: s.model_copy(update={"outputs": {k: v for k, v in s.outputs.items() if k not in gone}})
-            )
-        return self._outcome(change, f"rendered {len(paths)} output(s)", failures)
-
     async def forget(self, change: Change) -> Outcome:
+        """Any kind: drop the resource, its output records and its journal from state; nothing remote."""
+        ref = ref_of(change.kind, change.key)
         await self.ledgers[change.env].commit(
             lambda s: s.model_copy(
                 update={
-                    "databases": {k: v for k, v in s.databases.items() if k != change.key},
-                    "outputs": {k: v for k, v in s.outputs.items() if v.database != change.key},
-                    "journal": tuple(j for j in s.journal if j.database != change.key),
+                    change.kind: {k: v for k, v in getattr(s, change.kind).items() if k != change.key},
+                    "outputs": {k: v for k, v in s.outputs.items() if v.database != ref},
+                    "journal": tuple(j for j in s.journal if j.database != ref),
                 }
             )
         )
-        return Outcome(change.address, change.action.value, True, "no longer managed; it stays on hep.gg")
+        message = "no longer managed; it stays on hep.gg" if change.kind != "ids" else "no longer managed"
+        return Outcome(change.address, change.action.value, True, message)
 
 
 def _event(outcome: Outcome) -> Event:
@@ -509,12 +358,3 @@ def _event(outcome: Outcome) -> Event:
     if outcome.rotation_window_ms is not None:
         event["rotation_window_ms"] = round(outcome.rotation_window_ms, 2)
     return event
-
-
-def _rotated(db: ManagedDatabase | None, at: datetime) -> ManagedDatabase:
-    assert db is not None
-    return db.model_copy(update={"rotated_at": at, "rotations": db.rotations + 1})
-
-
-def _missing(change: Change) -> ManagedDatabase:
-    raise OutputError(f"{change.address}: not in state any more; make a new plan")

@@ -46,7 +46,7 @@ async def current_remote(
     async def one(env: str) -> list[DatabaseSummary] | None:
         key = access[env].key
         if key is None:
-            return None
+            return None if access[env].needs_key else []  # no databases: nothing to list
         try:
             return await hepgg.databases(key).list()
         except ApiError:
@@ -74,26 +74,42 @@ def check_changes(
             hint="make a new plan",
         )
 
+    from hepinfra.kinds import KINDS
+    from hepinfra.manifest import ref_of
+
     for change in plan.changes:
         if change.env not in plan.environments:
             raise refuse(change, "is for an environment the plan does not pin")
+        if change.kind not in KINDS or change.address != f"{change.env}/{change.kind}.{change.key}":
+            raise refuse(change, "has an address that does not match its environment, kind and key")
         state = states.get(change.env)
+        decl = declared.get(change.address)
+        ref = ref_of(change.kind, change.key)
+        if change.action is not Action.FORGET:
+            if decl is None or (decl.name, decl.engine) != (change.name, change.engine):
+                raise refuse(change, "does not match the manifest's declaration")
+            if not {o.path for o in change.outputs} <= {t.path for t in decl.outputs}:
+                raise refuse(change, "writes outputs the manifest does not declare")
+            records = {r.path for r in state.outputs.values() if r.database == ref} if state else set()
+            if not set(change.retire) <= records:
+                raise refuse(change, "retires outputs the state has no record of")
+        if change.kind != "databases":  # no remote id: what state holds decides
+            held = state is not None and change.key in getattr(state, change.kind)
+            if change.database_id is not None or change.action is Action.ADOPT:
+                raise refuse(change, "names a remote id, which this kind has none of")
+            if change.action is Action.FORGET and (decl is not None or not held):
+                raise refuse(change, "forgets a resource that is declared or not managed")
+            if change.action is Action.CREATE and held:
+                raise refuse(change, "creates a resource the pinned state already manages")
+            if change.action in (Action.ROTATE, Action.RENDER, Action.NOOP) and not held:
+                raise refuse(change, "changes a resource the pinned state does not manage")
+            continue
         managed = state.databases.get(change.key) if state else None
         listed = {d.id: d for d in rows.get(change.env) or []}
-        decl = declared.get(change.address)
-        if change.address != f"{change.env}/databases.{change.key}":
-            raise refuse(change, "has an address that does not match its environment and key")
         if change.action is Action.FORGET:
             if decl is not None or managed is None or managed.id != change.database_id:
                 raise refuse(change, "forgets a database that is declared or not managed under that id")
             continue
-        if decl is None or (decl.name, decl.engine) != (change.name, change.engine):
-            raise refuse(change, "does not match the manifest's declaration")
-        if not {o.path for o in change.outputs} <= {t.path for t in decl.outputs}:
-            raise refuse(change, "writes outputs the manifest does not declare")
-        records = {r.path for r in state.outputs.values() if r.database == change.key} if state else set()
-        if not set(change.retire) <= records:
-            raise refuse(change, "retires outputs the state has no record of")
         if change.action is Action.CREATE:
             ok = change.database_id is None
         elif change.action is Action.ADOPT:

@@ -1,4 +1,4 @@
-"""Writing a database's outputs during an apply: each independently, each under its file's locks.
+"""Writing a resource's outputs during an apply: each independently, each under its file's locks.
 
 Owns: re-checking every output's real path right before the write (it must still be the one
 checked at load time), the per-file locks (an asyncio lock in this process, and a flock on a
@@ -22,7 +22,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import HepinfraError, LockError, OutputError
 from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
-from hepinfra.manifest import DeclaredDatabase, OutputTarget
+from hepinfra.manifest import Declared, OutputTarget
 from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import Written, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
@@ -116,18 +116,19 @@ class OutputWriter:
 
     async def write(
         self,
-        decl: DeclaredDatabase,
+        decl: Declared,
         targets: list[OutputTarget],
         context: dict[str, Any],
         digest: Digester,
         state: State,
+        password_digest: str,
     ) -> tuple[dict[str, OutputRecord], list[Failure]]:
-        """Write each target independently; return the records of those written and the failures."""
-        password_digest = digest(context["db"]["password"])
+        """Write each target independently; return the records of those written and the failures.
+        ``password_digest``: the keyed digest of the secret the outputs hold (recorded with each)."""
         records: dict[str, OutputRecord] = {}
         failures: list[Failure] = []
         for target in targets:
-            output_id = State.output_id(decl.key, target.path)
+            output_id = State.output_id(decl.ref, target.path)
             previous = state.outputs.get(output_id)
             key_digests: dict[str, str] = {}
             try:
@@ -154,7 +155,7 @@ class OutputWriter:
                 failures.append(Failure("render", target.path, failure_message(exc)))
                 continue
             records[output_id] = OutputRecord(
-                database=decl.key,
+                database=decl.ref,
                 path=target.path,
                 kind=target.kind,
                 digest=written,

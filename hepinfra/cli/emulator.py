@@ -25,6 +25,28 @@ def _credential(value: str, flag: str) -> str:
     return value
 
 
+def _server_url(value: str | None, kind: str) -> tuple[str, str] | None:
+    """(admin URL, where it came from) for ``--postgres``/``--mariadb``, or None (simulated).
+    Credentials never come from argv: the URL is read from HEPINFRA_LOCAL_<ENGINE> or the
+    variable ``env:NAME`` names; a URL given on the command line must carry no password."""
+    from hepinfra.emulator.engines import ENV_VARS, has_password
+    from hepinfra.safety.redact import register
+
+    var, flag = ENV_VARS[kind], f"--{kind}"
+    if value is None:
+        found = os.environ.get(var, "").strip()
+        return (found, var) if found else None
+    if value.startswith("env:"):
+        return _credential(value, flag), f"{flag} env:{value[4:]}"
+    if has_password(value):
+        register(value)
+        raise UsageError(
+            f"{flag}: a password on the command line shows in the process list; "
+            f"put the admin URL in {var} (or pass {flag} env:NAME)"
+        )
+    return value, flag
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
 @click.option(
@@ -99,8 +121,33 @@ def _credential(value: str, flag: str) -> str:
     help="Retry-After seconds on injected 429s.",
 )
 @click.option("--fault-seed", default=None, type=int, help="Seed for reproducible latency and faults.")
+@click.option(
+    "--postgres",
+    "postgres_url",
+    default=None,
+    metavar="env:NAME|URL",
+    help="Make postgres databases real on this PostgreSQL server. Its admin URL "
+    "(postgresql://USER:PASSWORD@HOST:PORT/DB) is read from HEPINFRA_LOCAL_POSTGRES (the default when set) "
+    "or from the variable env:NAME names; a URL here must carry no password (trust auth).",
+)
+@click.option(
+    "--mariadb",
+    "mariadb_url",
+    default=None,
+    metavar="env:NAME|URL",
+    help="Make mariadb databases real on this MariaDB/MySQL server. Its admin URL "
+    "(mysql://root:PASSWORD@HOST:PORT/) is read from HEPINFRA_LOCAL_MARIADB (the default when set) "
+    "or from the variable env:NAME names; a URL here must carry no password.",
+)
 def emulator(**opts: Any) -> None:
-    """Run the local hep.gg (all three APIs on one port) until SIGINT/SIGTERM."""
+    """Run the local hep.gg (all three APIs on one port) until SIGINT/SIGTERM.
+
+    Databases are simulated, unless a real server is given for their engine (--postgres,
+    --mariadb, or HEPINFRA_LOCAL_POSTGRES / HEPINFRA_LOCAL_MARIADB in the environment): then
+    each create makes a real database and login, Reveal returns its password, Rotate changes
+    it on the server (the old one stops working at once), and connection strings point there.
+    Passwords are never taken from the command line. Needs pip install 'hepinfra[verify]'.
+    """
     import signal
     from pathlib import Path
 
@@ -149,6 +196,7 @@ def emulator(**opts: Any) -> None:
             default_key=minted,
         ),
     )
+    servers = _servers(opts["postgres_url"], opts["mariadb_url"])
     config = EmulatorConfig(
         engines=engines,
         password_chars=opts["password_chars"] or None,
@@ -156,6 +204,7 @@ def emulator(**opts: Any) -> None:
         db_host=opts["db_host"],
         faults=faults,
         seed=opts["fault_seed"],
+        servers=servers,
     )
     try:
         app = build_app(Path(opts["data_dir"]), config, seeds, slots=opts["slots"])
@@ -174,5 +223,20 @@ def emulator(**opts: Any) -> None:
         if minted:  # the one key hepinfra prints: a local throwaway, printed so it can be used
             click.echo(f"accepting database key: {minted}", file=raw_stdout())
             raw_stdout().flush()
+        for kind, server in servers.items():
+            click.echo(f"{kind} databases are real, on the server at {server.address}")
+        sys.stdout.flush()
 
     serve_forever(app, opts["host"], opts["port"], announce=announce)
+
+
+def _servers(postgres: str | None, mariadb: str | None) -> dict[str, Any]:
+    """The real servers asked for, each reached once now (an error names where its URL came from)."""
+    from hepinfra.emulator.engines import connect
+
+    servers = {}
+    for kind, value in (("postgres", postgres), ("mariadb", mariadb)):
+        found = _server_url(value, kind)
+        if found is not None:
+            servers[kind] = connect(kind, *found)
+    return servers

@@ -99,13 +99,18 @@ def run_async(coro: Any) -> Any:
     return box[0]
 
 
-def parse_address(manifest: Any, envs: list[str], address: str) -> tuple[str, str]:
+def parse_address(manifest: Any, envs: list[str], address: str) -> tuple[str, str, str]:
+    """``ENV/KIND.KEY`` (or ``ENV/KEY`` for a database; ENV may be left out with one environment)
+    -> (env, kind, key)."""
+    from hepinfra.manifest import split_ref
+
     if "/" in address:
         env, rest = address.split("/", 1)
     elif len(envs) == 1:
         env, rest = envs[0], address
     else:
-        raise UsageError(f"{address}: name the environment, as ENV/databases.NAME")
+        raise UsageError(f"{address}: name the environment, as ENV/databases.NAME (or ENV/ids.NAME, ENV/uploads.NAME)")
     if env not in manifest.model.environments:
         raise UsageError(f"{address}: no environment '{env}' in the manifest")
-    return env, rest.removeprefix("databases.")
+    kind, key = split_ref(rest)
+    return env, kind, key

@@ -20,7 +20,8 @@ from hepinfra.errors import UsageError
 @click.argument("address")
 @click.option("--format", "fmt", type=click.Choice(["dotenv", "json", "shell"]), default="dotenv", show_default=True)
 def output(manifest_file: str, address: str, fmt: str) -> None:
-    """Print one database's values, secrets included: only on explicit request, never logged."""
+    """Print one resource's values (ENV/databases.KEY, ENV/ids.KEY, ENV/uploads.KEY), secrets included:
+    only on explicit request, never logged."""
     import json
     import shlex
 
@@ -28,10 +29,11 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
     from hepinfra.templates import dotenv_quote
 
     project = runner.Project.open(manifest_file)
-    env, key = parse_address(project.manifest, project.manifest.environments, address)
-    if not any(d.key == key for d in project.manifest.declared[env]):
-        raise UsageError(f"{address}: no database '{key}' is declared in environment '{env}'")
-    values = run_async(runner.database_values(project, env, [key]))[key]
+    env, kind, key = parse_address(project.manifest, project.manifest.environments, address)
+    found = [d for d in project.manifest.declared[env] if (d.kind, d.key) == (kind, key)]
+    if not found:
+        raise UsageError(f"{address}: no {kind} '{key}' is declared in environment '{env}'")
+    values = run_async(runner.resource_values(project, env, [(kind, key)]))[found[0].ref]
     out = raw_stdout()
     if fmt == "json":
         click.echo(json.dumps(values, indent=2, sort_keys=True), file=out)
@@ -65,10 +67,10 @@ def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
 
     project = runner.Project.open(manifest_file)
     runner.select_environments(project.manifest, [env])
-    keys = [d.key for d in project.manifest.declared[env]]
+    refs = [(d.kind, d.key) for d in project.manifest.declared[env]]
     values: dict[str, str] = {}
-    for per_db in run_async(runner.database_values(project, env, keys)).values():
-        values.update(per_db)
+    for per_resource in run_async(runner.resource_values(project, env, refs)).values():
+        values.update(per_resource)
     program = shutil.which(command[0])
     if program is None:
         raise UsageError(f"command not found: {command[0]}")

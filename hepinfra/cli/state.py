@@ -25,15 +25,21 @@ def state() -> None:
 @manifest_option
 @env_option
 def state_list(manifest_file: str, envs: tuple[str, ...]) -> None:
-    """List managed databases: address, platform name, id, engine."""
+    """List managed resources: address, then a database's platform name, id and engine; an id's type;
+    an upload's file and URL."""
     from hepinfra import runner
     from hepinfra.safety.paths import shown
 
     project = runner.Project.open(manifest_file)
     for env in runner.select_environments(project.manifest, envs):
         current = project.backend.read(env)
-        for key, db in sorted((current.databases if current else {}).items()):
-            fields = (f"{env}/databases.{key}", db.name, db.id, db.engine)  # state is input: escaped, one line each
+        if current is None:
+            continue
+        rows: list[tuple[str, ...]] = [(f"{env}/databases.{k}", d.name, d.id, d.engine) for k, d in sorted(
+            current.databases.items())]  # fmt: skip
+        rows += [(f"{env}/ids.{k}", i.type) for k, i in sorted(current.ids.items())]
+        rows += [(f"{env}/uploads.{k}", u.file, u.url) for k, u in sorted(current.uploads.items())]
+        for fields in rows:  # state is input: escaped, one line each
             click.echo("\t".join(shown(str(f), 200) for f in fields))
 
 
@@ -41,21 +47,24 @@ def state_list(manifest_file: str, envs: tuple[str, ...]) -> None:
 @manifest_option
 @click.argument("address")
 def state_show(manifest_file: str, address: str) -> None:
-    """Show one managed database and its output records (digests only)."""
+    """Show one managed resource and its output records (digests only; an id's value stays encrypted)."""
     import json
 
     from hepinfra import runner
+    from hepinfra.manifest import ref_of
 
     project = runner.Project.open(manifest_file)
-    env, key = parse_address(project.manifest, project.manifest.environments, address)
+    env, kind, key = parse_address(project.manifest, project.manifest.environments, address)
     current = project.backend.read(env)
-    if current is None or key not in current.databases:
+    managed = getattr(current, kind).get(key) if current is not None else None
+    if current is None or managed is None:
         raise UsageError(f"{address}: not in the state of environment '{env}'")
+    ref = ref_of(kind, key)
     out = {
-        "address": f"{env}/databases.{key}",
-        "database": current.databases[key].model_dump(mode="json"),
-        "outputs": [r.model_dump(mode="json") for r in current.outputs.values() if r.database == key],
-        "journal": [j.model_dump(mode="json") for j in current.pending(key)],
+        "address": f"{env}/{kind}.{key}",
+        kind.removesuffix("s"): managed.model_dump(mode="json"),
+        "outputs": [r.model_dump(mode="json") for r in current.outputs.values() if r.database == ref],
+        "journal": [j.model_dump(mode="json") for j in current.pending(ref)],
     }
     click.echo(json.dumps(out, indent=2, sort_keys=True))
 
@@ -65,13 +74,14 @@ def state_show(manifest_file: str, address: str) -> None:
 @lock_timeout_option
 @click.argument("addresses", nargs=-1, required=True)
 def state_rm(manifest_file: str, lock_timeout: str, addresses: tuple[str, ...]) -> None:
-    """Stop managing databases (they stay on hep.gg; their outputs stay on disk)."""
+    """Stop managing resources (databases and uploads stay on hep.gg; outputs stay where they are)."""
     from hepinfra import runner
 
     project = runner.Project.open(manifest_file)
     targets = [parse_address(project.manifest, project.manifest.environments, a) for a in addresses]
-    for env, key in runner.remove_from_state(project, targets, parse_timeout(lock_timeout)):
-        click.echo(f"Removed {env}/databases.{key} from state; the database stays on hep.gg.")
+    for env, kind, key in runner.remove_from_state(project, targets, parse_timeout(lock_timeout)):
+        where = {"databases": "the database stays on hep.gg", "uploads": "the file stays published at its URL"}
+        click.echo(f"Removed {env}/{kind}.{key} from state; {where.get(kind, 'its value is gone from state')}.")
 
 
 @state.command("pull")

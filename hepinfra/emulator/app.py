@@ -3,7 +3,9 @@
 Owns: HTTP handling that reproduces hep.gg's public API documentation (the Management API,
 the ID Generator and the Uploader pages; summarised in docs/emulator.md) exactly (paths, the three
 Authorization forms, envelopes, statuses, codes and messages), the request log (no
-secrets), fault injection, and ``/_emulator/*`` test aids. A client that hangs up mid-request
+secrets), fault injection, ``/_emulator/*`` test aids, and keeping a database's record in step
+with its real server when one is configured for its engine (``EmulatorConfig.servers``: the
+server changes first, the record only if that worked; engines/ holds the adapters). A client that hangs up mid-request
 is logged with status 499, never as a server error or a traceback. Undocumented choices are
 listed in docs/emulator.md. Must not: log a key, token or password.
 """
@@ -18,7 +20,7 @@ import secrets
 import string
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hepinfra.emulator import idtypes
+from hepinfra.emulator.engines import ENV_VARS, Engine, EngineError
 from hepinfra.emulator.store import DuplicateName, OutOfSlots, Store
+from hepinfra.safety.redact import register
 
 ENGINES = ("mariadb", "postgres", "mongo")
 FAULT_KINDS = ("500", "502", "503", "429", "drop-before", "drop-after")
@@ -64,6 +68,7 @@ class EmulatorConfig:
     db_host: str = "db.teamhydra.dev"
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    servers: Mapping[str, Engine] = field(default_factory=dict)  # engine -> real server (else simulated)
 
 
 class InjectedDrop(httpx.RemoteProtocolError):
@@ -115,17 +120,60 @@ class Emulator:
         length = self.config.password_length
         if not chars:
             alphabet = string.ascii_letters + string.digits
-            return "".join(secrets.choice(alphabet) for _ in range(length))
-        # every requested character at least once, so quoting bugs cannot hide
-        picked = list(dict.fromkeys(chars)) + [secrets.choice(chars) for _ in range(max(0, length - len(chars)))]
-        secrets.SystemRandom().shuffle(picked)
-        return "".join(picked)
+            password = "".join(secrets.choice(alphabet) for _ in range(length))
+        else:
+            # every requested character at least once, so quoting bugs cannot hide
+            picked = list(dict.fromkeys(chars)) + [secrets.choice(chars) for _ in range(max(0, length - len(chars)))]
+            secrets.SystemRandom().shuffle(picked)
+            password = "".join(picked)
+        register(password)
+        return password
 
     def connection_string(self, row: Any) -> str:
         engine = row["engine"]
         user, password = quote(row["db_user"], safe=""), quote(row["password"], safe="")
-        url = f"{SCHEMES[engine]}://{user}:{password}@{self.config.db_host}:{PORTS[engine]}/{row['db_name']}"
+        where = row["server"] or f"{self.config.db_host}:{PORTS[engine]}"  # a real server, or the simulated host
+        url = f"{SCHEMES[engine]}://{user}:{password}@{where}/{quote(row['db_name'], safe='')}"
         return url + "?authSource=admin" if engine == "mongo" else url
+
+    # --- real servers (optional): the record changes only together with the server -----------------
+
+    def create_record(
+        self, account: str, name: str, engine: str, *, status: str = "active", size_bytes: int = 0
+    ) -> Any:
+        """A new database with a new password: on the configured real server of ``engine`` (made
+        before the record is committed; EngineError and no record if that fails), else simulated."""
+        password, server = self.new_password(), self.config.servers.get(engine)
+        if server is None:
+            return self.store.create_database(account, name, engine, password, status=status, size_bytes=size_bytes)
+
+        def provision(db_name: str, db_user: str) -> None:
+            server.create(db_name, db_user, password)
+
+        return self.store.create_database(
+            account, name, engine, password, status=status, size_bytes=size_bytes, server=server.address,
+            provision=provision,
+        )  # fmt: skip
+
+    def rotate_record(self, account: str, db_id: str) -> Any:
+        """The record with a new password, set on its real server first (EngineError and the
+        record unchanged if that fails); None if there is no such database."""
+        password = self.new_password()
+
+        def apply(row: Any) -> None:
+            if row["server"] is not None:
+                self._server_of(row).set_password(row["db_user"], password)
+
+        return self.store.rotate_password(account, db_id, password, apply=apply)
+
+    def _server_of(self, row: Any) -> Engine:
+        server = self.config.servers.get(row["engine"])
+        if server is None or server.address != row["server"]:
+            raise EngineError(
+                f"this {row['engine']} database lives on the server at {row['server']}, which this emulator "
+                f"is not configured with ({ENV_VARS[row['engine']]})"
+            )
+        return server
 
     @staticmethod
     def summary(row: Any) -> dict[str, Any]:
@@ -206,11 +254,16 @@ class Emulator:
         if engine not in self.config.engines:
             return db_error(400, f"The {engine} engine is not available on this deployment", "ENGINE_DISABLED")
         try:
-            row = self.store.create_database(account, name, engine, self.new_password())
+            if engine in self.config.servers:  # a real server: its round trips leave the event loop free
+                row = await asyncio.to_thread(self.create_record, account, name, engine)
+            else:
+                row = self.create_record(account, name, engine)
         except DuplicateName:
             return db_error(409, "You already have a database with that name")
         except OutOfSlots:
             return db_error(402, "No free database slots. Buy a pack or upgrade to Premium.", "OUT_OF_SLOTS")
+        except EngineError as exc:
+            return db_error(503, str(exc))
         return _json(201, {"ok": True, "data": self.with_secret(row, full=False)})
 
     async def reveal_database(self, request: Request) -> Response:
@@ -226,7 +279,13 @@ class Emulator:
         account, error = self._db_account(request)
         if error or account is None:
             return error or db_error(500, "unreachable")
-        row = self.store.rotate_password(account, request.path_params["id"], self.new_password())
+        try:
+            if self.config.servers:
+                row = await asyncio.to_thread(self.rotate_record, account, request.path_params["id"])
+            else:
+                row = self.rotate_record(account, request.path_params["id"])
+        except EngineError as exc:
+            return db_error(503, str(exc))
         if row is None:
             return db_error(404, "Database not found", "NOT_FOUND")
         return _json(200, {"ok": True, "data": self.with_secret(row, full=False)})

@@ -2,7 +2,9 @@
 
 Owns: the world under ``<project>/.hepinfra/local/`` (the emulator's SQLite data and the
 local credentials, minted at first use, file mode 0600) and an in-process httpx transport
-to it. Must not: touch the network.
+to it. Its databases are simulated, or real on the servers that ``HEPINFRA_LOCAL_POSTGRES`` /
+``HEPINFRA_LOCAL_MARIADB`` name (admin URLs; see engines/).
+Must not: touch the network, except those servers when they are configured.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -71,15 +74,26 @@ def _credentials(directory: Path) -> LocalCredentials:
     return creds
 
 
-def open_local(project_dir: Path, config: EmulatorConfig | None = None) -> tuple[FaultsAndLog, LocalCredentials]:
-    """The embedded emulator app and its credentials, creating the world on first use."""
+def open_local(
+    project_dir: Path, config: EmulatorConfig | None = None, *, environ: Mapping[str, str] | None = None
+) -> tuple[FaultsAndLog, LocalCredentials]:
+    """The embedded emulator app and its credentials, creating the world on first use. With
+    ``environ``, its ``HEPINFRA_LOCAL_POSTGRES`` / ``HEPINFRA_LOCAL_MARIADB`` put those engines'
+    databases on real servers (each is reached once here: an error names the variable)."""
+    config = config or EmulatorConfig()
+    if environ is not None:
+        from hepinfra.emulator.engines import engines_from_env
+
+        servers = engines_from_env(environ)
+        if servers:
+            config = replace(config, servers={**servers, **config.servers})
     ensure_hepinfra_dir(project_dir)
     directory = local_dir(project_dir)
     creds = _credentials(directory)
     seed = seed_from_flags(
         [creds.db_key], [(creds.id_username, creds.id_token)], [creds.upload_token], slots=LOCAL_SLOTS
     )
-    app = build_app(directory, config or EmulatorConfig(), [seed], slots=LOCAL_SLOTS)
+    app = build_app(directory, config, [seed], slots=LOCAL_SLOTS)
     return app, creds
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -85,7 +86,9 @@ def load_seed(path: Path) -> SeedFile:
         raise SeedError(f"{path}: {first_validation_error(exc)}") from None
 
 
-def apply_seed(store: Store, seed: SeedFile, *, default_slots: int, new_password: Any) -> None:
+def apply_seed(store: Store, seed: SeedFile, *, default_slots: int, create: Callable[..., object]) -> None:
+    """Apply ``seed``; each missing database is made by ``create(account, name, engine, status=,
+    size_bytes=)`` (the emulator's own create: real where a server is configured)."""
     for index, acct in enumerate(seed.accounts):
         first_key = next((k if isinstance(k, str) else k.key for k in acct.db_keys), None)
         account_id = account_tag(acct.id or first_key or f"seed-account-{index}")
@@ -106,9 +109,7 @@ def apply_seed(store: Store, seed: SeedFile, *, default_slots: int, new_password
         existing = {row["name"] for row in store.list_databases(account_id)}
         for db in acct.databases:
             if db.name not in existing:
-                store.create_database(
-                    account_id, db.name, db.engine, new_password(), status=db.status, size_bytes=db.size_bytes
-                )
+                create(account_id, db.name, db.engine, status=db.status, size_bytes=db.size_bytes)
 
 
 DEFAULT_KEY_FILE = "db-key"

@@ -39,7 +39,7 @@ def build_app(data_dir: Path | None, config: EmulatorConfig, seeds: list[SeedFil
     store = Store(data_dir / DB_FILE if data_dir is not None else None)
     app = create_app(store, config)
     for seed in seeds:
-        apply_seed(store, seed, default_slots=slots, new_password=app.emu.new_password)
+        apply_seed(store, seed, default_slots=slots, create=app.emu.create_record)
     return app
 
 

@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS databases (
     status TEXT NOT NULL DEFAULT 'active',
     created_at TEXT NOT NULL,
     rotations INTEGER NOT NULL DEFAULT 0,
+    server TEXT,                    -- host:port of the real server holding it; NULL: simulated
     UNIQUE (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS password_history (
@@ -116,6 +117,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(databases)")}
+        if "server" not in columns:  # a world made before databases could be real
+            self._db.execute("ALTER TABLE databases ADD COLUMN server TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -223,7 +227,11 @@ class Store:
         *,
         status: str = "active",
         size_bytes: int = 0,
+        server: str | None = None,
+        provision: Callable[[str, str], None] | None = None,
     ) -> sqlite3.Row:
+        """A new database record. ``provision(db_name, db_user)``, when given, makes the real
+        database before the record is committed; if it raises, nothing is recorded."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM databases WHERE account_id = ? AND name = ?", (account_id, name)).fetchone():
                 raise DuplicateName(name)
@@ -234,28 +242,42 @@ class Store:
             number = acct["next_db"]
             db.execute("UPDATE accounts SET next_db = next_db + 1 WHERE id = ?", (account_id,))
             db_id, now = ulid(), iso_now()
+            db_name, db_user = f"um_{account_id}_{number}", f"dum_{account_id}_{number}"
             db.execute(
                 "INSERT INTO databases (id, account_id, name, engine, db_name, db_user, password, size_bytes, "
-                "size_refreshed_at, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "size_refreshed_at, status, created_at, server) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     db_id,
                     account_id,
                     name,
                     engine,
-                    f"um_{account_id}_{number}",
-                    f"dum_{account_id}_{number}",
+                    db_name,
+                    db_user,
                     password,
                     size_bytes,
                     now if size_bytes else None,
                     status,
                     now,
+                    server,
                 ),
             )
             db.execute("INSERT INTO password_history VALUES (?, ?, ?)", (db_id, password, now))
+            if provision is not None:
+                provision(db_name, db_user)
             row: sqlite3.Row = db.execute("SELECT * FROM databases WHERE id = ?", (db_id,)).fetchone()
             return row
 
-    def rotate_password(self, account_id: str, db_id: str, password: str) -> sqlite3.Row | None:
+    def rotate_password(
+        self,
+        account_id: str,
+        db_id: str,
+        password: str,
+        *,
+        apply: Callable[[sqlite3.Row], None] | None = None,
+    ) -> sqlite3.Row | None:
+        """The record with its new password, or None if there is no such database.
+        ``apply(row)``, when given, sets the password on the real server before the record is
+        committed; if it raises, the record is unchanged."""
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE databases SET password = ?, rotations = rotations + 1 WHERE id = ? AND account_id = ?",
@@ -265,6 +287,8 @@ class Store:
                 return None
             db.execute("INSERT INTO password_history VALUES (?, ?, ?)", (db_id, password, iso_now()))
             row: sqlite3.Row = db.execute("SELECT * FROM databases WHERE id = ?", (db_id,)).fetchone()
+            if apply is not None:
+                apply(row)
             return row
 
     def set_database(self, db_id: str, *, status: str | None = None, size_bytes: int | None = None) -> bool:

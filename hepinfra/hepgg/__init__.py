@@ -67,7 +67,7 @@ class Hepgg:
         if endpoints.is_local:
             from hepinfra.emulator.local import LOCAL_BASE_URL, local_transport, open_local
 
-            app, creds = open_local(project_dir or Path.cwd())
+            app, creds = open_local(project_dir or Path.cwd(), environ=env)
             env = {**env, **creds.as_env()}  # the local world's own credentials: a real key is never sent there
             transport = local_transport(app)
             endpoints = Endpoints(LOCAL_BASE_URL, LOCAL_BASE_URL)
@@ -92,13 +92,14 @@ class Hepgg:
         key = key or config.db_key_from_env(self.environ)
         return DatabasesClient(self._core("databases", self.endpoints.url, key))
 
-    def idgen(self) -> IdGeneratorClient:
-        username, token = config.id_credentials_from_env(self.environ)
+    def idgen(self, user_var: str = config.ID_USERNAME_VAR, token_var: str = config.ID_TOKEN_VAR) -> IdGeneratorClient:
+        username, token = config.id_credentials_from_env(self.environ, user_var, token_var)
         return IdGeneratorClient(self._core("idgen", self.endpoints.id_url, None), username, token)
 
-    def uploader(self) -> UploaderClient:
-        token = config.upload_token_from_env(self.environ)
-        return UploaderClient(self._core("uploader", self.endpoints.url, token))
+    def uploader(self, var: str = config.UPLOAD_TOKEN_VAR) -> UploaderClient:
+        """The token is sent as the variable holds it: raw, ``Bearer …`` or ``Token …`` (all documented)."""
+        token = config.upload_authorization(self.environ, var)
+        return UploaderClient(self._core("uploader", self.endpoints.url, token, prefix=""))
 
     async def aclose(self) -> None:
         for core in self._cores.values():

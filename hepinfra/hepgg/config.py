@@ -103,13 +103,28 @@ def db_key_from_env(environ: Mapping[str, str] | None = None, var: str = DB_KEY_
     return secret_from_env(var, environ, purpose="the hep.gg database API key")
 
 
-def id_credentials_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, SecretStr]:
+def id_credentials_from_env(
+    environ: Mapping[str, str] | None = None, user_var: str = ID_USERNAME_VAR, token_var: str = ID_TOKEN_VAR
+) -> tuple[str, SecretStr]:
     env = os.environ if environ is None else environ
-    username = (env.get(ID_USERNAME_VAR) or "").strip()
+    username = (env.get(user_var) or "").strip()
     if not username:
-        raise UsageError(f"the ID Generator username is not set: export {ID_USERNAME_VAR}")
-    return username, secret_from_env(ID_TOKEN_VAR, env, purpose="the ID Generator token")
+        raise UsageError(f"the ID Generator username is not set: export {user_var}")
+    check_credential(username, user_var)
+    return username, secret_from_env(token_var, env, purpose="the ID Generator token")
 
 
-def upload_token_from_env(environ: Mapping[str, str] | None = None) -> SecretStr:
-    return secret_from_env(UPLOAD_TOKEN_VAR, environ, purpose="the uploader token")
+def upload_authorization(environ: Mapping[str, str] | None = None, var: str = UPLOAD_TOKEN_VAR) -> SecretStr:
+    """The Authorization header value for the Uploader. The variable may hold the token in any of the
+    three documented forms (``hyd-up-…``, ``Bearer hyd-up-…``, ``Token hyd-up-…``); it is sent as given."""
+    value = secret_from_env(var, environ, purpose="the uploader token")
+    scheme, _, rest = value.get_secret_value().partition(" ")
+    if rest.strip():
+        if scheme.lower() not in ("bearer", "token"):
+            raise UsageError(f"{var} must be the token, or 'Bearer TOKEN' or 'Token TOKEN' (it holds a space)")
+        register(rest.strip())
+    return value
+
+
+def upload_token_from_env(environ: Mapping[str, str] | None = None, var: str = UPLOAD_TOKEN_VAR) -> SecretStr:
+    return upload_authorization(environ, var)

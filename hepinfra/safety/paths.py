@@ -27,8 +27,27 @@ from pathlib import Path, PurePosixPath
 PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 # file systems whose "files" are the kernel's or a process's state: never a template, never an output
 PSEUDO_FS = frozenset(
-    {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
-     "bpf", "pstore", "efivarfs", "fusectl", "binfmt_misc", "hugetlbfs", "mqueue", "autofs", "rpc_pipefs"}
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "bpf",
+        "pstore",
+        "efivarfs",
+        "fusectl",
+        "binfmt_misc",
+        "hugetlbfs",
+        "mqueue",
+        "autofs",
+        "rpc_pipefs",
+    }
 )
 SOURCE_LIMIT = 1024 * 1024  # a template source larger than 1 MiB is refused
 MANIFEST_LIMIT = 16 * 1024 * 1024
@@ -46,9 +65,7 @@ def has_control(text: str) -> bool:
 
 def shown(text: str, limit: int = 80) -> str:
     """A path as it may appear in a message: control characters escaped, length capped."""
-    visible = "".join(
-        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in text
-    )
+    visible = "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in text)
     return visible if len(visible) <= limit else visible[: limit - 1] + "…"
 
 
@@ -90,8 +107,10 @@ def _special(real: Path) -> bool:
 def _is_git_dir(directory: str) -> bool:
     """A Git directory under any name: ``--separate-git-dir``, a bare repository, a worktree's gitdir."""
     join = os.path.join
-    return os.path.isfile(join(directory, "HEAD")) and os.path.isdir(join(directory, "objects")) and (
-        os.path.isdir(join(directory, "refs"))
+    return (
+        os.path.isfile(join(directory, "HEAD"))
+        and os.path.isdir(join(directory, "objects"))
+        and (os.path.isdir(join(directory, "refs")))
     )
 
 

@@ -22,6 +22,8 @@ def encode(state: State) -> bytes:
     ordered = state.model_copy(
         update={
             "databases": dict(sorted(state.databases.items())),
+            "ids": dict(sorted(state.ids.items())),
+            "uploads": dict(sorted(state.uploads.items())),
             "outputs": dict(sorted(state.outputs.items())),
         }
     )

@@ -1,8 +1,10 @@
-"""State values: managed databases, output digests, the journal, lineage and serial.
+"""State values: managed resources (databases, ids, uploads), output digests, the journal,
+lineage and serial.
 
 Owns: the shape of one environment's state and small pure helpers on it.
-Must not: hold a secret (passwords live in hep.gg's Reveal; outputs are kept as keyed
-digests only), or do I/O.
+Must not: hold a secret in plain text (passwords live in hep.gg's Reveal; minted ids only as
+AES-256-GCM ciphertext under ``HEPINFRA_STATE_KEY``, see ``state.crypto``; outputs are kept as
+keyed digests only), or do I/O.
 """
 
 from __future__ import annotations
@@ -32,14 +34,54 @@ class ManagedDatabase(_Value):
     adopted: bool = False
 
 
-class OutputRecord(_Value):
-    """What hepinfra last wrote to one output of one database, as keyed digests."""
+class ManagedId(_Value):
+    """A value minted by the ID Generator. hep.gg has no Reveal for ids: the value is kept here,
+    encrypted (``state.crypto``), with a keyed digest to tell whether an output holds it."""
 
-    database: str  # manifest key
+    key: str
+    type: str
+    options_digest: str  # the type and options it was minted with (a change mints a new value)
+    ciphertext: str  # AES-256-GCM of {"id": ..., "privateID": ...}; never the value itself
+    value_digest: str  # keyed digest of the value (compared with what an output holds)
+    managed_since: datetime
+    rotated_at: datetime  # when this value was minted
+    rotations: int = 0
+
+
+class ManagedUpload(_Value):
+    """A file published through the Uploader. Nothing here is secret: its URL is public."""
+
+    key: str
+    file: str  # as declared, relative to the manifest
+    url: str
+    digest: str  # sha256 of the content uploaded
+    size: int
+    value_digest: str  # keyed digest of the URL (compared with what an output holds)
+    managed_since: datetime
+    uploaded_at: datetime
+    uploads: int = 1
+
+
+class StateCrypto(_Value):
+    """How this state's ids are encrypted: the key derivation (scrypt of a passphrase with this
+    state's salt, or a raw 32-byte key) and a check value that tells a wrong key at once."""
+
+    kdf: Literal["scrypt", "raw"]
+    salt: str  # base64, per state
+    n: int = 2**15
+    r: int = 8
+    p: int = 1
+    check: str  # AES-256-GCM of a fixed text: decrypts only under the right key
+
+
+class OutputRecord(_Value):
+    """What hepinfra last wrote to one output of one resource, as keyed digests."""
+
+    database: str  # the resource's reference: its key for a database, ``ids.KEY`` / ``uploads.KEY`` else
     path: str
     kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
     digest: str  # keyed digest of the managed content as written
-    password_digest: str  # keyed digest of the password it holds
+    password_digest: str  # keyed digest of the secret it holds (password, id value, upload URL)
     definition_digest: str  # what the manifest asked for (changes when the template does)
     keys: tuple[str, ...] = ()  # dotenv: the keys hepinfra manages in that file
     key_digests: dict[str, str] = {}  # keyed digest of each key's value, where the sink reads keys back
@@ -51,8 +93,8 @@ class JournalEntry(_Value):
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     op: Literal["create", "rotate", "render"]
-    database: str  # manifest key
-    name: str  # platform name
+    database: str  # the resource's reference (see OutputRecord.database)
+    name: str  # platform name (a database), else the key
     database_id: str | None = None
     started_at: datetime
     outputs: tuple[str, ...] = ()  # paths that must be rendered again if this is interrupted
@@ -65,6 +107,9 @@ class State(_Value):
     serial: int = 0
     environment: str
     databases: dict[str, ManagedDatabase] = {}
+    ids: dict[str, ManagedId] = {}
+    uploads: dict[str, ManagedUpload] = {}
+    crypto: StateCrypto | None = None
     outputs: dict[str, OutputRecord] = {}
     journal: tuple[JournalEntry, ...] = ()
 

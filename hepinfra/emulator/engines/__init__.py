@@ -1,0 +1,160 @@
+"""Real database servers behind the local hep.gg (optional): its databases become real ones.
+
+Owns: the ``Engine`` protocol the emulator calls (make a database and its login role, set a
+role's password), admin URLs (parsed here, never echoed), opening an engine's adapter (its
+driver is imported only then: ``pip install 'hepinfra[verify]'``), and the settings
+``HEPINFRA_LOCAL_POSTGRES`` / ``HEPINFRA_LOCAL_MARIADB``. Every admin password is registered
+with the redactor the moment it is parsed.
+Must not: put a password in an exception or a log, or format a name or a password into SQL by
+hand (the adapters quote identifiers with the driver's tools and bind or escape literals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from hepinfra.errors import HepinfraError
+from hepinfra.safety.redact import redact, register
+
+ENV_VARS = {"postgres": "HEPINFRA_LOCAL_POSTGRES", "mariadb": "HEPINFRA_LOCAL_MARIADB"}
+SCHEMES = {"postgres": ("postgresql", "postgres"), "mariadb": ("mysql", "mariadb")}
+DEFAULT_PORTS = {"postgres": 5432, "mariadb": 3306}
+EXTRA_HINT = "pip install 'hepinfra[verify]'"
+CONNECT_TIMEOUT = 5  # seconds: a stopped server answers at once, an unreachable one within this
+
+
+class EngineError(HepinfraError):
+    """A real database server refused or could not be reached. One line, never a password."""
+
+
+class Engine(Protocol):
+    """One real database server, reached with an admin login."""
+
+    kind: str  # "postgres" | "mariadb"
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as it goes in a URL (an IPv6 host in brackets)."""
+        ...
+
+    def ping(self) -> None:
+        """Log in as the admin and run ``SELECT 1``; EngineError if that fails."""
+        ...
+
+    def create(self, db_name: str, user: str, password: str) -> None:
+        """A database ``db_name`` and a login ``user`` with ``password`` that owns it (or has
+        ALL on it). Safe to repeat after a half-finished create: whatever exists is reused and
+        the password is set again."""
+        ...
+
+    def set_password(self, user: str, password: str) -> None:
+        """Set ``user``'s password: the old one stops working for new logins at once."""
+        ...
+
+
+@dataclass(frozen=True)
+class AdminUrl:
+    """An admin URL, parsed: ``scheme://user[:password]@host[:port][/database][?options]``."""
+
+    kind: str
+    host: str
+    port: int
+    user: str
+    password: str | None = field(repr=False)
+    database: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def address(self) -> str:
+        return netloc(self.host, self.port)
+
+
+def netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def has_password(url: str) -> bool:
+    """Does ``url`` carry a password (``user:password@`` or a ``password=`` option)? Errs on the
+    side of yes (a password may hold ``/``, ``?`` or ``@``); never raises, never quotes the URL."""
+    rest = url.partition("://")[2] or url
+    userinfo, at, _ = rest.rpartition("@")
+    return (bool(at) and ":" in userinfo) or "password=" in url.lower()
+
+
+def parse_admin_url(kind: str, url: str) -> AdminUrl:
+    """Parse and validate an admin URL; its password is registered with the redactor first.
+    Errors say what is wrong, never quoting the URL."""
+    register(url)
+    schemes = SCHEMES[kind]
+    try:
+        parts = urlsplit(url.strip())
+        password = unquote(parts.password) if parts.password is not None else None
+        register(password)
+        port = parts.port or DEFAULT_PORTS[kind]
+    except ValueError:
+        raise EngineError(f"the {kind} admin URL is not a valid URL (is the port a number?)") from None
+    if parts.scheme not in schemes:
+        raise EngineError(f"the {kind} admin URL must start with {schemes[0]}://")
+    if not parts.username:
+        raise EngineError(f"the {kind} admin URL names no user ({schemes[0]}://USER:PASSWORD@HOST:PORT/)")
+    if parts.fragment:
+        raise EngineError(f"the {kind} admin URL must not have a #fragment")
+    database = unquote(parts.path.lstrip("/"))
+    options = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    register(*(value for key, value in options if "password" in key.lower()))
+    return AdminUrl(
+        kind=kind,
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        user=unquote(parts.username),
+        password=password,
+        database=database or ("postgres" if kind == "postgres" else ""),
+        options=options,
+    )
+
+
+def one_line(text: str, *secrets: str | None) -> str:
+    """A driver's message as one line, with every known secret (and these) masked."""
+    text = " ".join(str(text).split())
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return redact(text)
+
+
+def open_engine(kind: str, url: str) -> Engine:
+    """The adapter for ``kind`` reached with admin URL ``url`` (not contacted yet)."""
+    admin = parse_admin_url(kind, url)
+    if kind == "postgres":
+        from hepinfra.emulator.engines.postgres import PostgresEngine
+
+        return PostgresEngine(admin)
+    from hepinfra.emulator.engines.mariadb import MariaDBEngine
+
+    return MariaDBEngine(admin)
+
+
+def connect(kind: str, url: str, source: str) -> Engine:
+    """Open and ping the ``kind`` server of admin URL ``url``; an error names ``source`` (the
+    variable or flag the URL came from) and never the password."""
+    try:
+        engine = open_engine(kind, url)
+        engine.ping()
+    except EngineError as exc:
+        raise EngineError(f"{source}: {exc.message}", hint=exc.hint) from None
+    return engine
+
+
+def engines_from_env(environ: Mapping[str, str]) -> dict[str, Engine]:
+    """The real servers ``HEPINFRA_LOCAL_POSTGRES`` / ``HEPINFRA_LOCAL_MARIADB`` name, pinged."""
+    found: dict[str, Engine] = {}
+    for kind, var in ENV_VARS.items():
+        url = environ.get(var, "").strip()
+        if url:
+            found[kind] = connect(kind, url, var)
+    return found

@@ -1,0 +1,35 @@
+"""What a resource kind declares to the core: one value per kind, listed in ``kinds.KINDS``.
+
+Owns: the ``Kind`` shape. Must not: import anything heavy (plan rendering is on the start-up
+path of every CI run); a kind's apply steps live in their own module, imported by the executor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hepinfra.plan import Change, Diagnostic, EnvInput
+
+Step = Callable[[Any, "Change"], Awaitable[Any]]  # (executor, change) -> Outcome
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A resource kind: its manifest section (also the middle of its addresses, ``ENV/SECTION.KEY``),
+    its template variable, its plan rules, how a change of it reads, and the module holding its
+    apply steps (a ``STEPS`` mapping of Action -> step)."""
+
+    section: str
+    var: str  # the template variable holding its value: db, id, upload
+    plan: Callable[[EnvInput], tuple[list[Change], list[Diagnostic], set[str]]]
+    headline: Callable[[Change], str]  # "will be created as ...", after the address
+    steps: str  # module path
+    needs_database_key: bool = False  # planning it needs the environment's List
+
+    def step(self, action: Any) -> Step:
+        steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS
+        return steps[action]

@@ -1,0 +1,250 @@
+"""The ``databases`` kind: hep.gg's database management API (List, Create, Reveal, Rotate).
+
+Owns: the plan rules of databases (create, adopt by name, rotate when due or asked, render,
+forget; engine and name checks against List), which databases need a Reveal to plan, and the
+``db`` template variable. The apply steps are in ``kinds.databases_apply``.
+Must not: do I/O (the fetch step gathers List and Reveal results) or see a password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from hepinfra.hepgg.models import DatabaseSummary
+from hepinfra.kinds.base import Kind
+from hepinfra.manifest import Declared, Manifest
+from hepinfra.plan import (
+    Action,
+    Change,
+    Diagnostic,
+    EnvFacts,
+    EnvInput,
+    RotateRequest,
+    all_outputs,
+    base_fields,
+    due,
+    output_reason,
+)
+from hepinfra.state.model import State
+
+
+def _headline(change: Change) -> str:
+    return {
+        Action.CREATE: f"will be created as '{change.name}' ({change.engine})",
+        Action.ADOPT: f"will be adopted: '{change.name}' ({change.engine}, {change.database_id})",
+        Action.ROTATE: (
+            f"rotation of '{change.name}' will be finished"
+            if change.finish_rotation
+            else f"password of '{change.name}' will be rotated"
+        ),
+        Action.RENDER: f"outputs of '{change.name}' will be rendered",
+        Action.FORGET: f"will no longer be managed: '{change.name}' stays on hep.gg",
+        Action.NOOP: "is up to date",
+    }[change.action]
+
+
+def reveal_candidates(
+    manifest: Manifest,
+    states: Mapping[str, State | None],
+    facts: Mapping[str, EnvFacts],
+    *,
+    now: datetime,
+    rotate: RotateRequest | None = None,
+) -> dict[str, list[str]]:
+    """Database ids per env whose outputs look current on disk, so only Reveal can tell if they are stale.
+
+    Databases the plan rotates (due or requested) are left out: their outputs are rewritten anyway.
+    """
+    wanted: dict[str, list[str]] = {}
+    for env, env_facts in facts.items():
+        state = states.get(env)
+        if state is None or env_facts.databases is None:
+            continue
+        remote_ids = {d.id for d in env_facts.databases}
+        for decl in manifest.declared[env]:
+            if decl.kind != KIND.section:
+                continue
+            managed = state.databases.get(decl.key)
+            if managed is None or managed.id not in remote_ids or not decl.outputs or state.pending(decl.key):
+                continue
+            if (rotate and rotate.wants(env, decl.key)) or due(decl, managed.rotated_at or managed.managed_since, now):
+                continue  # rotated anyway: every output is written with the new password
+            if all(
+                output_reason(decl, t.path, t.definition_digest, state, env_facts, None) is None for t in decl.outputs
+            ):
+                wanted.setdefault(env, []).append(managed.id)
+    return wanted
+
+
+def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
+    """Create, adopt, rotate, render or forget each database of one environment."""
+    env, state, facts, now, rotate = here.env, here.state, here.facts, here.now, here.rotate
+    assert facts.databases is not None
+    by_id = {d.id: d for d in facts.databases}
+    by_name = {d.name: d for d in facts.databases}
+    changes: list[Change] = []
+    diags: list[Diagnostic] = []
+    declared = here.declared(KIND.section)
+    claimed: set[str] = set()  # remote ids accounted for
+
+    for decl in declared:
+        managed = state.databases.get(decl.key)
+        pending = {j.op for j in state.pending(decl.key)}
+        every_output = all_outputs(decl)
+        base = base_fields(decl)
+        remote = by_id.get(managed.id) if managed else None
+        if remote is None and decl.name in by_name and (managed is None or by_name[decl.name].id != managed.id):
+            remote_named = by_name[decl.name]
+        else:
+            remote_named = None
+        retire = here.retired(decl)
+
+        if remote is not None:  # managed and still there
+            claimed.add(remote.id)
+            if remote.name != decl.name:
+                diags.append(
+                    Diagnostic(
+                        severity="error",
+                        env=env,
+                        address=decl.address,
+                        message=(
+                            f"the platform name changed from '{remote.name}' to '{decl.name}', "
+                            "but hep.gg cannot rename a database"
+                        ),
+                        hint=f"restore the old name in the manifest, or run 'hepinfra state rm {decl.address}' to "
+                        f"manage '{decl.name}' as a new database (the old one stays on the account)",
+                    )
+                )
+                continue
+            if not _engine_ok(decl, remote, diags):
+                continue
+            _status_warning(decl, remote, diags)
+            reasons: list[str] = []
+            finish = "rotate" in pending
+            if finish:
+                reasons.append("finishing an interrupted rotation (Reveal decides: a second rotate never happens)")
+            elif rotate.wants(env, decl.key):
+                reasons.append("requested")
+            elif when := due(decl, managed.rotated_at or managed.managed_since if managed else None, now):
+                reasons.append(when)
+            if reasons:
+                changes.append(
+                    Change(
+                        **base,
+                        action=Action.ROTATE,
+                        reasons=tuple(reasons),
+                        database_id=remote.id,
+                        outputs=every_output,
+                        retire=retire,
+                        finish_rotation=finish,
+                    )
+                )
+                continue
+            changes.append(here.render_or_noop(decl, facts.password_digests.get(remote.id), database_id=remote.id))
+            continue
+
+        if remote_named is not None:  # exists on the account, not (or no longer) in state: take it over
+            claimed.add(remote_named.id)
+            if not _engine_ok(decl, remote_named, diags):
+                continue
+            _status_warning(decl, remote_named, diags)
+            if "create" in pending:
+                why = "finishing an interrupted create: found by name"
+            elif managed is not None:
+                why = "the managed database is gone; another with this name exists on the account"
+            else:
+                why = "exists on the account but not in state: taken over without rotating"
+            reasons = [why]
+            rotate_after = rotate.wants(env, decl.key)
+            if rotate_after:
+                reasons.append("rotation requested: rotated right after adoption")
+            changes.append(
+                Change(
+                    **base,
+                    action=Action.ADOPT,
+                    reasons=tuple(reasons),
+                    database_id=remote_named.id,
+                    outputs=every_output,
+                    retire=retire,
+                    rotate_after_adopt=rotate_after,
+                )
+            )
+            continue
+
+        reasons = ["not on hep.gg yet"]
+        if managed is not None:
+            reasons = ["the managed database no longer exists on hep.gg (deleted in the dashboard?): created again"]
+        if rotate.wants(env, decl.key):
+            reasons.append("requested rotation not needed: a new database gets a fresh password")
+        changes.append(
+            Change(**base, action=Action.CREATE, reasons=tuple(reasons), outputs=every_output, retire=retire)
+        )
+
+    declared_keys = {d.key for d in declared}
+    for key, managed in sorted(state.databases.items()):
+        if key in declared_keys:
+            continue
+        claimed.add(managed.id)
+        changes.append(
+            Change(
+                address=f"{env}/databases.{key}",
+                env=env,
+                key=key,
+                name=managed.name,
+                engine=managed.engine,
+                database_id=managed.id,
+                action=Action.FORGET,
+                reasons=(
+                    "no longer declared: hep.gg cannot delete databases, so it stays on the account "
+                    "(delete it in the dashboard if it is unused); hepinfra stops managing it "
+                    "and leaves its outputs in place",
+                ),
+            )
+        )
+
+    return changes, diags, claimed
+
+
+def _engine_ok(decl: Declared, remote: DatabaseSummary, diags: list[Diagnostic]) -> bool:
+    if remote.engine == decl.engine:
+        return True
+    diags.append(
+        Diagnostic(
+            severity="error",
+            env=decl.env,
+            address=decl.address,
+            message=f"'{remote.name}' is a {remote.engine} database on hep.gg, but the manifest declares {decl.engine}",
+            hint=f"no API changes an engine: set engine: {remote.engine}, or give this declaration another name "
+            "to create a new database",
+        )
+    )
+    return False
+
+
+def _status_warning(decl: Declared, remote: DatabaseSummary, diags: list[Diagnostic]) -> None:
+    if remote.status in ("over_quota", "disabled"):
+        hint = (
+            "free storage or buy more in the dashboard (Top Up)"
+            if remote.status == "over_quota"
+            else "the database is disabled on hep.gg; see the dashboard"
+        )
+        diags.append(
+            Diagnostic(
+                severity="warning",
+                env=decl.env,
+                address=decl.address,
+                message=f"'{remote.name}' has status {remote.status}",
+                hint=hint,
+            )
+        )
+
+
+KIND = Kind(
+    section="databases",
+    var="db",
+    plan=plan,
+    headline=_headline,
+    steps="hepinfra.kinds.databases_apply",
+    needs_database_key=True,
+)

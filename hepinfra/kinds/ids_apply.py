@@ -1,0 +1,108 @@
+"""The apply steps of the ``ids`` kind: mint (create and rotate) and render.
+
+Mint: intent durable -> POST to the ID Generator -> the value sealed (AES-256-GCM) and recorded in
+state, with the outputs owed, in one durable write -> every output, each on its own -> records.
+Killed before the value is recorded, nothing holds the minted value: the next apply mints again
+(a mint never invalidates anything on hep.gg). Killed after, the value is in state and the
+outputs still owed are written from it: a minted value that was recorded is never lost.
+Must not: let the value or its private part reach state in plain text, an event or an error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from hepinfra.apply.executor import Outcome, now
+from hepinfra.apply.ledger import with_entry
+from hepinfra.errors import HepinfraError
+from hepinfra.kinds.ids import options_digest
+from hepinfra.plan import Action, Change
+from hepinfra.state.crypto import Cipher
+from hepinfra.state.model import JournalEntry, ManagedId, State
+
+if TYPE_CHECKING:
+    from hepinfra.apply.executor import Executor
+
+
+def _cipher(ex: Executor, change: Change) -> Cipher:
+    cipher = ex.access[change.env].cipher
+    assert cipher is not None  # fetch.env_access opened it (or refused) before any API call
+    return cipher
+
+
+def _value(payload: dict[str, Any], id_type: str) -> dict[str, Any]:
+    """The ``id`` template variable."""
+    return {"value": payload["id"], "private": payload.get("privateID"), "type": id_type}
+
+
+async def mint(ex: Executor, change: Change) -> Outcome:
+    from hepinfra.fetch import id_vars
+
+    decl = ex.decl(change)
+    cipher = _cipher(ex, change)
+    ledger = ex.ledgers[change.env]
+    client = ex.hepgg.idgen(*id_vars(ex.manifest, change.env, ex.hepgg))
+    op = "create" if change.action is Action.CREATE else "rotate"
+    intent = JournalEntry(
+        op=op, database=decl.ref, name=decl.key, started_at=now(), outputs=tuple(t.path for t in decl.outputs)
+    )
+    try:
+        generated = await ex.calls(change, client).mutate(
+            lambda: ex.journal(change, intent, urgent=True),
+            lambda c: c.generate(decl.engine, **dict(decl.options)),
+        )
+    except HepinfraError as exc:  # hep.gg's own words (a 400 names the option), with the address
+        raise type(exc)(f"{change.address}: {exc.message}", hint=exc.hint) from None
+    payload = {"id": generated.id.get_secret_value()}
+    if generated.private_id is not None:
+        payload["privateID"] = generated.private_id.get_secret_value()
+    digest = ex.digester(change)
+    at = now()
+    old = ledger.state.ids.get(decl.key)
+    managed = ManagedId(
+        key=decl.key,
+        type=decl.engine,
+        options_digest=options_digest(decl),
+        ciphertext=cipher.seal(json.dumps(payload).encode(), decl.address),
+        value_digest=digest(payload["id"]),
+        managed_since=old.managed_since if old else at,
+        rotated_at=at,
+        rotations=old.rotations + 1 if old else 0,
+    )
+    owed = intent.model_copy(update={"op": "render"})
+
+    def record(s: State) -> State:  # the sealed value and the outputs owed, durable before any output
+        journal = tuple(j for j in s.journal if not (j.database == decl.ref and j.op != "render"))
+        s = s.model_copy(
+            update={"ids": {**s.ids, decl.key: managed}, "journal": journal, "crypto": s.crypto or cipher.crypto}
+        )
+        return with_entry(s, owed)
+
+    await ledger.commit(record, urgent=True)
+    failures, _ = await ex.finish(change, _value(payload, decl.engine), payload["id"], owed, lambda s: s)
+    return ex.outcome(
+        change, "minted" if op == "create" else "minted again", failures, window if op == "rotate" else None
+    )
+
+
+async def render(ex: Executor, change: Change) -> Outcome:
+    decl = ex.decl(change)
+    managed = ex.ledgers[change.env].state.ids.get(decl.key)
+    if managed is None:
+        raise HepinfraError(f"{change.address}: not in state any more; make a new plan")
+    payload = json.loads(_cipher(ex, change).open(managed.ciphertext, decl.address))
+    paths = tuple(o.path for o in change.outputs)
+    intent = JournalEntry(op="render", database=decl.ref, name=decl.key, started_at=now(), outputs=paths)
+    if paths:
+        await ex.journal(change, intent)
+    failures, _ = await ex.finish(change, _value(payload, managed.type), payload["id"], intent, lambda s: s)
+    return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
+
+
+STEPS = {
+    Action.CREATE: mint,
+    Action.ROTATE: mint,
+    Action.RENDER: render,
+    Action.FORGET: lambda ex, change: ex.forget(change),
+}

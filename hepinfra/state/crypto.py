@@ -1,0 +1,139 @@
+"""Encrypted values in state: AES-256-GCM keyed from ``HEPINFRA_STATE_KEY``, as OpenTofu encrypts state.
+
+Owns: turning the variable into a 256-bit key (a base64 string of exactly 32 bytes is used as the
+key; anything else is a passphrase run through scrypt with the state's own random salt), the
+check value that tells a wrong key before anything is decrypted or minted, and sealing/opening
+one value bound to its address (a ciphertext moved to another id does not open).
+Must not: store, log or raise the key, the passphrase or a plaintext value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from collections.abc import Mapping
+
+from hepinfra.errors import StateError
+from hepinfra.safety.redact import register
+from hepinfra.state.model import State, StateCrypto
+
+KEY_VAR = "HEPINFRA_STATE_KEY"
+_CHECK = b"hepinfra-state-key-check-v1"
+_NONCE = 12
+_DERIVED: dict[tuple[str, str, int, int, int], bytes] = {}  # scrypt is slow on purpose: once per run
+
+
+class StateKeyError(StateError):
+    """No key, or the wrong one: raised before any API call."""
+
+
+def _raw_key(secret: str) -> bytes | None:
+    text = secret.strip()
+    if len(text) not in (43, 44):
+        return None
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None,
+                               validate=True)  # fmt: skip
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _derive(secret: str, crypto: StateCrypto) -> bytes:
+    if crypto.kdf == "raw":
+        raw = _raw_key(secret)
+        if raw is None:
+            raise StateKeyError(
+                f"{KEY_VAR} is a passphrase, but this state's ids were encrypted with a raw 32-byte key",
+                hint=f"set {KEY_VAR} to the base64 key that encrypted it",
+            )
+        return raw
+    marker = (secret, crypto.salt, crypto.n, crypto.r, crypto.p)
+    found = _DERIVED.get(marker)
+    if found is None:
+        found = hashlib.scrypt(
+            secret.encode(), salt=base64.b64decode(crypto.salt), n=crypto.n, r=crypto.r, p=crypto.p,
+            maxmem=256 * 1024 * 1024, dklen=32,
+        )  # fmt: skip
+        _DERIVED[marker] = found
+    return found
+
+
+class Cipher:
+    """One state's key. ``seal``/``open`` bind each value to its address (associated data)."""
+
+    def __init__(self, key: bytes, crypto: StateCrypto, env: str) -> None:
+        self._key, self.crypto, self._env = key, crypto, env
+
+    def __repr__(self) -> str:
+        return "Cipher(<key>)"
+
+    def _aead(self) -> object:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM(self._key)
+
+    def seal(self, plaintext: bytes, address: str) -> str:
+        nonce = os.urandom(_NONCE)
+        sealed = self._aead().encrypt(nonce, plaintext, address.encode())  # type: ignore[attr-defined]
+        return base64.b64encode(nonce + sealed).decode()
+
+    def open(self, token: str, address: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            raw = base64.b64decode(token, validate=True)
+            opened: bytes = self._aead().decrypt(raw[:_NONCE], raw[_NONCE:], address.encode())  # type: ignore[attr-defined]
+        except (InvalidTag, binascii.Error, ValueError):
+            raise StateKeyError(
+                f"{address}: its encrypted value in the state of environment '{self._env}' does not open with "
+                f"{KEY_VAR} (wrong key, or the state was edited); no new value was minted",
+                hint=f"set {KEY_VAR} to the key this state was written with",
+            ) from None
+        return opened
+
+    def digest_key(self) -> str:
+        """Key material for the environment's keyed digests when it has no database key."""
+        return hashlib.sha256(b"hepinfra-digest-key:" + self._key).hexdigest()
+
+
+def needs_key(state: State | None, declares_ids: bool) -> bool:
+    return declares_ids or bool(state is not None and (state.ids or state.crypto is not None))
+
+
+def cipher_for(env: str, state: State | None, environ: Mapping[str, str]) -> Cipher:
+    """The state's cipher: its key checked against the stored check value, or a new salt and check
+    for a state that has none yet (written with the first minted id). Raises before any API call."""
+    secret = environ.get(KEY_VAR, "")
+    if not secret.strip():
+        raise StateKeyError(
+            f"environment '{env}' manages ids, whose values are kept encrypted in state: {KEY_VAR} is not set",
+            hint=f"export {KEY_VAR} (a passphrase, or a base64 32-byte key: openssl rand -base64 32); keep it "
+            "in your CI's secret store",
+        )
+    register(secret)
+    crypto = state.crypto if state is not None else None
+    if crypto is None:
+        raw = _raw_key(secret)
+        draft = StateCrypto(
+            kdf="raw" if raw is not None else "scrypt", salt=base64.b64encode(os.urandom(16)).decode(), check=""
+        )
+        key = raw if raw is not None else _derive(secret, draft)
+        cipher = Cipher(key, draft, env)
+        cipher.crypto = draft.model_copy(update={"check": cipher.seal(_CHECK, "check")})
+        return cipher
+    key = _derive(secret, crypto)
+    cipher = Cipher(key, crypto, env)
+    try:
+        ok = cipher.open(crypto.check, "check") == _CHECK
+    except StateKeyError:
+        ok = False
+    if not ok:
+        raise StateKeyError(
+            f"{KEY_VAR} is not the key the state of environment '{env}' was encrypted with; nothing was "
+            "decrypted or minted",
+            hint=f"set {KEY_VAR} to the key this state was written with",
+        )
+    return cipher

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
-from hepinfra.errors import HepinfraError
+from hepinfra.errors import AuthError, HepinfraError
 from hepinfra.kinds.ids import options_digest
 from hepinfra.plan import Action, Change
 from hepinfra.state.crypto import Cipher
@@ -42,7 +42,8 @@ async def mint(ex: Executor, change: Change) -> Outcome:
     decl = ex.decl(change)
     cipher = _cipher(ex, change)
     ledger = ex.ledgers[change.env]
-    client = ex.hepgg.idgen(*id_vars(ex.manifest, change.env, ex.hepgg))
+    user_var, token_var = id_vars(ex.manifest, change.env, ex.hepgg)
+    client = ex.hepgg.idgen(user_var, token_var)
     op = "create" if change.action is Action.CREATE else "rotate"
     intent = JournalEntry(
         op=op, database=decl.ref, name=decl.key, started_at=now(), outputs=tuple(t.path for t in decl.outputs)
@@ -52,8 +53,10 @@ async def mint(ex: Executor, change: Change) -> Outcome:
             lambda: ex.journal(change, intent, urgent=True),
             lambda c: c.generate(decl.engine, **dict(decl.options)),
         )
-    except HepinfraError as exc:  # hep.gg's own words (a 400 names the option), with the address
-        raise type(exc)(f"{change.address}: {exc.message}", hint=exc.hint) from None
+    except AuthError as exc:  # hep.gg's own words, and which variables to check (never their values)
+        raise type(exc)(
+            exc.message, hint=f"check {user_var} and {token_var} (dashboard: ID Generator -> API Keys)"
+        ) from None
     payload = {"id": generated.id.get_secret_value()}
     if generated.private_id is not None:
         payload["privateID"] = generated.private_id.get_secret_value()
@@ -81,9 +84,7 @@ async def mint(ex: Executor, change: Change) -> Outcome:
 
     await ledger.commit(record, urgent=True)
     failures, _ = await ex.finish(change, _value(payload, decl.engine), payload["id"], owed, lambda s: s)
-    return ex.outcome(
-        change, "minted" if op == "create" else "minted again", failures, window if op == "rotate" else None
-    )
+    return ex.outcome(change, "minted" if op == "create" else "minted again (the old value is not revoked)", failures)
 
 
 async def render(ex: Executor, change: Change) -> Outcome:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
-from hepinfra.errors import HepinfraError, OutputError, ProtocolError
+from hepinfra.errors import AuthError, ForbiddenError, HepinfraError, OutputError, ProtocolError
 from hepinfra.plan import Action, Change
 from hepinfra.state.model import JournalEntry, ManagedUpload, State
 
@@ -65,7 +65,8 @@ async def upload(ex: Executor, change: Change) -> Outcome:
     decl = ex.decl(change)
     data = _read(ex, decl)
     ledger = ex.ledgers[change.env]
-    client = ex.hepgg.uploader(upload_var(ex.manifest, change.env, ex.hepgg))
+    var = upload_var(ex.manifest, change.env, ex.hepgg)
+    client = ex.hepgg.uploader(var)
     op = "create" if change.action is Action.CREATE else "rotate"
     intent = JournalEntry(
         op=op, database=decl.ref, name=decl.key, started_at=now(), outputs=tuple(t.path for t in decl.outputs)
@@ -74,8 +75,8 @@ async def upload(ex: Executor, change: Change) -> Outcome:
         url = await ex.calls(change, client).mutate(
             lambda: ex.journal(change, intent, urgent=True), lambda c: c.upload(data, PurePosixPath(decl.file).name)
         )
-    except HepinfraError as exc:
-        raise type(exc)(f"{change.address}: {exc.message}", hint=exc.hint) from None
+    except (AuthError, ForbiddenError) as exc:  # hep.gg's own words, and which variable to check
+        raise type(exc)(exc.message, hint=f"{exc.hint or 'check the token'}; the token is read from {var}") from None
     at = now()
     old = ledger.state.uploads.get(decl.key)
     managed = ManagedUpload(

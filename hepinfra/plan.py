@@ -326,6 +326,8 @@ def _account_diagnostics(
         owner: dict[str, str] = {}
         for member in members:
             for decl in manifest.declared[member]:
+                if decl.kind != "databases":  # only databases have platform names on the account
+                    continue
                 first = owner.setdefault(decl.name, member)
                 if first != member:
                     diags.append(

@@ -114,7 +114,7 @@ def parse_rotate(manifest: Manifest, envs: Sequence[str], addresses: Sequence[st
         scope = [env] if env else list(envs)
         if not any(d.kind == kind and d.key == key for e in scope for d in manifest.declared[e]):
             raise UsageError(
-                f"--rotate {address}: no {kind} '{key}' is declared in "
+                f"--rotate {address}: no {kind.removesuffix('s')} '{key}' is declared in "
                 f"{'environment ' + env if env else 'the selected environments'}"
             )
         targets.add((env, ref_of(kind, key)))
@@ -420,12 +420,9 @@ async def resource_values(project: Project, env: str, refs: Sequence[tuple[str, 
     """The values of managed resources, (kind, key) each, with their dotenv keys rendered (or standard
     fields): databases by Reveal, ids decrypted from state, uploads from state. Holds secrets: only
     for ``output`` and ``run``, which a person asks for explicitly."""
-    import json as json_mod
-
     from hepinfra.errors import OutputError
     from hepinfra.fetch import env_access
     from hepinfra.kinds import KINDS
-    from hepinfra.outputs.base import db_context
     from hepinfra.templates import render_error, render_string
 
     current = project.backend.read(env)
@@ -438,20 +435,7 @@ async def resource_values(project: Project, env: str, refs: Sequence[tuple[str, 
             if managed is None:
                 raise UsageError(f"{env}/{kind}.{key} is not managed yet: run 'hepinfra apply' first")
             decl = declared[(kind, key)]
-            fields: dict[str, Any]
-            if kind == "databases":
-                if access.key is None:
-                    raise UsageError(f"no database key for environment '{env}': export {access.source}")
-                value = db_context(await hub.databases(access.key).reveal(managed.id))
-                fields = {f: value[f] for f in ("connection_string", "host", "port", "db_name", "user", "password")}
-            elif kind == "ids":
-                assert access.cipher is not None
-                payload = json_mod.loads(access.cipher.open(managed.ciphertext, decl.address))
-                value = {"value": payload["id"], "private": payload.get("privateID"), "type": managed.type}
-                fields = {k: v for k, v in (("value", value["value"]), ("private", value["private"])) if v is not None}
-            else:
-                value = {"url": managed.url, "file": managed.file, "sha256": managed.digest, "size": managed.size}
-                fields = {"url": managed.url}
+            value, fields = await KINDS[kind].value_of(hub, access, managed, decl)
             context = {"env": env, "key": key, "name": decl.name, "vars": project.manifest.env_spec(env).vars,
                        KINDS[kind].var: value}  # fmt: skip
             values: dict[str, str] = {}

@@ -338,8 +338,9 @@ class Executor:
                 }
             )
         )
-        message = "no longer managed; it stays on hep.gg" if change.kind != "ids" else "no longer managed"
-        return Outcome(change.address, change.action.value, True, message)
+        from hepinfra.kinds import KINDS
+
+        return Outcome(change.address, change.action.value, True, KINDS[change.kind].forgotten)
 
 
 def _event(outcome: Outcome) -> Event:

@@ -32,7 +32,7 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
     env, kind, key = parse_address(project.manifest, project.manifest.environments, address)
     found = [d for d in project.manifest.declared[env] if (d.kind, d.key) == (kind, key)]
     if not found:
-        raise UsageError(f"{address}: no {kind} '{key}' is declared in environment '{env}'")
+        raise UsageError(f"{address}: no {kind.removesuffix('s')} '{key}' is declared in environment '{env}'")
     values = run_async(runner.resource_values(project, env, [(kind, key)]))[found[0].ref]
     out = raw_stdout()
     if fmt == "json":

@@ -340,5 +340,6 @@ def rotate(
     lock_timeout: str,
     no_refresh: bool,
 ) -> None:
-    """Rotate passwords now (plan + apply with --rotate ADDR...): ENV/databases.NAME or NAME."""
+    """Rotate now (plan + apply with --rotate ADDR...): a database's password (ENV/databases.NAME or NAME),
+    an id's value (ids.NAME), an upload (uploads.NAME: uploaded again)."""
     _apply_command(manifest_file, None, envs, auto_approve, addresses, parallelism, as_json, lock_timeout, no_refresh)

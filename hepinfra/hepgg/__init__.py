@@ -69,6 +69,10 @@ class Hepgg:
 
             app, creds = open_local(project_dir or Path.cwd(), environ=env)
             env = {**env, **creds.as_env()}  # the local world's own credentials: a real key is never sent there
+            if not env.get("HEPINFRA_STATE_KEY", "").strip():  # a sandbox's ids: its own key, kept beside it
+                from hepinfra.state.crypto import local_key
+
+                env["HEPINFRA_STATE_KEY"] = local_key(project_dir or Path.cwd())
             transport = local_transport(app)
             endpoints = Endpoints(LOCAL_BASE_URL, LOCAL_BASE_URL)
             hub = cls(endpoints, environ=env, transport=transport, **options)  # type: ignore[arg-type]

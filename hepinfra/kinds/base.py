@@ -27,9 +27,17 @@ class Kind:
     var: str  # the template variable holding its value: db, id, upload
     plan: Callable[[EnvInput], tuple[list[Change], list[Diagnostic], set[str]]]
     headline: Callable[[Change], str]  # "will be created as ...", after the address
-    steps: str  # module path
+    steps: str  # module path: STEPS (Action -> step) and ``value_of`` (the ``output`` command's values)
+    forgotten: str = "no longer managed; it stays on hep.gg"  # the apply message of a forget
     needs_database_key: bool = False  # planning it needs the environment's List
 
     def step(self, action: Any) -> Step:
         steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS
         return steps[action]
+
+    async def value_of(self, hub: Any, access: Any, managed: Any, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A managed resource's template variable and its standard fields (for ``output`` and ``run``)."""
+        found: tuple[dict[str, Any], dict[str, Any]] = await importlib.import_module(self.steps).value_of(
+            hub, access, managed, decl
+        )
+        return found

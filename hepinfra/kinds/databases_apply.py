@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hepinfra.apply.executor import Outcome, Tracker
 from hepinfra.apply.executor import now as _now
@@ -210,6 +210,18 @@ def _rotated(db: ManagedDatabase | None, at: datetime) -> ManagedDatabase:
 
 def _missing(change: Change) -> ManagedDatabase:
     raise OutputError(f"{change.address}: not in state any more; make a new plan")
+
+
+async def value_of(
+    hub: Any, access: Any, managed: ManagedDatabase, decl: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """By Reveal: hep.gg is the password store."""
+    from hepinfra.errors import UsageError
+
+    if access.key is None:
+        raise UsageError(f"no database key for environment '{access.env}': export {access.source}")
+    value = db_context(await hub.databases(access.key).reveal(managed.id))
+    return value, {f: value[f] for f in ("connection_string", "host", "port", "db_name", "user", "password")}
 
 
 STEPS = {

@@ -106,4 +106,11 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
     return changes, diags, set()
 
 
-KIND = Kind(section=SECTION, var="id", plan=plan, headline=_headline, steps="hepinfra.kinds.ids_apply")
+KIND = Kind(
+    section=SECTION,
+    var="id",
+    plan=plan,
+    headline=_headline,
+    steps="hepinfra.kinds.ids_apply",
+    forgotten="no longer managed; its value is gone from state",
+)

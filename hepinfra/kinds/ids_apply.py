@@ -101,6 +101,14 @@ async def render(ex: Executor, change: Change) -> Outcome:
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
 
 
+async def value_of(hub: Any, access: Any, managed: ManagedId, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Decrypted from state (no call: hep.gg keeps no copy)."""
+    assert access.cipher is not None
+    payload = json.loads(access.cipher.open(managed.ciphertext, decl.address))
+    value = _value(payload, managed.type)
+    return value, {k: value[k] for k in ("value", "private") if value[k] is not None}
+
+
 STEPS = {
     Action.CREATE: mint,
     Action.ROTATE: mint,

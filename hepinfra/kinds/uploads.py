@@ -101,4 +101,11 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
     return changes, diags, set()
 
 
-KIND = Kind(section=SECTION, var="upload", plan=plan, headline=_headline, steps="hepinfra.kinds.uploads_apply")
+KIND = Kind(
+    section=SECTION,
+    var="upload",
+    plan=plan,
+    headline=_headline,
+    steps="hepinfra.kinds.uploads_apply",
+    forgotten="no longer managed; the file stays published at its URL",
+)

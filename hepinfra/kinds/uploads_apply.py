@@ -114,6 +114,12 @@ async def render(ex: Executor, change: Change) -> Outcome:
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
 
 
+async def value_of(
+    hub: Any, access: Any, managed: ManagedUpload, decl: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    return _value(managed), {"url": managed.url}
+
+
 STEPS = {
     Action.CREATE: upload,
     Action.ROTATE: upload,

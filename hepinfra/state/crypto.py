@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from hepinfra.errors import StateError
 from hepinfra.safety.redact import register
@@ -97,6 +98,31 @@ class Cipher:
     def digest_key(self) -> str:
         """Key material for the environment's keyed digests when it has no database key."""
         return hashlib.sha256(b"hepinfra-digest-key:" + self._key).hexdigest()
+
+
+def local_key(project_dir: Path) -> str:
+    """The state key of the embedded local hep.gg (``url: local``) when HEPINFRA_STATE_KEY is unset: a
+    random 32-byte key in ``.hepinfra/local/state.key`` (mode 0600), made at first use. Only the
+    sandbox gets one: against a real hep.gg the variable is required."""
+    path = project_dir / ".hepinfra" / "local" / "state.key"
+    try:
+        text = path.read_text().strip()
+        if _raw_key(text) is not None:
+            register(text)
+            return text
+    except OSError:
+        pass
+    text = base64.b64encode(os.urandom(32)).decode()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    register(text)
+    return text
 
 
 def needs_key(state: State | None, declares_ids: bool) -> bool:

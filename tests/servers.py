@@ -4,6 +4,11 @@
 - ``postgres_server``: a PostgreSQL cluster from Debian's ``postgresql`` package, made with
   initdb in a temp dir and started with pg_ctl on a free port, as the ``postgres`` user when
   the tests run as root (PostgreSQL refuses to run as root), with password authentication.
+- ``mariadb_server``: a MariaDB server from Debian's ``mariadb-server`` package, made with
+  mariadb-install-db in a temp dir and started as ``mariadbd`` on a free loopback port, as the
+  ``mysql`` user when the tests run as root, with a root password.
+- ``TcpForwarder``: a loopback TCP port in front of a server, that a test can stop and start
+  (a database server that goes away and comes back).
 A server that cannot start fails the tests that need it; nothing skips.
 Before each server stops, everything it stores joins the session's secret scan.
 """
@@ -26,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -260,6 +266,195 @@ def postgres_cluster(password: str) -> Iterator[Postgres]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- MariaDB ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MariaDB:
+    host: str
+    port: int
+    user: str
+    password: str
+    socket: Path
+    log_text: str = ""  # the server's error log, read when it has stopped
+
+    @property
+    def url(self) -> str:
+        """The admin URL with its password: what HEPINFRA_LOCAL_MARIADB holds (a secret)."""
+        return f"mysql://{self.user}:{quote(self.password, safe='')}@{self.host}:{self.port}/"
+
+    @property
+    def url_without_password(self) -> str:
+        return f"mysql://{self.user}@{self.host}:{self.port}/"
+
+    def connect(self, **kw: Any) -> Any:
+        """A PyMySQL connection as root (autocommit)."""
+        import pymysql
+
+        return pymysql.connect(
+            host=self.host, port=self.port, user=self.user, password=self.password, autocommit=True, **kw
+        )
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDB]:
+    """One MariaDB server for the session; its error log joins the secret scan at the end."""
+    from tests.conftest import ISSUED, record_artifact
+
+    password = "maria-" + secrets.token_urlsafe(18)
+    ISSUED.add(password)
+    try:
+        with mariadb_instance(password) as server:
+            yield server
+        record_artifact("mariadb error log", server.log_text)
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
+
+
+@contextlib.contextmanager
+def mariadb_instance(password: str) -> Iterator[MariaDB]:
+    """A new MariaDB in a temp dir on a free loopback port (admin: root with ``password``)."""
+    import pymysql
+
+    if not shutil.which("mariadbd", path=os.environ.get("PATH", "") + ":/usr/sbin"):
+        raise ServerFailed("MariaDB is not installed (.ci/run installs Debian's 'mariadb-server' package)")
+    mariadbd = shutil.which("mariadbd", path=os.environ.get("PATH", "") + ":/usr/sbin") or "mariadbd"
+    root = Path(tempfile.mkdtemp(prefix="hepinfra-mariadb-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # mariadbd will not run as root: run it as the unprivileged 'mysql'
+        account = pwd.getpwnam("mysql")
+        os.chown(root, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "mysql", "--"]
+    os.chmod(root, 0o700)
+    data, sock, pid_file, log, port = root / "data", root / "sock", root / "pid", root / "err.log", free_port()
+    done = subprocess.run(
+        [*as_user, "mariadb-install-db", "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
+         "--skip-test-db", "--skip-name-resolve"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise ServerFailed(f"mariadb-install-db failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+    proc = subprocess.Popen(
+        [*as_user, mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
+         "--bind-address=127.0.0.1", "--skip-name-resolve", f"--pid-file={pid_file}", f"--log-error={log}",
+         "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0",
+         "--skip-innodb-doublewrite", "--max-connections=200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    server: MariaDB | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:  # root may log in without a password over the socket until it has one
+                conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+                break
+            except pymysql.MySQLError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    raise ServerFailed(f"mariadbd did not start: {tail}") from None
+                time.sleep(0.1)
+        with conn, conn.cursor() as cursor:
+            for host in ("localhost", "127.0.0.1", "::1"):  # the loopback roots mariadb-install-db made
+                cursor.execute("ALTER USER 'root'@%s IDENTIFIED BY %s", (host, password))
+        server = MariaDB("127.0.0.1", port, "root", password, sock)
+        yield server
+    finally:
+        _stop_mariadbd(proc, pid_file)
+        if log.exists() and server is not None:
+            server.log_text = log.read_text(errors="replace")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_mariadbd(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
+    """SIGTERM to the mariadbd this fixture started (runuser would SIGKILL it after 2 s)."""
+    import signal
+
+    try:
+        os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+# --- a TCP port that can go away ---------------------------------------------------------------------
+
+
+class TcpForwarder:
+    """A loopback port forwarding to ``upstream`` (host, port). ``stop()`` closes the port and cuts
+    every connection through it (the server looks gone: connection refused); ``start()`` opens
+    the same port again."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        import threading
+
+        self.upstream = upstream
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self.start()
+
+    def start(self) -> None:
+        import threading
+
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self._sock = sock
+        threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+            cut, self._open = self._open, set()
+        if sock is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() that holds the socket open
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for conn in cut:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _serve(self, sock: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._open.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
 
 
 # --- a proxy that loses answers -----------------------------------------------------------------------

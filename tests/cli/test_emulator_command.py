@@ -116,6 +116,12 @@ def test_flags_for_faults_and_passwords(tmp_path: Path) -> None:
         (["--fail-rate", "2"], "--fail-rate"),
         (["--fault-kinds", "boom"], "unknown fault kinds ['boom']"),
         (["--seed", "/nonexistent/seed.yaml"], "/nonexistent/seed.yaml: cannot read seed file"),
+        (
+            ["--postgres", "postgresql://admin:pw-in-argv@127.0.0.1/postgres"],
+            "put the admin URL in HEPINFRA_LOCAL_POSTGRES",
+        ),
+        (["--mariadb", "mysql://root:p/w@127.0.0.1/"], "put the admin URL in HEPINFRA_LOCAL_MARIADB"),
+        (["--mariadb", "env:HEPINFRA_TEST_UNSET_VAR"], "HEPINFRA_TEST_UNSET_VAR is not set"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
@@ -127,7 +133,7 @@ def test_bad_flags_give_one_line_and_exit_1(tmp_path: Path, args: list[str], mes
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1 and message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "pw-in-argv" not in proc.stderr and "p/w" not in proc.stderr
 
 
 def test_bad_seed_file_names_file_line_and_column(tmp_path: Path) -> None:

@@ -224,6 +224,7 @@ _PARAMETER_PREFIX = re.compile(r"[A-Za-z0-9_./-]{1,1000}")
 # what an exec argv may use: a secret in argv is visible to every user of the machine (ps, /proc)
 ARGV_VARIABLES = ("env", "key", "name", "vars")
 SECRET_VARIABLES = ("db", "id", "upload")  # the resources' values: never in argv or a name
+VERIFY_DRIVERS = {"postgres": ("psycopg", "psycopg 3"), "mariadb": ("pymysql", "PyMySQL")}  # engine -> module
 
 
 class DatabaseSpec(_Model):
@@ -232,6 +233,16 @@ class DatabaseSpec(_Model):
     name: str | None = Field(default=None, min_length=1)
     environments: list[Ident] | None = None
     outputs: list[OutputSpec] = []
+    verify: bool | None = None  # connect with the rendered credentials after every change (else defaults.verify)
+    verify_timeout: Duration = 10
+    after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
+    after_rotate_timeout: Duration = 60
+
+
+class DefaultsSpec(_Model):
+    """Settings every database gets unless it says otherwise."""
+
+    verify: bool = False  # databases of engines hepinfra can connect to (postgres, mariadb); mongo is left out
 
 
 ID_TYPES = ("uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid")
@@ -312,6 +323,7 @@ class ManifestModel(_Model):
     version: Annotated[Literal[1], BeforeValidator(_bool_as_text)]
     hepgg: HepggSpec = HepggSpec()
     state: StateSpec = LocalState()
+    defaults: DefaultsSpec = DefaultsSpec()
     environments: Annotated[dict[Ident, EnvironmentSpec], BeforeValidator(_none_as_empty)] = Field(min_length=1)
     databases: Annotated[dict[Ident, DatabaseSpec], BeforeValidator(_none_as_empty)] = {}
     ids: Annotated[dict[Ident, IdSpec], BeforeValidator(_none_as_empty)] = {}
@@ -371,6 +383,11 @@ class Declared:
     file_real: str = ""  # uploads: its real path, checked at load time
     file_digest: str = ""  # uploads: sha256 of its content at load time
     allow_outside: bool = False
+    verify: bool = False  # databases: connect with the rendered credentials after every change
+    verify_timeout: int = 10
+    after_rotate: tuple[str, ...] = ()  # databases: the hook's argv, rendered (never a secret)
+    after_rotate_timeout: int = 60
+    hook_scrub: tuple[str, ...] = ()  # the manifest's credential variables, kept from the hook
 
     @property
     def address(self) -> str:
@@ -791,7 +808,57 @@ class _Resolver:
             "engine": db.engine,
             "rotate_every": db.rotate_every,
             "value": {"db": placeholder_db(db.engine, name)},
+            "verify": self.verify_setting(key, db),
+            "verify_timeout": db.verify_timeout,
+            "after_rotate": self.hook_argv(key, db, {**context, "name": name}),
+            "after_rotate_timeout": db.after_rotate_timeout,
+            "hook_scrub": tuple(self.credential_vars()) if db.after_rotate else (),
         }
+
+    def verify_setting(self, key: str, db: DatabaseSpec) -> bool:
+        """``verify`` as declared, else ``defaults.verify`` (which leaves mongo out); checked offline:
+        an engine hepinfra cannot connect to, or a driver that is not installed, is an error."""
+        import importlib.util
+
+        node: tuple[str | int, ...] = ("databases", key, "verify")
+        if db.verify is None:
+            wanted = self.model.defaults.verify and db.engine in VERIFY_DRIVERS
+            node = ("defaults", "verify")
+        else:
+            wanted = db.verify
+        if not wanted:
+            return False
+        if db.engine not in VERIFY_DRIVERS:
+            raise self.error(
+                node,
+                f"verify: a {db.engine} database cannot be verified: hepinfra connects with psycopg (postgres) "
+                "and PyMySQL (mariadb) only, and hep.gg's mongo needs a driver hepinfra does not ship; set "
+                "verify: false",
+            )
+        module, label = VERIFY_DRIVERS[db.engine]
+        if importlib.util.find_spec(module) is None:
+            raise self.error(node, f"verify needs {label}, not installed: pip install 'hepinfra[verify]'")
+        return True
+
+    def credential_vars(self) -> list[str]:
+        """The manifest's own credential variables: kept from every command hepinfra runs."""
+        names = set()
+        for spec in self.model.environments.values():
+            names |= {v for v in (spec.db_key_env, spec.id_username_env, spec.id_token_env, spec.upload_token_env) if v}
+        if isinstance(self.model.state, PostgresState):
+            names |= {self.model.state.url_env, "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE"}
+        return sorted(names)
+
+    def hook_argv(self, key: str, db: DatabaseSpec, context: dict[str, Any]) -> tuple[str, ...]:
+        out = []
+        for i, item in enumerate(db.after_rotate or ()):
+            node = ("databases", key, "after_rotate", i)
+            self.refuse_secrets_in_argv(item, node, what="an after_rotate argv")
+            rendered = self.render(item, {k: context[k] for k in ARGV_VARIABLES if k in context}, node)
+            if not rendered or "\x00" in rendered:
+                raise self.error(node, "an argv item must not be empty or hold a NUL character")
+            out.append(rendered)
+        return tuple(out)
 
     def declare_id(self, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         from hepinfra.templates import placeholder_id
@@ -911,14 +978,7 @@ class _Resolver:
         path = "exec:" + shlex.join(command)
         definition = {"kind": "exec", "argv": command, "read": read, "keys": sorted(output.keys.items()),
                       "pass_env": sorted(output.pass_env), "timeout": output.timeout}  # fmt: skip
-        scrub = sorted(
-            {spec.db_key_env for spec in self.model.environments.values() if spec.db_key_env}
-            | (
-                {self.model.state.url_env, "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE"}
-                if isinstance(self.model.state, PostgresState)
-                else set()
-            )
-        )
+        scrub = self.credential_vars()
         return OutputTarget(
             kind="exec",
             path=path,
@@ -1049,6 +1109,13 @@ class _Resolver:
                 node,
                 f"an exec argv must not use {secret}: a value in argv is visible to every user of the machine while "
                 "the command runs; send it in keys:, which reach the command on its stdin",
+            )
+        if secret is not None and what == "an after_rotate argv":
+            raise self.error(
+                node,
+                f"an after_rotate argv must not use {secret}: a value in argv is visible to every user of the "
+                "machine while the command runs; the hook reads the new credentials from the outputs, and gets "
+                "HEPINFRA_ENV, HEPINFRA_ADDRESS and HEPINFRA_NAME in its environment",
             )
         if secret is not None:
             raise self.error(

@@ -357,6 +357,12 @@ def _account_diagnostics(
     return diags
 
 
+_OWED_STEPS = {
+    "hook": "the after_rotate hook is owed by an earlier apply (run again; no rotation)",
+    "verify": "a verification is owed by an earlier apply (checked again; no rotation)",
+}
+
+
 @dataclass
 class EnvInput:
     """What a kind's planner gets for one environment (all pure values)."""
@@ -403,8 +409,10 @@ class EnvInput:
         """The change of a resource that needs no remote step: write its stale outputs, or nothing."""
         stale = self.stale_outputs(decl, current)
         gone = self.retired(decl)
-        if stale or gone:
+        owed = {j.op for j in self.state.pending(decl.ref)} & set(_OWED_STEPS)
+        if stale or gone or owed:
             reasons = tuple(f"{o.path}: {o.reason}" for o in stale) + tuple(f"{p}: no longer declared" for p in gone)
+            reasons += tuple(_OWED_STEPS[op] for op in sorted(owed))
             return Change(
                 **base_fields(decl), action=Action.RENDER, reasons=reasons, outputs=stale, retire=gone, **extra
             )

@@ -57,6 +57,7 @@ class Outcome:
     ok: bool
     message: str = ""
     rotation_window_ms: float | None = None
+    verified_ms: float | None = None  # the connection check with the rendered credentials
     duration_ms: float = 0.0  # the change's own time: queue waits for a parallelism slot excluded
     queued_ms: float = 0.0
     failures: list[Failure] = field(default_factory=list)  # the steps that failed (render of FILE, ...)
@@ -279,11 +280,13 @@ class Executor:
         secret: str,
         entry: JournalEntry,
         update: Callable[[State], State],
+        steps: tuple[str, ...] = (),
     ) -> tuple[list[Failure], float]:
         """Write every output of ``entry`` (each on its own) with the resource's template variable
         ``value`` (``db``, ``id``, ``upload``), and record the result in one commit: ``update`` (the
         resource itself), the records written (holding a keyed digest of ``secret``), and a journal
-        that owes only the outputs that failed. Returns the failures and the ms spent writing."""
+        that owes only the outputs that failed and the ``steps`` to run after them (verify, hook).
+        Returns the failures and the ms spent writing."""
         from hepinfra.kinds import KINDS
 
         env, decl = change.env, self.decl(change)
@@ -310,7 +313,7 @@ class Executor:
             s = update(s).model_copy(
                 update={"outputs": {k: v for k, v in {**s.outputs, **records}.items() if k not in gone}}
             )
-            return settled(s, decl.ref, owed, entry)
+            return settled(s, decl.ref, owed, entry, steps)
 
         await ledger.commit(record)
         return failures, window
@@ -358,4 +361,6 @@ def _event(outcome: Outcome) -> Event:
         event["failures"] = [f.as_event() for f in outcome.failures]
     if outcome.rotation_window_ms is not None:
         event["rotation_window_ms"] = round(outcome.rotation_window_ms, 2)
+    if outcome.verified_ms is not None:
+        event["verified_ms"] = round(outcome.verified_ms, 2)
     return event

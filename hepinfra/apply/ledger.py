@@ -85,11 +85,23 @@ def with_entry(state: State, entry: JournalEntry) -> State:
     return state.model_copy(update={"journal": (*kept, entry.model_copy(update={"outputs": outputs}))})
 
 
-def settled(state: State, database: str, owed: Iterable[str], like: JournalEntry) -> State:
+def settled(
+    state: State, database: str, owed: Iterable[str], like: JournalEntry, steps: Iterable[str] = ()
+) -> State:
     """``state`` with every journal entry of ``database`` done, except a ``render`` entry for the
-    outputs still ``owed`` (written next run; the remote step is never repeated)."""
+    outputs still ``owed`` (written next run; the remote step is never repeated) and one entry per
+    step still to run after them (``verify``, ``hook``)."""
     kept = tuple(j for j in state.journal if j.database != database)
     owed = tuple(owed)
     if owed:
         kept = (*kept, like.model_copy(update={"op": "render", "outputs": owed, "password_digest": None}))
+    for step in steps:
+        kept = (*kept, like.model_copy(update={"op": step, "outputs": (), "password_digest": None}))
+    return state.model_copy(update={"journal": kept})
+
+
+def without_steps(state: State, database: str, done: Iterable[str]) -> State:
+    """``state`` with the ``done`` steps (``verify``, ``hook``) of ``database`` no longer owed."""
+    finished = set(done)
+    kept = tuple(j for j in state.journal if not (j.database == database and j.op in finished))
     return state.model_copy(update={"journal": kept})

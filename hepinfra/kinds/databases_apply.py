@@ -14,14 +14,16 @@ Must not: rotate a database twice in one run, or let a password reach an event, 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hepinfra.apply.executor import Outcome, Tracker
 from hepinfra.apply.executor import now as _now
-from hepinfra.apply.ledger import with_entry
+from hepinfra.apply.ledger import with_entry, without_steps
 from hepinfra.apply.writer import Failure
+from hepinfra.crashpoints import kill_point
 from hepinfra.errors import ApiError, OutputError
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.outputs.base import db_context
@@ -38,11 +40,71 @@ async def _finish(
     creds: DatabaseCredentials,
     entry: JournalEntry,
     update_db: Callable[[ManagedDatabase | None], ManagedDatabase],
-) -> tuple[list[Failure], float]:
+    *,
+    hook: bool = False,
+) -> tuple[list[Failure], float | None]:
+    """The rest of the sequence after the remote step: every output (recorded with the ``verify`` and
+    ``hook`` steps still owed, in one durable write) -> verify -> the after_rotate hook (``hook``).
+    Each step is journaled until it is done, so a run killed anywhere resumes at the first unfinished
+    one. Returns the failures and the verification's ms (None when none ran)."""
+    decl = ex.decl(change)
+    steps = (("verify",) if decl.verify else ()) + (("hook",) if hook and decl.after_rotate else ())
+
     def update(s: State) -> State:
         return s.model_copy(update={"databases": {**s.databases, change.key: update_db(s.databases.get(change.key))}})
 
-    return await ex.finish(change, db_context(creds), creds.password.get_secret_value(), entry, update)
+    kill_point("outputs")
+    failures, _ = await ex.finish(change, db_context(creds), creds.password.get_secret_value(), entry, update, steps)
+    if failures or not steps:
+        return failures, None  # an output failed: verify and hook stay owed until every output is written
+    return failures, await _after(ex, change, creds, steps, failures)
+
+
+async def _after(
+    ex: Executor, change: Change, creds: DatabaseCredentials, steps: tuple[str, ...], failures: list[Failure]
+) -> float | None:
+    """Run the owed ``steps`` (verify, then hook), record those done; failures are appended."""
+    from hepinfra.apply.hooks import run_hook
+    from hepinfra.verify import VerifyError
+
+    decl = ex.decl(change)
+    done: list[str] = []
+    verified_ms = None
+    kill_point("verify")
+    if "verify" in steps:
+        try:
+            verified_ms = await asyncio.to_thread(_verify, ex, change, creds)
+            done.append("verify")
+        except VerifyError as exc:
+            failures.append(Failure("verify", decl.name, str(exc)))
+    if "hook" in steps and not failures:
+        kill_point("hook")
+        try:
+            await asyncio.to_thread(run_hook, decl, ex.manifest.project_dir)
+            done.append("hook")
+            kill_point("done")
+        except OutputError as exc:
+            failures.append(Failure("after_rotate", decl.after_rotate[0], exc.message))
+    if done:
+        await ex.ledgers[change.env].commit(lambda s: without_steps(s, decl.ref, done))
+    return verified_ms
+
+
+def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
+    """Connect with every connection string the outputs hold, exactly as rendered."""
+    from hepinfra.verify import check, connection_strings, rendered_texts
+
+    decl = ex.decl(change)
+    db = db_context(creds)
+    context = {
+        "env": decl.env,
+        "key": decl.key,
+        "name": decl.name,
+        "vars": ex.manifest.env_spec(decl.env).vars,
+        "db": db,
+    }
+    urls = connection_strings(decl.engine, rendered_texts(decl.outputs, context)) or [db["connection_string"]]
+    return sum(check(decl.engine, url, decl.verify_timeout) for url in urls)
 
 
 async def create(ex: Executor, change: Change) -> Outcome:
@@ -61,9 +123,9 @@ async def create(ex: Executor, change: Change) -> Outcome:
         rotated_at=now,
     )
     owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
-    failures, _ = await _finish(ex, change, creds, owed, lambda db: db or managed)
+    failures, verified = await _finish(ex, change, creds, owed, lambda db: db or managed)
     note = "created (answer lost; found by name)" if creds.recovered else "created"
-    return ex.outcome(change, note, failures)
+    return _outcome(ex, change, note, failures, verified=verified)
 
 
 async def adopt(ex: Executor, change: Change) -> Outcome:
@@ -96,7 +158,7 @@ async def adopt(ex: Executor, change: Change) -> Outcome:
 
     ex.trackers.setdefault(change.address, Tracker()).in_flight = True
     await ex.ledgers[change.env].commit(take_over)
-    failures, _ = await _finish(ex, change, creds, intent, lambda db: db or adopted)
+    failures, verified = await _finish(ex, change, creds, intent, lambda db: db or adopted)
     if change.rotate_after_adopt and not failures:
         rotated = await rotate(ex, change.model_copy(update={"action": Action.ROTATE}))
         rotated.action = change.action.value
@@ -107,7 +169,7 @@ async def adopt(ex: Executor, change: Change) -> Outcome:
         if failures and change.rotate_after_adopt
         else ""
     )
-    return ex.outcome(change, note, failures)
+    return _outcome(ex, change, note, failures, verified=verified)
 
 
 async def rotate(ex: Executor, change: Change) -> Outcome:
@@ -127,6 +189,7 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
     note = "rotated"
     finished_earlier = False  # the rotation happened in an earlier run: keep its time
     revealed = await calls.reveal(change.database_id)
+    answered = time.perf_counter()  # the window: from the answer that made the old password dead
     now_digest = digest(revealed.password.get_secret_value())
     if change.finish_rotation and entry is not None and now_digest == entry.password_digest:
         # unchanged: it never reached hep.gg, or it is still on its way (a killed run's request can
@@ -160,6 +223,7 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
             answer = await calls.mutate(
                 lambda: ex.journal(change, intent, urgent=True), lambda c: c.rotate(change.database_id)
             )
+            answered = time.perf_counter()
             if not answer.recovered or digest(answer.password.get_secret_value()) != intent.password_digest:
                 creds = answer
                 if answer.recovered:
@@ -173,14 +237,23 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
     rotated_at = entry.started_at if finished_earlier else _now()
     # the old password is dead from here: write every output before anything else; the rotation is
     # recorded done whatever the outputs do, and only the failed ones stay owed
-    failures, window = await _finish(ex, change, creds, entry, lambda db: _rotated(db, rotated_at))
-    return ex.outcome(change, note, failures, window)
+    failures, verified = await _finish(ex, change, creds, entry, lambda db: _rotated(db, rotated_at), hook=True)
+    window = (time.perf_counter() - answered) * 1000  # rotate answer -> outputs written (and verified)
+    return _outcome(ex, change, note, failures, window, verified)
 
 
 async def render(ex: Executor, change: Change) -> Outcome:
+    """Write the outputs the plan names, then run what an earlier apply still owes: a verification
+    (its outputs were written, the check did not pass or never ran) and an after_rotate hook. None
+    of it rotates: a rotation is never repeated for a failed step after it."""
     assert change.database_id is not None
     paths = tuple(o.path for o in change.outputs)
-    if paths:
+    ledger = ex.ledgers[change.env]
+    decl = ex.decl(change)
+    owed = {j.op for j in ledger.state.pending(change.key)} & {"verify", "hook"}
+    failures: list[Failure] = []
+    verified = None
+    if paths or owed:
         creds = await ex.calls(change).reveal(change.database_id)
         intent = JournalEntry(
             op="render",
@@ -190,17 +263,39 @@ async def render(ex: Executor, change: Change) -> Outcome:
             started_at=_now(),
             outputs=paths,
         )
-        await ex.journal(change, intent)
-        failures, _ = await _finish(ex, change, creds, intent, lambda db: db or _missing(change))
-    else:
-        ledger = ex.ledgers[change.env]
+        if paths:
+            await ex.journal(change, intent)
+            failures, verified = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
+                                               hook="hook" in owed)  # fmt: skip
+        else:
+            steps = tuple(s for s in ("verify", "hook") if s in owed and (s != "verify" or decl.verify))
+            if "verify" in owed and not decl.verify:  # verify: was turned off since: nothing owed
+                await ledger.commit(lambda s: without_steps(s, decl.ref, ["verify"]))
+            if steps:
+                verified = await _after(ex, change, creds, steps, failures)
+    if change.retire and not paths:
         retire = ex.retirable(change, ledger.state)
-        failures = await ex.writer.retire(retire, ex.access[change.env].digester(ledger.state))
+        failures += await ex.writer.retire(retire, ex.access[change.env].digester(ledger.state))
         gone = {State.output_id(change.key, r.path) for r in retire}
-        await ex.ledgers[change.env].commit(
+        await ledger.commit(
             lambda s: s.model_copy(update={"outputs": {k: v for k, v in s.outputs.items() if k not in gone}})
         )
-    return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
+    note = f"rendered {len(paths)} output(s)" + ("; " + " and ".join(sorted(owed)) + " owed: done" if owed and
+                                                 not failures else "")  # fmt: skip
+    return _outcome(ex, change, note, failures, verified=verified)
+
+
+def _outcome(
+    ex: Executor,
+    change: Change,
+    note: str,
+    failures: list[Failure],
+    window: float | None = None,
+    verified: float | None = None,
+) -> Outcome:
+    outcome = ex.outcome(change, note + ("; verified" if verified is not None else ""), failures, window)
+    outcome.verified_ms = verified
+    return outcome
 
 
 def _rotated(db: ManagedDatabase | None, at: datetime) -> ManagedDatabase:
@@ -212,9 +307,7 @@ def _missing(change: Change) -> ManagedDatabase:
     raise OutputError(f"{change.address}: not in state any more; make a new plan")
 
 
-async def value_of(
-    hub: Any, access: Any, managed: ManagedDatabase, decl: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+async def value_of(hub: Any, access: Any, managed: ManagedDatabase, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """By Reveal: hep.gg is the password store."""
     from hepinfra.errors import UsageError
 

@@ -40,7 +40,9 @@ def child_environment(target: OutputTarget, environ: dict[str, str] | None = Non
     return {k: v for k, v in source.items() if k in keep or not (k in drop or k.startswith(SCRUBBED_PREFIXES))}
 
 
-def run(argv: tuple[str, ...], target: OutputTarget, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+def run(
+    argv: tuple[str, ...], target: OutputTarget, stdin: bytes | None, extra_env: dict[str, str] | None = None
+) -> tuple[int, bytes, bytes]:
     """Run ``argv`` in the project directory, keeping at most READ_LIMIT bytes of each of its
     outputs; kill its process group at the timeout. A command that exited while something it
     started (even in a new session) still holds its pipes is done: its exit status counts."""
@@ -51,7 +53,7 @@ def run(argv: tuple[str, ...], target: OutputTarget, stdin: bytes | None) -> tup
         proc = subprocess.Popen(
             list(argv),
             cwd=target.cwd or None,
-            env=child_environment(target),
+            env={**child_environment(target), **(extra_env or {})},
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -92,7 +92,9 @@ class JournalEntry(_Value):
     """An intent recorded before a remote mutation; removed once its result is recorded."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
-    op: Literal["create", "rotate", "render"]
+    # create/rotate/render: a remote step or outputs owed; verify: a connection check owed; hook: the
+    # after_rotate command owed (both after the outputs of a change were written)
+    op: Literal["create", "rotate", "render", "verify", "hook"]
     database: str  # the resource's reference (see OutputRecord.database)
     name: str  # platform name (a database), else the key
     database_id: str | None = None

@@ -306,3 +306,37 @@ def test_the_emulator_command_with_both_servers_and_verify(
         refused(found["SHOP_URL"])
         connect(urls(tmp_path / "p")["SHOP_URL"])
         assert (tmp_path / "p/hook.log").read_text().count("\n") == 1
+
+
+def test_the_readme_walkthrough_with_a_real_postgresql(tmp_path: Path, postgres_server: Postgres) -> None:
+    """README, "Try it with a real PostgreSQL": the example against the embedded local hep.gg with
+    HEPINFRA_LOCAL_POSTGRES, then psql through ``hepinfra run``; a rotation kills the old URL."""
+    import shutil
+
+    example = Path(__file__).resolve().parents[2] / "examples/real-postgres"
+    project = tmp_path / "real-postgres"
+    shutil.copytree(example, project)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEPGG_")}
+    env["HEPINFRA_LOCAL_POSTGRES"] = postgres_server.url
+    manifest = str(project / "hepinfra.yaml")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "hepinfra", *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)  # fmt: skip
+        record_artifact(f"walkthrough {args[0]}", done.stdout + done.stderr)
+        return done
+
+    applied = cli("apply", "-f", manifest, "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "verified" in applied.stdout
+    psql = cli("run", "-f", manifest, "-e", "dev", "--", "sh", "-c", 'psql "$DATABASE_URL" -tAc "select current_user"')
+    assert psql.returncode == 0 and psql.stdout.strip().startswith("dum_"), psql.stdout + psql.stderr
+    old = dotenv_values(project / "out/dev/.env")["DATABASE_URL"] or ""
+    ISSUED.add(unquote(urlsplit(old).password or ""))
+    rotated = cli("rotate", "-f", manifest, "shop", "--auto-approve")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    new = dotenv_values(project / "out/dev/.env")["DATABASE_URL"] or ""
+    ISSUED.add(unquote(urlsplit(new).password or ""))
+    refused(old)
+    connect(new)

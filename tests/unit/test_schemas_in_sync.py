@@ -28,7 +28,8 @@ def test_plan_schema_file_is_current() -> None:
 
 
 def test_example_manifest_validates_against_the_editor_schema() -> None:
-    jsonschema.validate(yaml.safe_load((EXAMPLES / "hepgg.yaml").read_text()), manifest_schema())
+    for example in ("hepgg.yaml", "real-postgres/hepinfra.yaml"):
+        jsonschema.validate(yaml.safe_load((EXAMPLES / example).read_text()), manifest_schema())
 
 
 def test_editor_schema_rejects_an_unknown_key() -> None:

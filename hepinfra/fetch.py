@@ -66,7 +66,7 @@ def env_access(
     any API call) when it manages ids and ``HEPINFRA_STATE_KEY`` is unset or wrong."""
     cipher = None
     if ids and needs_key(state, any(d.kind == "ids" for d in manifest.declared[env])):
-        cipher = cipher_for(env, state, hepgg.environ)
+        cipher = cipher_for(env, state, hepgg.environ, hepgg.state_key_source)
     if not manages_databases(manifest, env, state):
         return EnvAccess(env, None, "", needs_key=False, cipher=cipher)
     if hepgg.local:  # the embedded hep.gg has one account of its own: a real key is never used with it
@@ -105,11 +105,19 @@ def missing_credentials(manifest: Manifest, env: str, hepgg: Hepgg) -> dict[str,
     if "ids" in kinds:
         unset = [v for v in id_vars(manifest, env, hepgg) if not (hepgg.environ.get(v) or "").strip()]
         if unset:
-            missing["ids"] = " and ".join(unset)
+            missing["ids"] = " and ".join(unset) + (" are" if len(unset) > 1 else " is") + " not set"
     if "uploads" in kinds:
+        from hepinfra.errors import UsageError
+        from hepinfra.hepgg.config import upload_authorization
+
         var = upload_var(manifest, env, hepgg)
         if not (hepgg.environ.get(var) or "").strip():
-            missing["uploads"] = var
+            missing["uploads"] = f"{var} is not set"
+        else:
+            try:
+                upload_authorization(hepgg.environ, var)
+            except UsageError as exc:
+                missing["uploads"] = exc.message
     return missing
 
 

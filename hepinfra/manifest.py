@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import re
 import types
 import typing
@@ -269,8 +270,8 @@ class IdSpec(_Model):
             guess = difflib.get_close_matches(name, _ID_FIELDS, n=1, cutoff=0.8) if len(name) < 100 else []
             if guess:
                 raise ValueError(f"unknown field '{yamlpos.clip(name)}' (did you mean '{guess[0]}'?)")
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise ValueError(f"option '{yamlpos.clip(name)}' must be a string, number or true/false")
+            if not isinstance(value, str | int | float) or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"option '{yamlpos.clip(name)}' must be a string, a finite number or true/false")
         if self.type == "nanoid" and (self.model_extra or {}).get("length") in (None, ""):
             raise ValueError("a nanoid needs length: (hep.gg answers 'Please specify the length')")
         return self

@@ -481,11 +481,10 @@ def placeholder_db(engine: str, name: str = "placeholder") -> dict[str, Any]:
 
 def placeholder_id(id_type: str) -> dict[str, Any]:
     """An ``id`` variable shaped like a real one (``private`` only for a keypair), holding no secret."""
-    return {
-        "value": "placeholder-id",
-        "private": "placeholder-private-id" if id_type == "keypair" else None,
-        "type": id_type,
-    }
+    value = {"value": "placeholder-id", "type": id_type}
+    if id_type == "keypair":
+        value["private"] = "placeholder-private-id"
+    return value
 
 
 def placeholder_upload(file: str, digest: str = "0" * 64, size: int = 0) -> dict[str, Any]:

@@ -77,7 +77,11 @@ def check_changes(
     from hepinfra.kinds import KINDS
     from hepinfra.manifest import ref_of
 
+    seen: set[str] = set()
     for change in plan.changes:
+        if change.address in seen:
+            raise refuse(change, "appears twice")
+        seen.add(change.address)
         if change.env not in plan.environments:
             raise refuse(change, "is for an environment the plan does not pin")
         if change.kind not in KINDS or change.address != f"{change.env}/{change.kind}.{change.key}":

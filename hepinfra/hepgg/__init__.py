@@ -73,14 +73,19 @@ class Hepgg:
                 from hepinfra.state.crypto import local_key
 
                 env["HEPINFRA_STATE_KEY"] = local_key(project_dir or Path.cwd())
+                key_source = ".hepinfra/local/state.key"
+            else:
+                key_source = "HEPINFRA_STATE_KEY"
             transport = local_transport(app)
             endpoints = Endpoints(LOCAL_BASE_URL, LOCAL_BASE_URL)
             hub = cls(endpoints, environ=env, transport=transport, **options)  # type: ignore[arg-type]
             hub.local = True
+            hub.state_key_source = key_source
             return hub
         return cls(endpoints, environ=env, **options)  # type: ignore[arg-type]
 
     local = False
+    state_key_source = "HEPINFRA_STATE_KEY"  # where HEPINFRA_STATE_KEY's value came from, for messages
 
     def _core(self, service: str, base_url: str, secret: SecretStr | None, prefix: str = "Bearer ") -> HttpCore:
         slot = (service, secret.get_secret_value() if secret else "")

@@ -119,6 +119,8 @@ def upload_authorization(environ: Mapping[str, str] | None = None, var: str = UP
     three documented forms (``hyd-up-…``, ``Bearer hyd-up-…``, ``Token hyd-up-…``); it is sent as given."""
     value = secret_from_env(var, environ, purpose="the uploader token")
     scheme, _, rest = value.get_secret_value().partition(" ")
+    if value.get_secret_value().lower() in ("bearer", "token"):
+        raise UsageError(f"{var} holds only the word '{scheme}': put the token after it, or the token alone")
     if rest.strip():
         if scheme.lower() not in ("bearer", "token"):
             raise UsageError(f"{var} must be the token, or 'Bearer TOKEN' or 'Token TOKEN' (it holds a space)")

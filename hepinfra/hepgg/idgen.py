@@ -6,6 +6,7 @@ result. Must not: send credentials anywhere but the body, or show them or the ID
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -24,8 +25,17 @@ class IdGeneratorClient:
         self._username = username
         self._token = token
 
-    async def generate(self, type: str, *, encoding: Literal["json", "form"] = "json", **options: Any) -> GeneratedId:
-        """Mint one ID of ``type``; ``options`` are the type's own fields (e.g. ``length=12``)."""
+    async def generate(
+        self,
+        type: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        encoding: Literal["json", "form"] = "json",
+        **options: Any,
+    ) -> GeneratedId:
+        """Mint one ID of ``type``; its options are the type's own fields, given as ``fields`` (any
+        names, as a manifest writes them) or as keywords (e.g. ``length=12``)."""
+        options = {**(fields or {}), **options}
         clash = RESERVED.intersection(options)
         if clash:
             raise E.UsageError(f"ID option names {sorted(clash)} are reserved for the request itself")

@@ -66,8 +66,8 @@ class DatabaseCredentials(DatabaseSummary):
 class GeneratedId(_ApiModel):
     """One ID Generator result. Both parts are treated as secrets."""
 
-    id: SecretStr
-    private_id: SecretStr | None = Field(default=None, alias="privateID")
+    id: SecretStr = Field(min_length=1)
+    private_id: SecretStr | None = Field(default=None, alias="privateID", min_length=1)
 
     def model_post_init(self, context: Any) -> None:
         register(self.id.get_secret_value(), self.private_id.get_secret_value() if self.private_id else None)

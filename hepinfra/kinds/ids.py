@@ -77,8 +77,8 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
                         severity="error",
                         env=here.env,
                         address=decl.address,
-                        message=f"minting needs the ID Generator's credentials: {here.facts.missing[SECTION]} not set",
-                        hint=f"export {here.facts.missing[SECTION]} (from the dashboard: ID Generator -> API Keys)",
+                        message=f"minting needs the ID Generator's credentials: {here.facts.missing[SECTION]}",
+                        hint="export them (from the dashboard: ID Generator -> API Keys)",
                     )
                 )
             continue

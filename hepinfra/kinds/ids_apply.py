@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
-from hepinfra.errors import AuthError, HepinfraError
+from hepinfra.errors import AuthError, HepinfraError, ProtocolError
 from hepinfra.kinds.ids import options_digest
 from hepinfra.plan import Action, Change
 from hepinfra.state.crypto import Cipher
@@ -32,8 +32,11 @@ def _cipher(ex: Executor, change: Change) -> Cipher:
 
 
 def _value(payload: dict[str, Any], id_type: str) -> dict[str, Any]:
-    """The ``id`` template variable."""
-    return {"value": payload["id"], "private": payload.get("privateID"), "type": id_type}
+    """The ``id`` template variable: ``private`` only for a keypair (elsewhere a template using it fails)."""
+    value = {"value": payload["id"], "type": id_type}
+    if id_type == "keypair":
+        value["private"] = payload["privateID"]
+    return value
 
 
 async def mint(ex: Executor, change: Change) -> Outcome:
@@ -51,7 +54,7 @@ async def mint(ex: Executor, change: Change) -> Outcome:
     try:
         generated = await ex.calls(change, client).mutate(
             lambda: ex.journal(change, intent, urgent=True),
-            lambda c: c.generate(decl.engine, **dict(decl.options)),
+            lambda c: c.generate(decl.engine, dict(decl.options)),
         )
     except AuthError as exc:  # hep.gg's own words, and which variables to check (never their values)
         raise type(exc)(
@@ -60,6 +63,9 @@ async def mint(ex: Executor, change: Change) -> Outcome:
     payload = {"id": generated.id.get_secret_value()}
     if generated.private_id is not None:
         payload["privateID"] = generated.private_id.get_secret_value()
+    if decl.engine == "keypair" and not payload.get("privateID"):  # nothing recorded: the intent stays
+        raise ProtocolError(f"{change.address}: the ID Generator answered a keypair without its privateID",
+                            service="idgen")  # fmt: skip
     digest = ex.digester(change)
     at = now()
     old = ledger.state.ids.get(decl.key)
@@ -106,7 +112,7 @@ async def value_of(hub: Any, access: Any, managed: ManagedId, decl: Any) -> tupl
     assert access.cipher is not None
     payload = json.loads(access.cipher.open(managed.ciphertext, decl.address))
     value = _value(payload, managed.type)
-    return value, {k: value[k] for k in ("value", "private") if value[k] is not None}
+    return value, {k: value[k] for k in ("value", "private") if k in value}
 
 
 STEPS = {

@@ -72,8 +72,8 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
                         severity="error",
                         env=here.env,
                         address=decl.address,
-                        message=f"uploading needs the Uploader's token: {here.facts.missing[SECTION]} is not set",
-                        hint=f"export {here.facts.missing[SECTION]} (from the dashboard: Uploader -> Setup / API Keys)",
+                        message=f"uploading needs the Uploader's token: {here.facts.missing[SECTION]}",
+                        hint="copy it from the dashboard: Uploader -> Setup / API Keys",
                     )
                 )
             continue

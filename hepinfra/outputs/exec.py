@@ -116,7 +116,8 @@ _OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")  # a long opaque token: a value, 
 
 def first_line(err: bytes, values: list[str]) -> str:
     """The first non-empty line of a command's stderr, unless it mentions a value of this write in
-    any form (8 characters of it in a row, plain, base64, hex, URL- or JSON-escaped): then it is
+    any form (8 characters of it in a row, or all of a shorter one; plain, base64, hex, URL- or
+    JSON-escaped): then it is
     not shown at all. Registered secrets are masked as everywhere."""
     from hepinfra.safety.paths import shown
     from hepinfra.safety.redact import redact
@@ -131,6 +132,8 @@ def first_line(err: bytes, values: list[str]) -> str:
     for value in values:
         for form in _forms(value):
             if len(form) >= 8 and any(form[i : i + 8] in line for i in range(len(form) - 7)):
+                return hidden
+            if 0 < len(form) < 8 and form in line:  # a short value (a 4-letter id) appears whole or not at all
                 return hidden
     return shown(redact(line), 200)
 

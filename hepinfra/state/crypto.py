@@ -51,6 +51,7 @@ def _derive(secret: str, crypto: StateCrypto) -> bytes:
                 hint=f"set {KEY_VAR} to the base64 key that encrypted it",
             )
         return raw
+    secret = secret.strip()  # a CI secret stored with a trailing newline is the same passphrase
     marker = (secret, crypto.salt, crypto.n, crypto.r, crypto.p)
     found = _DERIVED.get(marker)
     if found is None:
@@ -107,11 +108,18 @@ def local_key(project_dir: Path) -> str:
     path = project_dir / ".hepinfra" / "local" / "state.key"
     try:
         text = path.read_text().strip()
-        if _raw_key(text) is not None:
-            register(text)
-            return text
-    except OSError:
-        pass
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:  # never replaced: it is the only copy of the key
+        raise StateKeyError(f"{path}: the local hep.gg's state key cannot be read ({exc}); not replaced") from None
+    if text:
+        if _raw_key(text) is None:
+            raise StateKeyError(
+                f"{path}: the local hep.gg's state key is not a base64 32-byte key (edited?); not replaced",
+                hint="restore it, or set HEPINFRA_STATE_KEY",
+            )
+        register(text)
+        return text
     text = base64.b64encode(os.urandom(32)).decode()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
@@ -129,10 +137,17 @@ def needs_key(state: State | None, declares_ids: bool) -> bool:
     return declares_ids or bool(state is not None and (state.ids or state.crypto is not None))
 
 
-def cipher_for(env: str, state: State | None, environ: Mapping[str, str]) -> Cipher:
+def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source: str = KEY_VAR) -> Cipher:
     """The state's cipher: its key checked against the stored check value, or a new salt and check
-    for a state that has none yet (written with the first minted id). Raises before any API call."""
+    for a state that has none yet (written with the first minted id). Raises before any API call.
+    ``source``: where the key came from, for messages (the variable, or the sandbox's key file)."""
     secret = environ.get(KEY_VAR, "")
+    if state is not None and state.ids and state.crypto is None:
+        raise StateKeyError(
+            f"the state of environment '{env}' holds ids but no 'crypto' block (edited?): their values cannot be "
+            "opened; nothing was decrypted or minted",
+            hint="restore the state from its backup (state pull / state push), or 'hepinfra state rm' the ids",
+        )
     if not secret.strip():
         raise StateKeyError(
             f"environment '{env}' manages ids, whose values are kept encrypted in state: {KEY_VAR} is not set",
@@ -143,12 +158,12 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str]) -> Cip
     crypto = state.crypto if state is not None else None
     if crypto is None:
         raw = _raw_key(secret)
-        draft = StateCrypto(
+        draft = StateCrypto.model_construct(
             kdf="raw" if raw is not None else "scrypt", salt=base64.b64encode(os.urandom(16)).decode(), check=""
         )
         key = raw if raw is not None else _derive(secret, draft)
         cipher = Cipher(key, draft, env)
-        cipher.crypto = draft.model_copy(update={"check": cipher.seal(_CHECK, "check")})
+        cipher.crypto = StateCrypto.model_validate({**draft.model_dump(), "check": cipher.seal(_CHECK, "check")})
         return cipher
     key = _derive(secret, crypto)
     cipher = Cipher(key, crypto, env)
@@ -158,7 +173,7 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str]) -> Cip
         ok = False
     if not ok:
         raise StateKeyError(
-            f"{KEY_VAR} is not the key the state of environment '{env}' was encrypted with; nothing was "
+            f"{source} is not the key the state of environment '{env}' was encrypted with; nothing was "
             "decrypted or minted",
             hint=f"set {KEY_VAR} to the key this state was written with",
         )

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FORMAT_VERSION = 1
 
@@ -64,14 +64,22 @@ class ManagedUpload(_Value):
 
 class StateCrypto(_Value):
     """How this state's ids are encrypted: the key derivation (scrypt of a passphrase with this
-    state's salt, or a raw 32-byte key) and a check value that tells a wrong key at once."""
+    state's salt, or a raw 32-byte key) and a check value that tells a wrong key at once. State is
+    input: the scrypt cost is bounded (an edited one must not hang every run)."""
 
     kdf: Literal["scrypt", "raw"]
-    salt: str  # base64, per state
-    n: int = 2**15
-    r: int = 8
-    p: int = 1
-    check: str  # AES-256-GCM of a fixed text: decrypts only under the right key
+    salt: str = Field(pattern=r"^[A-Za-z0-9+/]{22,88}={0,2}$")  # base64 of 16 to 64 random bytes, per state
+    n: int = Field(default=2**15, ge=2**14, le=2**17)
+    r: int = Field(default=8, ge=8, le=8)
+    p: int = Field(default=1, ge=1, le=1)
+    check: str = Field(pattern=r"^[A-Za-z0-9+/]{40,200}={0,2}$")  # AES-256-GCM of a fixed text
+
+    @field_validator("n")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two")
+        return value
 
 
 class OutputRecord(_Value):

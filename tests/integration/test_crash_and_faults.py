@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from dotenv import dotenv_values
@@ -86,9 +88,15 @@ def account_rows(server: Server) -> list:  # type: ignore[type-arg]
 
 
 def assert_converged(
-    project: Path, server: Server, *, rotations: int | None = None, old_passwords: dict[str, str] | None = None
+    project: Path,
+    server: Server,
+    *,
+    rotations: int | None = None,
+    old_passwords: dict[str, str] | None = None,
+    real: bool = False,
 ) -> None:
-    """One plain apply converges, and everything the issue lists holds."""
+    """One plain apply converges, and everything the issue lists holds. ``real``: postgres and
+    mariadb databases live on real servers: each output's URL logs in, each old password is refused."""
     result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
     assert result.code == 0, result.out + result.err
     rows = account_rows(server)
@@ -110,6 +118,12 @@ def assert_converged(
             assert row["rotations"] == rotations, f"{key} rotated {row['rotations']} times"
         if old_passwords is not None:
             assert not server.password_valid(row["db_user"], old_passwords[key])
+        if real and row["engine"] != "mongo":
+            from tests.integration.test_verify_hooks import connect, refused
+
+            connect(current)
+            if old_passwords is not None and rotations:
+                refused(current.replace(quote(row["password"], safe=""), quote(old_passwords[key], safe=""), 1))
     temps = [p for p in project.parent.rglob("*") if p.name.startswith(TMP_PREFIX)]
     assert temps == []
     plan = invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server)
@@ -236,3 +250,76 @@ def test_sigterm_unwinds_releases_the_lock_and_the_next_apply_converges(
     assert "not started" in err and "in flight" in err
     assert not (project.parent / ".hepinfra/state/prod.lock").exists()
     assert_converged(project, server, rotations=0)
+
+
+# --- the same with real servers behind the local hep.gg ------------------------------------------------
+
+
+@pytest.fixture
+def real_world(make_world: Callable[..., Server], postgres_server: Any, mariadb_server: Any) -> Callable[..., Server]:
+    """A local hep.gg whose postgres and mariadb databases are real (mongo stays simulated)."""
+    from hepinfra.emulator.engines import open_engine
+
+    def build(**config: Any) -> Server:
+        servers = {"postgres": open_engine("postgres", postgres_server.url),
+                   "mariadb": open_engine("mariadb", mariadb_server.url)}  # fmt: skip
+        return make_world(EmulatorConfig(servers=servers, **config))
+
+    return build
+
+
+@pytest.mark.parametrize("boundary", ["after:1", "before:9", "after:9", f"after:{CALLS}"])
+def test_real_engines_create_killed_at_call_boundaries_converges(
+    boundary: str, real_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = real_world()
+    project = project_for(tmp_path / "p")
+    assert kill_run(project, server, kill_at=boundary) == -signal.SIGKILL
+    assert_converged(project, server, rotations=0, real=True)
+
+
+@pytest.mark.parametrize("boundary", ["before:3", "after:3", "after:20", f"after:{2 * COUNT + 1}"])
+def test_real_engines_rotation_killed_at_call_boundaries_converges(
+    boundary: str, real_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = real_world()
+    project = project_for(tmp_path / "p")
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 0
+    age_state(project)  # one List, then a Reveal and a rotate per database
+    before = passwords(server)
+    assert kill_run(project, server, kill_at=boundary, args=("--parallelism", "1")) == -signal.SIGKILL
+    assert_converged(project, server, rotations=1, old_passwords=before, real=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_real_engines_apply_killed_at_random_moments_converges(
+    seed: int, real_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    rng = random.Random(seed)
+    server = real_world(faults=Faults(latency_ms=15, jitter_ms=10))
+    project = project_for(tmp_path / "p")
+    rotating = seed % 2 == 1
+    before = None
+    if rotating:
+        assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 0
+        age_state(project)
+        before = passwords(server)
+    kill_run(project, server, kill_after=rng.uniform(0.3, 1.2), args=("--parallelism", "4"))
+    assert_converged(project, server, rotations=1 if rotating else 0, old_passwords=before, real=True)
+
+
+def test_real_engines_converge_through_a_faulty_hepgg(real_world: Callable[..., Server], tmp_path: Path) -> None:
+    server = real_world(faults=Faults(fail_rate=0.2, retry_after=0), seed=7)
+    project = project_for(tmp_path / "p")
+    for _ in range(2):
+        for _attempt in range(6):
+            invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
+            if invoke(["plan", "-f", str(project), "--detailed-exitcode", "--no-refresh"], server=server).code == 0:
+                break
+        else:
+            raise AssertionError("apply did not converge in 6 runs")
+        if _ == 0:
+            age_state(project)
+            before = passwords(server)
+    server.faults(fail_rate=0)
+    assert_converged(project, server, rotations=1, old_passwords=before, real=True)

@@ -229,7 +229,7 @@ def test_api_errors_are_one_line_with_the_address(tmp_path: Path, server: Server
     unset = invoke(
         ["plan", "-f", str(path)], server=server, env={**KEY_ENV, "HEPGG_ID_USERNAME": "", "HEPGG_ID_TOKEN": ""}
     )
-    assert unset.code == 1 and "HEPGG_ID_USERNAME and HEPGG_ID_TOKEN not set" in unset.err
+    assert unset.code == 1 and "HEPGG_ID_USERNAME and HEPGG_ID_TOKEN are not set" in unset.err
 
 
 def test_per_environment_credential_variables(tmp_path: Path, server: Server) -> None:
@@ -251,7 +251,7 @@ def test_per_environment_credential_variables(tmp_path: Path, server: Server) ->
         ("    type: nanoid\n", "    type: guid\n", "ids.session_secret.type"),
         ("    length: 48\n", "    length: 48\n    token: x\n", "credentials come from the environment"),
         ("    length: 48\n", "    length: 48\n    rotate_evry: 30d\n", "did you mean 'rotate_every'"),
-        ("    length: 48\n", "    length: [1]\n", "must be a string, number or true/false"),
+        ("    length: 48\n", "    length: [1]\n", "must be a string, a finite number or true/false"),
         ('keys: {SESSION_SECRET: "{{ id.value }}"}', 'keys: {SESSION_SECRET: "{{ id.valu }}"}', "valu"),
         ("file: assets/logo.png", "file: ../outside.png", "upload file '../outside.png'"),
     ],
@@ -322,3 +322,109 @@ def test_killed_at_each_call_boundary_converges(boundary: str, tmp_path: Path, s
     assert httpx.get(got["LOGO_URL"]).content == LOGO
     assert service_calls(server, "idgen") <= 3 and service_calls(server, "uploader") <= 2
     assert run(["plan", "-f", str(path), "--detailed-exitcode"], server).code == 0
+
+
+# --- what an attacker tried (each once broke something) ------------------------------------------------
+
+
+def test_a_short_value_never_reaches_a_message(tmp_path: Path, server: Server) -> None:
+    manifest = MANIFEST.replace("length: 48", "length: 4").replace(
+        """        keys: {SESSION_SECRET: "{{ id.value }}"}\n""",
+        """        keys: {SESSION_SECRET: "{{ id.value }}"}\n      - exec: ["sh", "-c", "cat >&2; exit 3"]\n"""
+        """        keys: {SHORT: "{{ id.value }}"}\n""",
+    )
+    path = project(tmp_path, manifest)
+    failed = run(["apply", "-f", str(path), "--auto-approve", "--json"], server)
+    assert failed.code == 1
+    short = values(tmp_path)["SESSION_SECRET"]
+    assert len(short) == 4 and short not in failed.out + failed.err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("n", 3, "crypto.n"), ("n", 2**40, "crypto.n"), ("p", 100, "crypto.p"), ("salt", "!!notb64", "crypto.salt")],
+)
+def test_an_edited_crypto_block_is_one_line(tmp_path: Path, server: Server, field: str, value: object,
+                                            message: str) -> None:  # fmt: skip
+    path = project(tmp_path)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    state_file = tmp_path / ".hepinfra/state/production.json"
+    doc = json.loads(state_file.read_text())
+    doc["crypto"][field] = value
+    state_file.write_text(json.dumps(doc))
+    result = run(["plan", "-f", str(path)], server)
+    assert result.code == 1 and message in result.err and "internal error" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_a_removed_crypto_block_stops_before_anything_is_written(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    state_file = tmp_path / ".hepinfra/state/production.json"
+    doc = json.loads(state_file.read_text())
+    del doc["crypto"]
+    state_file.write_text(json.dumps(doc))
+    before = (tmp_path / "out/production/.env").read_bytes()
+    server.control("DELETE", "/requests")
+    result = run(["apply", "-f", str(path), "--auto-approve"], server)
+    assert result.code == 1 and "no 'crypto' block" in result.err
+    assert server.requests() == [] and (tmp_path / "out/production/.env").read_bytes() == before
+
+
+def test_options_named_like_parameters_are_plain_options(tmp_path: Path, server: Server) -> None:
+    manifest = MANIFEST.replace("length: 48", "length: 48\n    self: 3\n    encoding: form\n    fields: x")
+    assert run(["apply", "-f", str(project(tmp_path, manifest)), "--auto-approve"], server).code == 0
+    assert len(values(tmp_path)["SESSION_SECRET"]) == 48
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("length: 48", "length: .inf", "a finite number"),
+        ("length: 48", "length: .nan", "a finite number"),
+        ("type: keypair", "type: uuid", "private"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_offline(tmp_path: Path, old: str, new: str, message: str) -> None:
+    result = invoke(["validate", "-f", str(project(tmp_path, MANIFEST.replace(old, new, 1)))])
+    assert result.code == 1 and message in result.err, result.err
+
+
+def test_a_saved_plan_with_a_change_twice_is_refused(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    plan_file = tmp_path / "plan.json"
+    assert run(["plan", "-f", str(path), "--out", str(plan_file)], server).code == 0
+    doc = json.loads(plan_file.read_text())
+    doc["changes"].append(doc["changes"][-1])
+    plan_file.write_text(json.dumps(doc))
+    server.control("DELETE", "/requests")
+    result = run(["apply", str(plan_file)], server)
+    assert result.code == 1 and "appears twice" in result.err
+    assert service_calls(server, "uploader") == 0 and service_calls(server, "idgen") == 0
+
+
+def test_the_sandbox_key_file_is_never_replaced(tmp_path: Path) -> None:
+    path = project(tmp_path, MANIFEST.replace("version: 1", "version: 1\nhepgg: {url: local}"))
+    env = {"HEPINFRA_STATE_KEY": ""}
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], env=env).code == 0
+    key_file = tmp_path / ".hepinfra/local/state.key"
+    key_file.write_text(key_file.read_text().strip() + "x\n")
+    broken = key_file.read_bytes()
+    result = invoke(["plan", "-f", str(path)], env=env)
+    assert result.code == 1 and "state.key" in result.err and key_file.read_bytes() == broken
+
+
+def test_a_passphrase_with_a_trailing_newline_is_the_same_key(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    again = invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server,
+                   env={"HEPINFRA_STATE_KEY": KEY_ENV["HEPINFRA_STATE_KEY"] + "\n"})  # fmt: skip
+    assert again.code == 0, again.err
+
+
+@pytest.mark.parametrize("token", ["Basic abcdefghijk", "Bearer "])
+def test_an_upload_token_of_no_documented_form_is_a_plan_error(tmp_path: Path, server: Server, token: str) -> None:
+    server.control("DELETE", "/requests")
+    result = run(["plan", "-f", str(project(tmp_path))], server, env={"HEPGG_UPLOAD_TOKEN": token})
+    assert result.code == 1 and "production/uploads.logo" in result.err and "HEPGG_UPLOAD_TOKEN" in result.err
+    assert service_calls(server, "uploader") == 0

@@ -340,3 +340,20 @@ def test_the_readme_walkthrough_with_a_real_postgresql(tmp_path: Path, postgres_
     ISSUED.add(unquote(urlsplit(new).password or ""))
     refused(old)
     connect(new)
+
+
+@pytest.mark.parametrize(("engine", "driver"), [("postgres", "psycopg"), ("mariadb", "pymysql")])
+def test_validate_names_the_extra_when_a_driver_is_missing(tmp_path: Path, engine: str, driver: str) -> None:
+    import importlib.util
+    from unittest import mock
+
+    real_find_spec = importlib.util.find_spec
+
+    def without(name: str, *args: Any, **kwargs: Any) -> Any:
+        return None if name == driver else real_find_spec(name, *args, **kwargs)
+
+    manifest = f"version: 1\nenvironments: {{prod: {{}}}}\ndatabases:\n  a:\n    engine: {engine}\n    verify: true\n"
+    path = write_project(tmp_path, manifest)
+    with mock.patch("importlib.util.find_spec", without):
+        result = invoke(["validate", "-f", str(path)])
+    assert result.code == 1 and "pip install 'hepinfra[verify]'" in result.err and "databases.a.verify" in result.err

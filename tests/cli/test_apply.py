@@ -320,7 +320,8 @@ def test_readme_quick_start_against_the_embedded_local_hepgg(tmp_path: Path) -> 
     first = cli("apply", "--auto-approve")
     record_artifact("quick start apply", first.stdout + first.stderr)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "Apply complete: 5 succeeded, 0 failed." in first.stdout
+    assert "Apply complete: 9 succeeded, 0 failed." in first.stdout  # 5 databases, 2 ids and 2 uploads
+    assert "SESSION_SECRET" in dotenv_values(work / "out/production/.env")
     assert cli("plan", "--detailed-exitcode").returncode == 0
     before = dotenv_values(work / "out/production/.env")
     rotated = cli("rotate", "shop", "--auto-approve")
@@ -328,6 +329,7 @@ def test_readme_quick_start_against_the_embedded_local_hepgg(tmp_path: Path) -> 
     after = dotenv_values(work / "out/production/.env")
     assert after["SHOP_DB_PASSWORD"] != before["SHOP_DB_PASSWORD"]
     assert after["SESSIONS_URL"] == before["SESSIONS_URL"]  # only shop was rotated
+    assert after["SESSION_SECRET"] == before["SESSION_SECRET"] and after["LOGO_URL"] == before["LOGO_URL"]
     from hepinfra.emulator.store import Store
 
     store = Store(work / ".hepinfra/local/hepgg.sqlite3")

@@ -432,3 +432,17 @@ def base_fields(decl: Declared) -> dict[str, Any]:
         "engine": decl.engine,
         "kind": decl.kind,
     }
+
+
+def forgotten(here: EnvInput, section: str, key: str, engine: str, reason: str) -> Change:
+    """The forget of a resource in state that the manifest no longer declares."""
+    return Change(address=f"{here.env}/{section}.{key}", env=here.env, key=key, name=key, engine=engine,
+                  kind=section, action=Action.FORGET, reasons=(reason,))  # fmt: skip
+
+
+def credential_error(here: EnvInput, decl: Declared, what: str, hint: str) -> list[Diagnostic]:
+    """A blocking error when a change of ``decl`` needs credentials the environment lacks."""
+    problem = here.facts.missing.get(decl.kind)
+    if problem is None:
+        return []
+    return [Diagnostic(severity="error", env=here.env, address=decl.address, message=f"{what}: {problem}", hint=hint)]

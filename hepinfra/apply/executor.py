@@ -1,18 +1,14 @@
-"""The executor: one handler per action, parallelism slots, events, cancellation.
+"""The executor: runs every change of a plan through its kind's step, with parallelism slots,
+events and cancellation.
 
-Owns: running every change of a Plan at once with at most ``parallelism`` API calls in
-flight, the handlers, the rotation sequence, events (each passes the redactor) and the
-summary of an interrupted run. Must not: decide what to change (the Plan did), rotate a
-database twice in one run, or let a secret reach an event, an error or the state.
-
-Crash safety, by construction (each intent is journaled right before its remote call, while
-holding the call's slot, so a step that never started is never journaled):
-- create: intent (name) durable -> POST -> outputs, each on its own -> database, records and
-  the outputs still owed. Killed after the POST: the next plan finds the name and adopts it.
-- rotate: Reveal (the "before" digest, never stale) -> intent durable -> POST rotate -> every
-  output attempted -> rotation recorded done, only failed outputs owed. Killed after the POST:
-  the next plan finishes it with Reveal against the before digest, never a second rotate.
-- render: Reveal -> intent (outputs) durable -> files -> records. Killed: rendered again.
+Owns: running every change of a Plan at once with at most ``parallelism`` API calls in flight
+(each through ``KINDS[change.kind].step(action)``), the helpers every step shares (API calls
+that journal their intent right before the call while holding its slot, writing a resource's
+outputs and recording them in one commit with what is still owed, forgetting), events (each
+passes the redactor) and the summary of an interrupted run. Each kind's crash-safety sequence is
+in its steps module (``kinds/*_apply.py``).
+Must not: decide what to change (the Plan did), know a kind's rules, or let a secret reach an
+event, an error or the state.
 """
 
 from __future__ import annotations

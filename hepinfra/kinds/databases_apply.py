@@ -268,9 +268,11 @@ async def render(ex: Executor, change: Change) -> Outcome:
             failures, verified = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
                                                hook="hook" in owed)  # fmt: skip
         else:
-            steps = tuple(s for s in ("verify", "hook") if s in owed and (s != "verify" or decl.verify))
-            if "verify" in owed and not decl.verify:  # verify: was turned off since: nothing owed
-                await ledger.commit(lambda s: without_steps(s, decl.ref, ["verify"]))
+            wanted = {"verify": decl.verify, "hook": bool(decl.after_rotate)}
+            steps = tuple(s for s in ("verify", "hook") if s in owed and wanted[s])
+            dropped = [s for s in owed if not wanted[s]]
+            if dropped:  # verify: or after_rotate: was removed from the manifest since: nothing is owed
+                await ledger.commit(lambda s: without_steps(s, decl.ref, dropped))
             if steps:
                 verified = await _after(ex, change, creds, steps, failures)
     if change.retire and not paths:

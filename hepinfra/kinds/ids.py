@@ -16,7 +16,17 @@ import json
 
 from hepinfra.kinds.base import Kind
 from hepinfra.manifest import Declared
-from hepinfra.plan import Action, Change, Diagnostic, EnvInput, all_outputs, base_fields, due
+from hepinfra.plan import (
+    Action,
+    Change,
+    Diagnostic,
+    EnvInput,
+    all_outputs,
+    base_fields,
+    credential_error,
+    due,
+    forgotten,
+)
 
 SECTION = "ids"
 
@@ -71,16 +81,12 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
             change = Change(**base_fields(decl), action=action, reasons=tuple(reasons), outputs=all_outputs(
                 decl, "with the new value"), retire=here.retired(decl))  # fmt: skip
             changes.append(change)
-            if SECTION in here.facts.missing:
-                diags.append(
-                    Diagnostic(
-                        severity="error",
-                        env=here.env,
-                        address=decl.address,
-                        message=f"minting needs the ID Generator's credentials: {here.facts.missing[SECTION]}",
-                        hint="export them (from the dashboard: ID Generator -> API Keys)",
-                    )
-                )
+            diags += credential_error(
+                here,
+                decl,
+                "minting needs the ID Generator's credentials",
+                "export them (from the dashboard: ID Generator -> API Keys)",
+            )
             continue
         assert managed is not None
         changes.append(here.render_or_noop(decl, managed.value_digest))
@@ -89,17 +95,14 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
         if key in keys:
             continue
         changes.append(
-            Change(
-                address=f"{here.env}/{SECTION}.{key}",
-                env=here.env,
-                key=key,
-                name=key,
-                engine=managed.type,
-                kind=SECTION,
-                action=Action.FORGET,
-                reasons=(
+            forgotten(
+                here,
+                SECTION,
+                key,
+                managed.type,
+                (
                     "no longer declared: its encrypted value is dropped from state (hep.gg keeps no copy of an id); "
-                    "its outputs are left in place",
+                    "its outputs are left in place"
                 ),
             )
         )

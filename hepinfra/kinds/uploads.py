@@ -11,7 +11,7 @@ Must not: do I/O (the manifest read and digested the file).
 from __future__ import annotations
 
 from hepinfra.kinds.base import Kind
-from hepinfra.plan import Action, Change, Diagnostic, EnvInput, all_outputs, base_fields
+from hepinfra.plan import Action, Change, Diagnostic, EnvInput, all_outputs, base_fields, credential_error, forgotten
 
 SECTION = "uploads"
 
@@ -66,16 +66,12 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
                     retire=here.retired(decl),
                 )
             )
-            if SECTION in here.facts.missing:
-                diags.append(
-                    Diagnostic(
-                        severity="error",
-                        env=here.env,
-                        address=decl.address,
-                        message=f"uploading needs the Uploader's token: {here.facts.missing[SECTION]}",
-                        hint="copy it from the dashboard: Uploader -> Setup / API Keys",
-                    )
-                )
+            diags += credential_error(
+                here,
+                decl,
+                "uploading needs the Uploader's token",
+                "copy it from the dashboard: Uploader -> Setup / API Keys",
+            )
             continue
         assert managed is not None
         changes.append(here.render_or_noop(decl, managed.value_digest))
@@ -84,17 +80,14 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
         if key in keys:
             continue
         changes.append(
-            Change(
-                address=f"{here.env}/{SECTION}.{key}",
-                env=here.env,
-                key=key,
-                name=key,
-                engine="file",
-                kind=SECTION,
-                action=Action.FORGET,
-                reasons=(
+            forgotten(
+                here,
+                SECTION,
+                key,
+                "file",
+                (
                     "no longer declared: hep.gg cannot delete uploads, so the file stays published at its URL; "
-                    "hepinfra forgets it and leaves its outputs in place",
+                    "hepinfra forgets it and leaves its outputs in place"
                 ),
             )
         )

@@ -235,9 +235,9 @@ class DatabaseSpec(_Model):
     environments: list[Ident] | None = None
     outputs: list[OutputSpec] = []
     verify: bool | None = None  # connect with the rendered credentials after every change (else defaults.verify)
-    verify_timeout: Duration = 10
+    verify_timeout: Annotated[Duration, Field(le=600)] = 10  # at most 10m: a check never holds an apply longer
     after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
-    after_rotate_timeout: Duration = 60
+    after_rotate_timeout: Annotated[Duration, Field(le=3600)] = 60  # at most 1h
 
 
 class DefaultsSpec(_Model):
@@ -545,6 +545,8 @@ def _friendly(err: Any) -> str:
         return f"must have at least {ctx.get('min_length')} {'characters' if kind.startswith('string') else 'items'}"
     if kind in ("too_long", "string_too_long"):
         return f"must have at most {ctx.get('max_length')} {'characters' if kind.startswith('string') else 'items'}"
+    if kind == "less_than_equal" and isinstance(ctx.get("le"), int):  # the manifest's bounded numbers are durations
+        return f"must be at most {format_duration(ctx['le'])}"
     return "is not valid here"
 
 

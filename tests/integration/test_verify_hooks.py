@@ -243,6 +243,7 @@ def test_the_hook_environment_has_no_credentials_and_a_timeout_kills_it(
          "a mongo database cannot be verified"),
         ('after_rotate: ["sh"', 'after_rotate: ["echo {{ db.password }}", "sh"', "an after_rotate argv must not use db"),
         ("after_rotate: [", "after_rotate_timeout: soon\n    after_rotate: [", "bad duration 'soon'"),
+        ("after_rotate: [", "verify_timeout: 99d\n    after_rotate: [", "verify_timeout: must be at most 10m"),
     ],
 )  # fmt: skip
 def test_validate_catches_bad_verify_and_hooks(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -363,6 +363,12 @@ _OWED_STEPS = {
 }
 
 
+_DROPPED_STEPS = {
+    "hook": "an after_rotate hook owed by an earlier apply is dropped: after_rotate was removed",
+    "verify": "a verification owed by an earlier apply is dropped: verify was turned off",
+}
+
+
 @dataclass
 class EnvInput:
     """What a kind's planner gets for one environment (all pure values)."""
@@ -412,7 +418,8 @@ class EnvInput:
         owed = {j.op for j in self.state.pending(decl.ref)} & set(_OWED_STEPS)
         if stale or gone or owed:
             reasons = tuple(f"{o.path}: {o.reason}" for o in stale) + tuple(f"{p}: no longer declared" for p in gone)
-            reasons += tuple(_OWED_STEPS[op] for op in sorted(owed))
+            setting = {"verify": decl.verify, "hook": bool(decl.after_rotate)}
+            reasons += tuple(_OWED_STEPS[op] if setting[op] else _DROPPED_STEPS[op] for op in sorted(owed))
             return Change(
                 **base_fields(decl), action=Action.RENDER, reasons=reasons, outputs=stale, retire=gone, **extra
             )

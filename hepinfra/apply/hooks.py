@@ -15,7 +15,9 @@ from hepinfra.errors import OutputError
 from hepinfra.manifest import Declared, OutputTarget
 
 
-def run_hook(decl: Declared, project_dir: Path) -> None:
+def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> None:
+    """``values``: the new credentials (password, connection string): a stderr line holding any part of
+    one (8 characters in a row, in any encoding) is not shown."""
     from hepinfra.outputs.exec import first_line, run
 
     target = OutputTarget(
@@ -36,5 +38,5 @@ def run_hook(decl: Declared, project_dir: Path) -> None:
     extra = {"HEPINFRA_ENV": decl.env, "HEPINFRA_ADDRESS": decl.address, "HEPINFRA_NAME": decl.name}
     code, _, err = run(decl.after_rotate, target, None, extra)
     if code != 0:
-        why = first_line(err, [])
+        why = first_line(err, values)
         raise OutputError(f"after_rotate exited with status {code}" + (f": {why}" if why else ""))

@@ -80,7 +80,8 @@ async def _after(
     if "hook" in steps and not failures:
         kill_point("hook")
         try:
-            await asyncio.to_thread(run_hook, decl, ex.manifest.project_dir)
+            values = [creds.password.get_secret_value(), creds.connection_string.get_secret_value()]
+            await asyncio.to_thread(run_hook, decl, ex.manifest.project_dir, values)
             done.append("hook")
             kill_point("done")
         except OutputError as exc:
@@ -251,9 +252,14 @@ async def render(ex: Executor, change: Change) -> Outcome:
     ledger = ex.ledgers[change.env]
     decl = ex.decl(change)
     owed = {j.op for j in ledger.state.pending(change.key)} & {"verify", "hook"}
+    wanted = {"verify": decl.verify, "hook": bool(decl.after_rotate)}
+    dropped = sorted(s for s in owed if not wanted[s])  # verify: or after_rotate: removed since: not owed
+    ran = sorted(s for s in owed if wanted[s])
     failures: list[Failure] = []
     verified = None
-    if paths or owed:
+    if dropped and not paths:
+        await ledger.commit(lambda s: without_steps(s, decl.ref, dropped))
+    if paths or ran:
         creds = await ex.calls(change).reveal(change.database_id)
         intent = JournalEntry(
             op="render",
@@ -263,18 +269,12 @@ async def render(ex: Executor, change: Change) -> Outcome:
             started_at=_now(),
             outputs=paths,
         )
-        if paths:
+        if paths:  # the outputs, then verify (if on) and the hook (if owed and still declared)
             await ex.journal(change, intent)
             failures, verified = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
-                                               hook="hook" in owed)  # fmt: skip
+                                               hook="hook" in ran)  # fmt: skip
         else:
-            wanted = {"verify": decl.verify, "hook": bool(decl.after_rotate)}
-            steps = tuple(s for s in ("verify", "hook") if s in owed and wanted[s])
-            dropped = [s for s in owed if not wanted[s]]
-            if dropped:  # verify: or after_rotate: was removed from the manifest since: nothing is owed
-                await ledger.commit(lambda s: without_steps(s, decl.ref, dropped))
-            if steps:
-                verified = await _after(ex, change, creds, steps, failures)
+            verified = await _after(ex, change, creds, tuple(s for s in ("verify", "hook") if s in ran), failures)
     if change.retire and not paths:
         retire = ex.retirable(change, ledger.state)
         failures += await ex.writer.retire(retire, ex.access[change.env].digester(ledger.state))
@@ -282,8 +282,11 @@ async def render(ex: Executor, change: Change) -> Outcome:
         await ledger.commit(
             lambda s: s.model_copy(update={"outputs": {k: v for k, v in s.outputs.items() if k not in gone}})
         )
-    note = f"rendered {len(paths)} output(s)" + ("; " + " and ".join(sorted(owed)) + " owed: done" if owed and
-                                                 not failures else "")  # fmt: skip
+    note = f"rendered {len(paths)} output(s)"
+    if ran and not failures:
+        note += "; owed " + " and ".join(ran) + ": done"
+    if dropped:
+        note += "; owed " + " and ".join(dropped) + " dropped (no longer in the manifest)"
     return _outcome(ex, change, note, failures, verified=verified)
 
 

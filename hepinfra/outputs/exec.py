@@ -28,7 +28,8 @@ from hepinfra.plan import ObservedOutput
 READ_LIMIT = 1024 * 1024
 # hepinfra's own credentials never reach a command (unless listed in pass_env)
 SCRUBBED_PREFIXES = ("HEPGG_",)
-SCRUBBED = ("HEPINFRA_STATE_KEY", "HEPINFRA_STATE_PG")
+# the state key and URL, and the local hep.gg's admin URLs of its real servers (a superuser's password)
+SCRUBBED = ("HEPINFRA_STATE_KEY", "HEPINFRA_STATE_PG", "HEPINFRA_LOCAL_POSTGRES", "HEPINFRA_LOCAL_MARIADB")
 
 
 def child_environment(target: OutputTarget, environ: dict[str, str] | None = None) -> dict[str, str]:

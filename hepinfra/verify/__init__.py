@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -67,6 +67,35 @@ def _mariadb(url: str, timeout: int) -> None:
 
 
 _CHECKS = {"postgres": _postgres, "mariadb": _mariadb}
+
+
+class _Deadline(Exception):
+    def __str__(self) -> str:
+        return "no answer within the verify_timeout (the server accepted the connection but stalled)"
+
+
+def _within(timeout: int, call: Callable[[], None]) -> None:
+    """Run ``call`` in a daemon thread and give up after ``timeout`` (+ a little): a driver's own
+    timeouts bound each socket read, not a whole handshake, and a server that drips one byte at a
+    time must not hold an apply (or its exit on a signal: a daemon thread never blocks it)."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="hepinfra-verify", daemon=True)
+    worker.start()
+    worker.join(timeout + 2)
+    if not outcome:
+        raise _Deadline
+    if outcome[0] is not None:
+        raise outcome[0]
 _DRIVERS = {"postgres": "psycopg", "mariadb": "PyMySQL"}
 
 
@@ -77,7 +106,7 @@ def check(engine: str, url: str, timeout: int) -> float:
         register(secret)
     started = time.perf_counter()
     try:
-        _CHECKS[engine](url, timeout)
+        _within(timeout, lambda: _CHECKS[engine](url, timeout))
     except ImportError:
         raise VerifyError(f"verify needs {_DRIVERS[engine]}: pip install 'hepinfra[verify]'") from None
     except Exception as exc:  # every driver error becomes one line without the credentials

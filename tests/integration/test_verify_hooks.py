@@ -8,6 +8,7 @@ runs once after that, and a failed verification is retried by the next apply wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -358,3 +359,119 @@ def test_validate_names_the_extra_when_a_driver_is_missing(tmp_path: Path, engin
     with mock.patch("importlib.util.find_spec", without):
         result = invoke(["validate", "-f", str(path)])
     assert result.code == 1 and "pip install 'hepinfra[verify]'" in result.err and "databases.a.verify" in result.err
+
+
+# --- what an attacker tried (each once broke something) ------------------------------------------------
+
+
+def test_hooks_and_exec_outputs_never_get_the_local_admin_urls(
+    tmp_path: Path, world: Callable[..., tuple[Server, dict[str, TcpForwarder]]]
+) -> None:
+    server, _ = world()
+    manifest = MANIFEST.replace(
+        '["sh", "-c", "echo \\"$HEPINFRA_ADDRESS $HEPINFRA_NAME $HEPINFRA_ENV\\" >> hook.log"]',
+        '["sh", "-c", "env > hook.env"]',
+    )
+    path = write_project(tmp_path, manifest, FILES)
+    admin = {"HEPINFRA_LOCAL_POSTGRES": "postgresql://admin:adminSECRETpw77@127.0.0.1:1/postgres",
+             "HEPINFRA_LOCAL_MARIADB": "mysql://root:rootSECRETpw77@127.0.0.1:1/"}  # fmt: skip
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=admin).code == 0
+    assert invoke(["rotate", "-f", str(path), "shop", "--auto-approve"], server=server, env=admin).code == 0
+    seen = (tmp_path / "hook.env").read_text()
+    assert "HEPINFRA_ADDRESS=prod/databases.shop" in seen and "SECRETpw77" not in seen
+
+
+def test_a_hook_line_quoting_part_of_the_new_password_is_not_shown(
+    tmp_path: Path, world: Callable[..., tuple[Server, dict[str, TcpForwarder]]]
+) -> None:
+    server, _ = world()
+    hook = """["python3", "-c", "import sys, urllib.parse as u; line = [l for l in open('.env') if l.startswith('SHOP_URL')][0]; pw = u.unquote(u.urlsplit(line.split('=', 1)[1].strip().strip(chr(39))).password); sys.stderr.write('pw starts ' + repr(pw[:len(pw) // 2]) + chr(10)); sys.exit(2)"]"""
+    manifest = MANIFEST.replace(
+        '["sh", "-c", "echo \\"$HEPINFRA_ADDRESS $HEPINFRA_NAME $HEPINFRA_ENV\\" >> hook.log"]', hook
+    )
+    path = write_project(tmp_path, manifest, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server).code == 0
+    failed = invoke(["rotate", "-f", str(path), "shop", "--auto-approve"], server=server)
+    password = unquote(urlsplit(urls(tmp_path)["SHOP_URL"]).password or "")
+    text = failed.out + failed.err
+    assert failed.code == 1 and "after_rotate exited with status 2" in text
+    assert password[: len(password) // 2] not in text and "its message is not shown" in text
+
+
+def test_a_server_that_stalls_the_handshake_cannot_hang_verify(
+    tmp_path: Path, world: Callable[..., tuple[Server, dict[str, TcpForwarder]]]
+) -> None:
+    """A listener that announces a big packet and then drips one byte every 0.5 s: PyMySQL's own
+    timeouts bound each read, not the handshake; verify_timeout must bound the whole check."""
+    import socket
+    import threading
+    import time as clock
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        conns = []
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                conn.sendall(b"\xff\xff\x00\x00")
+                conns.append(conn)
+            except OSError:
+                pass
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"\x0a")
+            clock.sleep(0.3)
+        for conn in conns:
+            conn.close()
+        listener.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    server, _ = world()
+    manifest = (
+        MANIFEST.split("  cache:")[0]
+        .replace("        keys: {ORDERS_URL:", f'        keys: {{EXTRA: "mysql://u:p@127.0.0.1:{port}/x", ORDERS_URL:')
+        .replace("  orders:\n    engine: mariadb\n", "  orders:\n    engine: mariadb\n    verify_timeout: 2s\n")
+    )
+    path = write_project(tmp_path, manifest, FILES)
+    env = {**os.environ, **ENV, "HEPGG_URL": server.url, "HEPGG_ID_URL": server.url}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "hepinfra", "apply", "-f", str(path), "--auto-approve"],
+                              env=env, capture_output=True, text=True, timeout=90)  # fmt: skip
+    finally:
+        stop.set()
+    record_artifact("apply against a stalling server", proc.stdout + proc.stderr)
+    assert proc.returncode == 1 and "verify of orders-prod failed" in proc.stdout + proc.stderr
+    assert "stalled" in proc.stdout + proc.stderr
+
+
+def test_a_password_option_in_an_admin_url_is_found_however_it_is_spelt() -> None:
+    from hepinfra.emulator.engines import has_password
+
+    for url in ("postgresql://u@h/db?pass%77ord=x", "postgresql://u@h/db?PASSWORD=x", "postgresql://u:pw@h/db",
+                "postgresql://u@h/db?passfile=/x"):  # fmt: skip
+        assert has_password(url), url
+    assert not has_password("postgresql://u@h:5432/db?sslmode=disable")
+
+
+def test_an_owed_hook_whose_after_rotate_was_removed_is_dropped_and_said_so(
+    tmp_path: Path, world: Callable[..., tuple[Server, dict[str, TcpForwarder]]]
+) -> None:
+    server, _ = world()
+    failing = MANIFEST.replace(
+        '["sh", "-c", "echo \\"$HEPINFRA_ADDRESS $HEPINFRA_NAME $HEPINFRA_ENV\\" >> hook.log"]', '["false"]'
+    )
+    path = write_project(tmp_path, failing, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server).code == 0
+    assert invoke(["rotate", "-f", str(path), "shop", "--auto-approve"], server=server).code == 1
+    path.write_text(failing.replace('    after_rotate: ["false"]\n', ""))
+    planned = invoke(["plan", "-f", str(path)], server=server)
+    assert "an after_rotate hook owed by an earlier apply is dropped: after_rotate was removed" in planned.out
+    applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server)
+    assert applied.code == 0 and "owed hook dropped" in applied.out and "hook: done" not in applied.out
+    assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server).code == 0

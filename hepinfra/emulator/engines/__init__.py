@@ -24,6 +24,7 @@ SCHEMES = {"postgres": ("postgresql", "postgres"), "mariadb": ("mysql", "mariadb
 DEFAULT_PORTS = {"postgres": 5432, "mariadb": 3306}
 EXTRA_HINT = "pip install 'hepinfra[verify]'"
 CONNECT_TIMEOUT = 5  # seconds: a stopped server answers at once, an unreachable one within this
+STATEMENT_TIMEOUT = 15  # seconds: a statement (waiting on a lock) holds the emulator's store no longer
 
 
 class EngineError(HepinfraError):
@@ -83,7 +84,13 @@ def has_password(url: str) -> bool:
     side of yes (a password may hold ``/``, ``?`` or ``@``); never raises, never quotes the URL."""
     rest = url.partition("://")[2] or url
     userinfo, at, _ = rest.rpartition("@")
-    return (bool(at) and ":" in userinfo) or "password=" in url.lower()
+    if (bool(at) and ":" in userinfo) or "password" in unquote(url).lower():
+        return True
+    try:  # option names as libpq reads them: percent-decoded (pass%77ord is password)
+        query = urlsplit(url).query
+    except ValueError:
+        return True
+    return any("pass" in key.lower() for key, _ in parse_qsl(unquote(query), keep_blank_values=True))
 
 
 def parse_admin_url(kind: str, url: str) -> AdminUrl:

@@ -15,12 +15,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hepinfra.emulator.engines import CONNECT_TIMEOUT, EXTRA_HINT, AdminUrl, EngineError, netloc, one_line
+from hepinfra.emulator.engines import (
+    CONNECT_TIMEOUT,
+    EXTRA_HINT,
+    STATEMENT_TIMEOUT,
+    AdminUrl,
+    EngineError,
+    netloc,
+    one_line,
+)
 
 HOSTS = ("%", "localhost")
 MAX_DB_NAME = 64
 MAX_USER = 80
-STATEMENT_TIMEOUT = 60
 
 
 def _driver() -> Any:
@@ -80,6 +87,7 @@ class MariaDBEngine:
                 connect_timeout=CONNECT_TIMEOUT,
                 read_timeout=STATEMENT_TIMEOUT,
                 write_timeout=STATEMENT_TIMEOUT,
+                init_command=f"SET SESSION lock_wait_timeout={STATEMENT_TIMEOUT}",
             )
             with conn, conn.cursor() as cursor:
                 yield cursor

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from hepinfra.emulator.engines import CONNECT_TIMEOUT, EXTRA_HINT, AdminUrl, EngineError, netloc, one_line
+from hepinfra.emulator.engines import (
+    CONNECT_TIMEOUT,
+    EXTRA_HINT,
+    STATEMENT_TIMEOUT,
+    AdminUrl,
+    EngineError,
+    netloc,
+    one_line,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -57,6 +65,9 @@ class PostgresEngine:
             "dbname": admin.database,
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": "hepinfra-emulator",
+            # a statement waiting on a lock (another session holding the role) must not hold the
+            # emulator's store, and every client with it, for longer than this
+            "options": f"-c lock_timeout={STATEMENT_TIMEOUT * 1000} -c statement_timeout={STATEMENT_TIMEOUT * 1000}",
             **dict(admin.options),
         }
         if admin.password is not None:

@@ -305,10 +305,14 @@ class Executor:
         failures += await self.writer.retire(retire, digest)
         gone = {State.output_id(decl.ref, r.path) for r in retire}
 
+        cipher = self.access[env].cipher
+
         def record(s: State) -> State:
             s = update(s).model_copy(
                 update={"outputs": {k: v for k, v in {**s.outputs, **records}.items() if k not in gone}}
             )
+            if cipher is not None and s.crypto is None:  # the digests just recorded may be keyed by it: keep it
+                s = s.model_copy(update={"crypto": cipher.crypto})
             return settled(s, decl.ref, owed, entry, steps)
 
         await ledger.commit(record)

@@ -154,7 +154,7 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
             hint=f"export {KEY_VAR} (a passphrase, or a base64 32-byte key: openssl rand -base64 32); keep it "
             "in your CI's secret store",
         )
-    register(secret)
+    register(secret, secret.strip())
     crypto = state.crypto if state is not None else None
     if crypto is None:
         raw = _raw_key(secret)

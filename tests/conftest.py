@@ -121,9 +121,22 @@ def secret_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     root.setLevel(previous_level)
     files = _scanned_files(tmp_path_factory.getbasetemp())
     texts = ARTIFACTS + [(str(p), p.read_bytes().decode(errors="replace")) for p in files]
-    secrets = {s for s in ISSUED if len(s) >= 8}
-    leaks = [(label, secret[:4] + "...") for label, text in texts for secret in secrets if secret in text]
+    leaks = find_secrets(texts, {s for s in ISSUED if len(s) >= 8})
     assert not leaks, f"secrets leaked into {leaks[:5]}"
+
+
+def find_secrets(texts: list[tuple[str, str]], secrets: set[str]) -> list[tuple[str, str]]:
+    """(label, the secret's first 4 characters) for every secret found in a text: one Aho-Corasick
+    automaton over all secrets, so the scan is linear in the artifacts (not artifacts x secrets)."""
+    import ahocorasick
+
+    if not secrets:
+        return []
+    automaton = ahocorasick.Automaton()
+    for secret in secrets:
+        automaton.add_word(secret, secret)
+    automaton.make_automaton()
+    return [(label, found[:4] + "...") for label, text in texts for _, found in automaton.iter(text)]
 
 
 @dataclass

@@ -282,7 +282,7 @@ class Executor:
         ``value`` (``db``, ``id``, ``upload``), and record the result in one commit: ``update`` (the
         resource itself), the records written (holding a keyed digest of ``secret``), and a journal
         that owes only the outputs that failed and the ``steps`` to run after them (verify, hook).
-        Returns the failures and the ms spent writing."""
+        Returns the failures and when (``time.perf_counter``) the last output was written."""
         from hepinfra.kinds import KINDS
 
         env, decl = change.env, self.decl(change)
@@ -295,11 +295,10 @@ class Executor:
             KINDS[change.kind].var: value,
         }
         digest = self.access[env].digester(ledger.state)
-        started = time.perf_counter()
         records, failures = await self.writer.write(
             decl, self.targets(change, entry.outputs), context, digest, ledger.state, digest(secret)
         )
-        window = (time.perf_counter() - started) * 1000
+        written_at = time.perf_counter()
         owed = [f.target for f in failures]
         retire = self.retirable(change, ledger.state)
         failures += await self.writer.retire(retire, digest)
@@ -316,7 +315,7 @@ class Executor:
             return settled(s, decl.ref, owed, entry, steps)
 
         await ledger.commit(record)
-        return failures, window
+        return failures, written_at
 
     def retirable(self, change: Change, state: State) -> list[OutputRecord]:
         ref = ref_of(change.kind, change.key)

@@ -42,11 +42,12 @@ async def _finish(
     update_db: Callable[[ManagedDatabase | None], ManagedDatabase],
     *,
     hook: bool = False,
-) -> tuple[list[Failure], float | None]:
+) -> tuple[list[Failure], float | None, float]:
     """The rest of the sequence after the remote step: every output (recorded with the ``verify`` and
     ``hook`` steps still owed, in one durable write) -> verify -> the after_rotate hook (``hook``).
     Each step is journaled until it is done, so a run killed anywhere resumes at the first unfinished
-    one. Returns the failures and the verification's ms (None when none ran)."""
+    one. Returns the failures, the verification's ms (None when none ran), and when (perf_counter)
+    consumers got working credentials: the outputs written, or with verify, the check passed."""
     decl = ex.decl(change)
     steps = (("verify",) if decl.verify else ()) + (("hook",) if hook and decl.after_rotate else ())
 
@@ -54,26 +55,31 @@ async def _finish(
         return s.model_copy(update={"databases": {**s.databases, change.key: update_db(s.databases.get(change.key))}})
 
     kill_point("outputs")
-    failures, _ = await ex.finish(change, db_context(creds), creds.password.get_secret_value(), entry, update, steps)
+    failures, written_at = await ex.finish(
+        change, db_context(creds), creds.password.get_secret_value(), entry, update, steps
+    )
     if failures or not steps:
-        return failures, None  # an output failed: verify and hook stay owed until every output is written
-    return failures, await _after(ex, change, creds, steps, failures)
+        return failures, None, written_at  # an output failed: verify and hook stay owed until all are written
+    verified_ms, verified_at = await _after(ex, change, creds, steps, failures)
+    return failures, verified_ms, verified_at or written_at
 
 
 async def _after(
     ex: Executor, change: Change, creds: DatabaseCredentials, steps: tuple[str, ...], failures: list[Failure]
-) -> float | None:
-    """Run the owed ``steps`` (verify, then hook), record those done; failures are appended."""
+) -> tuple[float | None, float | None]:
+    """Run the owed ``steps`` (verify, then hook), record those done; failures are appended. Returns
+    the verification's ms and when it passed (perf_counter), or None."""
     from hepinfra.apply.hooks import run_hook
     from hepinfra.verify import VerifyError
 
     decl = ex.decl(change)
     done: list[str] = []
-    verified_ms = None
+    verified_ms = verified_at = None
     kill_point("verify")
     if "verify" in steps:
         try:
             verified_ms = await asyncio.to_thread(_verify, ex, change, creds)
+            verified_at = time.perf_counter()
             done.append("verify")
         except VerifyError as exc:
             failures.append(Failure("verify", decl.name, str(exc)))
@@ -88,7 +94,7 @@ async def _after(
             failures.append(Failure("after_rotate", decl.after_rotate[0], exc.message))
     if done:
         await ex.ledgers[change.env].commit(lambda s: without_steps(s, decl.ref, done))
-    return verified_ms
+    return verified_ms, verified_at
 
 
 def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
@@ -124,7 +130,7 @@ async def create(ex: Executor, change: Change) -> Outcome:
         rotated_at=now,
     )
     owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
-    failures, verified = await _finish(ex, change, creds, owed, lambda db: db or managed)
+    failures, verified, _ = await _finish(ex, change, creds, owed, lambda db: db or managed)
     note = "created (answer lost; found by name)" if creds.recovered else "created"
     return _outcome(ex, change, note, failures, verified=verified)
 
@@ -159,7 +165,7 @@ async def adopt(ex: Executor, change: Change) -> Outcome:
 
     ex.trackers.setdefault(change.address, Tracker()).in_flight = True
     await ex.ledgers[change.env].commit(take_over)
-    failures, verified = await _finish(ex, change, creds, intent, lambda db: db or adopted)
+    failures, verified, _ = await _finish(ex, change, creds, intent, lambda db: db or adopted)
     if change.rotate_after_adopt and not failures:
         rotated = await rotate(ex, change.model_copy(update={"action": Action.ROTATE}))
         rotated.action = change.action.value
@@ -238,8 +244,8 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
     rotated_at = entry.started_at if finished_earlier else _now()
     # the old password is dead from here: write every output before anything else; the rotation is
     # recorded done whatever the outputs do, and only the failed ones stay owed
-    failures, verified = await _finish(ex, change, creds, entry, lambda db: _rotated(db, rotated_at), hook=True)
-    window = (time.perf_counter() - answered) * 1000  # rotate answer -> outputs written (and verified)
+    failures, verified, ended = await _finish(ex, change, creds, entry, lambda db: _rotated(db, rotated_at), hook=True)
+    window = (ended - answered) * 1000  # the rotate answer -> outputs written (with verify: -> verified)
     return _outcome(ex, change, note, failures, window, verified)
 
 
@@ -271,10 +277,10 @@ async def render(ex: Executor, change: Change) -> Outcome:
         )
         if paths:  # the outputs, then verify (if on) and the hook (if owed and still declared)
             await ex.journal(change, intent)
-            failures, verified = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
-                                               hook="hook" in ran)  # fmt: skip
+            failures, verified, _ = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
+                                                  hook="hook" in ran)  # fmt: skip
         else:
-            verified = await _after(ex, change, creds, tuple(s for s in ("verify", "hook") if s in ran), failures)
+            verified, _ = await _after(ex, change, creds, tuple(s for s in ("verify", "hook") if s in ran), failures)
     if change.retire and not paths:
         retire = ex.retirable(change, ledger.state)
         failures += await ex.writer.retire(retire, ex.access[change.env].digester(ledger.state))

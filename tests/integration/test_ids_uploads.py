@@ -21,7 +21,17 @@ from dotenv import dotenv_values
 
 from hepinfra.state import codec
 from tests.cliutil import invoke, write_project
-from tests.conftest import ENV, ID_TOKEN, ISSUED, UP_ACCESS_REVOKED, UP_REVOKED, UP_TOKEN, Server, record_artifact
+from tests.conftest import (
+    ENV,
+    ID_TOKEN,
+    ISSUED,
+    UP_ACCESS_REVOKED,
+    UP_FORBIDDEN,
+    UP_REVOKED,
+    UP_TOKEN,
+    Server,
+    record_artifact,
+)
 
 KEY_ENV = {"HEPINFRA_STATE_KEY": "correct horse battery staple"}
 LOGO = bytes(range(256)) * 4 + b"\x89PNG\r\n\x1a\n"
@@ -219,7 +229,11 @@ def test_api_errors_are_one_line_with_the_address(tmp_path: Path, server: Server
     assert denied.code == 1 and "production/ids.session_secret" in text and "HEPGG_ID_TOKEN" in text
     assert "idtok-wrong-token" not in text and ID_TOKEN not in text
 
-    for token, words in ((UP_REVOKED, "Token revoked"), (UP_ACCESS_REVOKED, "ACCESS_REQUIRED")):
+    for token, words in (
+        (UP_REVOKED, "Token revoked"),
+        (UP_ACCESS_REVOKED, "ACCESS_REQUIRED"),
+        (UP_FORBIDDEN, "Forbidden"),
+    ):
         path = project(tmp_path / words.replace(" ", "_"))
         refused = run(["apply", "-f", str(path), "--auto-approve"], server, env={"HEPGG_UPLOAD_TOKEN": token})
         text = refused.out + refused.err

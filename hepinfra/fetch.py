@@ -11,9 +11,10 @@ Must not: keep a password beyond digesting it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -26,8 +27,19 @@ from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import resolve_path
 from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest
 from hepinfra.safety.redact import register
-from hepinfra.state.crypto import Cipher, cipher_for, needs_key
+from hepinfra.state.crypto import Cipher, cipher_for
 from hepinfra.state.model import State
+
+if TYPE_CHECKING:
+    from hepinfra.kinds import Kind
+
+
+def _on_account(section: str) -> bool:
+    """Resources with platform names on the database account (databases)."""
+    from hepinfra.kinds import KINDS
+
+    return KINDS[section].needs_database_key
+
 
 # an environment with neither databases nor ids digests only upload URLs, which are public
 _PUBLIC_DIGEST_KEY = "hepinfra-public-values"
@@ -55,8 +67,17 @@ class EnvAccess:
         return Digester(_PUBLIC_DIGEST_KEY, state.lineage)
 
 
+def _uses(manifest: Manifest, env: str, state: State | None, wanted: Callable[[Kind], bool]) -> bool:
+    """Whether ``env`` declares, or its state still holds, a resource of a kind ``wanted`` picks."""
+    from hepinfra.kinds import KINDS
+
+    if any(wanted(KINDS[d.kind]) for d in manifest.declared[env]):
+        return True
+    return state is not None and any(getattr(state, k.section) for k in KINDS.values() if wanted(k))
+
+
 def manages_databases(manifest: Manifest, env: str, state: State | None) -> bool:
-    return any(d.kind == "databases" for d in manifest.declared[env]) or bool(state is not None and state.databases)
+    return _uses(manifest, env, state, lambda kind: kind.needs_database_key)
 
 
 def env_access(
@@ -65,7 +86,7 @@ def env_access(
     """The environment's database key and (``ids``) state cipher. Raises ``StateKeyError`` (before
     any API call) when it manages ids and ``HEPINFRA_STATE_KEY`` is unset or wrong."""
     cipher = None
-    if ids and needs_key(state, any(d.kind == "ids" for d in manifest.declared[env])):
+    if ids and _uses(manifest, env, state, lambda kind: kind.needs_state_key):
         cipher = cipher_for(env, state, hepgg.environ, hepgg.state_key_source)
     if not manages_databases(manifest, env, state):
         return EnvAccess(env, None, "", needs_key=False, cipher=cipher)
@@ -99,26 +120,16 @@ def upload_var(manifest: Manifest, env: str, hepgg: Hepgg) -> str:
 
 
 def missing_credentials(manifest: Manifest, env: str, hepgg: Hepgg) -> dict[str, str]:
-    """Per kind, the credential variables that are not set (named, never read out)."""
-    kinds = {d.kind for d in manifest.declared[env]}
-    missing: dict[str, str] = {}
-    if "ids" in kinds:
-        unset = [v for v in id_vars(manifest, env, hepgg) if not (hepgg.environ.get(v) or "").strip()]
-        if unset:
-            missing["ids"] = " and ".join(unset) + (" are" if len(unset) > 1 else " is") + " not set"
-    if "uploads" in kinds:
-        from hepinfra.errors import UsageError
-        from hepinfra.hepgg.config import upload_authorization
+    """Per kind declared in ``env``, what is wrong with its credentials (variables named, never read out)."""
+    from hepinfra.kinds import KINDS
 
-        var = upload_var(manifest, env, hepgg)
-        if not (hepgg.environ.get(var) or "").strip():
-            missing["uploads"] = f"{var} is not set"
-        else:
-            try:
-                upload_authorization(hepgg.environ, var)
-            except UsageError as exc:
-                missing["uploads"] = exc.message
-    return missing
+    found: dict[str, str] = {}
+    for section in dict.fromkeys(d.kind for d in manifest.declared[env]):
+        check = KINDS[section].credentials
+        problem = check(manifest, env, hepgg) if check is not None else None
+        if problem is not None:
+            found[section] = problem
+    return found
 
 
 def observe_outputs(
@@ -200,7 +211,7 @@ async def gather(
     for env, secret in secrets.items():
         peers = tuple(e for e, other in secrets.items() if e != env and other == secret)
         outside = [e for e, other in others.items() if other == secret]
-        names = frozenset(d.name for e in outside for d in manifest.declared[e] if d.kind == "databases")
+        names = frozenset(d.name for e in outside for d in manifest.declared[e] if _on_account(d.kind))
         if peers or names:
             facts[env] = replace(facts[env], account_peers=peers, peer_names=names)
     if not refresh:

@@ -601,11 +601,11 @@ def _error_from_validation(
 
 
 def _check_names_are_text(doc: yamlpos.Document, filename: str) -> None:
-    """Environment and database names YAML reads as null, true, a number or a date are refused
+    """Environment and resource names YAML reads as null, true, a number or a date are refused
     (``null`` would otherwise become the name ``None``)."""
     for path, (source, what) in doc.typed_keys.items():
-        if len(path) == 2 and path[0] in ("environments", "databases"):
-            kind = "environment" if path[0] == "environments" else "database"
+        if len(path) == 2 and path[0] in ("environments", *RESOURCE_SECTIONS):
+            kind = {"environments": "environment", "databases": "database", "ids": "id", "uploads": "upload"}[path[0]]
             line, col = doc.keys[path]
             raise ManifestError(
                 f"{kind} name must be text; quote it (YAML reads {yamlpos.clip(source) or 'an empty key'} as {what})",
@@ -619,9 +619,9 @@ def _check_names_are_text(doc: yamlpos.Document, filename: str) -> None:
 def _modes_as_written(doc: yamlpos.Document) -> None:
     """An unquoted output ``mode`` is checked as written: YAML reads ``0600`` as the number 384."""
     for path, source in doc.spellings.items():
-        at_mode = len(path) == 5 and path[0] == "databases" and path[2] == "outputs" and path[4] == "mode"
+        at_mode = len(path) == 5 and path[0] in RESOURCE_SECTIONS and path[2] == "outputs" and path[4] == "mode"
         if at_mode and yamlpos.locate(doc.data, path) == path:
-            output = doc.data["databases"][path[1]]["outputs"][path[3]]
+            output = doc.data[path[0]][path[1]]["outputs"][path[3]]
             if not isinstance(output["mode"], str):
                 output["mode"] = source
 

@@ -212,7 +212,9 @@ def output_reason(
     if record.definition_digest != definition:
         return "its definition in the manifest changed"
     if current is not None and current != record.password_digest:
-        return "holds an old password" if decl.kind == "databases" else "holds an old value"
+        from hepinfra.kinds import KINDS
+
+        return f"holds an old {KINDS[decl.kind].value_noun}"
     return None
 
 
@@ -316,6 +318,8 @@ def _account_diagnostics(
 ) -> list[Diagnostic]:
     """Per account (environments sharing a key, reported once by the first of them): platform names
     declared by two of its environments, and databases none of them manages."""
+    from hepinfra.kinds import KINDS
+
     diags: list[Diagnostic] = []
     for env, claimed_here in claimed.items():
         env_facts = facts[env]
@@ -326,7 +330,7 @@ def _account_diagnostics(
         owner: dict[str, str] = {}
         for member in members:
             for decl in manifest.declared[member]:
-                if decl.kind != "databases":  # only databases have platform names on the account
+                if not KINDS[decl.kind].needs_database_key:  # only they have platform names on the account
                     continue
                 first = owner.setdefault(decl.name, member)
                 if first != member:

@@ -182,6 +182,20 @@ def load_plan(path: Path) -> Plan:
         raise PlanError(f"{path}: {first_validation_error(exc)}") from None
 
 
+def check_saved_credentials(manifest: Manifest, plan: Plan, hub: Hepgg) -> None:
+    """A saved plan's mints and uploads need the ID Generator's and the Uploader's credentials of the
+    runner that applies it: checked before any call (the plan was made where they may have been set)."""
+    from hepinfra.fetch import missing_credentials
+    from hepinfra.plan import Action
+
+    for change in plan.changes:
+        if change.action not in (Action.CREATE, Action.ROTATE):
+            continue
+        problem = missing_credentials(manifest, change.env, hub).get(change.kind)
+        if problem is not None:
+            raise UsageError(f"{change.address}: {problem}; nothing was applied")
+
+
 def settle_seconds() -> float:
     """``HEPINFRA_ROTATE_SETTLE``: seconds after an interrupted rotation's request before hepinfra trusts
     that it never reached hep.gg (default 30: twice the HTTP timeout)."""
@@ -246,6 +260,7 @@ async def apply(
                 missing = [a for a in access.values() if a.needs_key and a.key is None]
                 if missing:
                     raise UsageError(f"no database key for environment '{missing[0].env}': export {missing[0].source}")
+                check_saved_credentials(project.manifest, saved, hub)
                 rows = await current_remote(hub, access, envs)
                 check_pins(plan, states, remote_digests(rows))
                 check_changes(plan, project.manifest, states, rows)

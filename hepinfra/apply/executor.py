@@ -209,7 +209,8 @@ class Executor:
 
         return (
             f"interrupted: {len(done)} finished{some(done)}; {len(flying)} in flight{some(flying)}, which the "
-            f"journal keeps for the next apply to settle (never a second rotation); {len(waiting)} not "
+            f"journal keeps for the next apply to settle (a database is never rotated twice; an id or upload "
+            f"whose answer was not recorded is minted or uploaded again); {len(waiting)} not "
             f"started{some(waiting)}, nothing recorded for them"
         )
 

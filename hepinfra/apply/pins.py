@@ -97,7 +97,7 @@ def check_changes(
             records = {r.path for r in state.outputs.values() if r.database == ref} if state else set()
             if not set(change.retire) <= records:
                 raise refuse(change, "retires outputs the state has no record of")
-        if change.kind != "databases":  # no remote id: what state holds decides
+        if not KINDS[change.kind].needs_database_key:  # no remote id: what state holds decides
             held = state is not None and change.key in getattr(state, change.kind)
             if change.database_id is not None or change.action is Action.ADOPT:
                 raise refuse(change, "names a remote id, which this kind has none of")

@@ -62,9 +62,10 @@ def schema(plan_schema: bool) -> None:
     "rotations",
     multiple=True,
     metavar="ADDR",
-    help="Plan a rotation: ENV/databases.NAME, or NAME for every selected environment.",
+    help="Plan a rotation: ENV/KIND.NAME (databases, ids, uploads), KIND.NAME or a database's NAME for every "
+    "selected environment.",
 )
-@click.option("--show-unchanged", is_flag=True, help="List up-to-date databases too (text output).")
+@click.option("--show-unchanged", is_flag=True, help="List up-to-date resources too (text output).")
 def plan(
     manifest_file: str,
     envs: tuple[str, ...],
@@ -309,7 +310,13 @@ def apply_options(f: Any) -> Any:
 @cli.command()
 @click.argument("plan_file", required=False, type=click.Path(dir_okay=False))
 @apply_options
-@click.option("--rotate", "rotations", multiple=True, metavar="ADDR", help="Also rotate this database (repeatable).")
+@click.option(
+    "--rotate",
+    "rotations",
+    multiple=True,
+    metavar="ADDR",
+    help="Also rotate this resource: ENV/KIND.NAME, KIND.NAME or a database's NAME (repeatable).",
+)
 def apply(
     plan_file: str | None,
     manifest_file: str,

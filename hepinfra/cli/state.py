@@ -1,4 +1,4 @@
-"""``hepinfra state ...``: inspect and repair state (it holds no secrets)."""
+"""``hepinfra state ...``: inspect and repair state (no secret in plain text: ids only encrypted)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @cli.group()
 def state() -> None:
-    """Inspect and repair state (it holds no secrets)."""
+    """Inspect and repair state (no secret in plain text: ids are kept encrypted)."""
 
 
 @state.command("list")

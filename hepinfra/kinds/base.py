@@ -29,7 +29,13 @@ class Kind:
     headline: Callable[[Change], str]  # "will be created as ...", after the address
     steps: str  # module path: STEPS (Action -> step) and ``value_of`` (the ``output`` command's values)
     forgotten: str = "no longer managed; it stays on hep.gg"  # the apply message of a forget
-    needs_database_key: bool = False  # planning it needs the environment's List
+    # lives in the database API: planning it needs the environment's key and List, it has remote ids
+    # and platform names on the account
+    needs_database_key: bool = False
+    needs_state_key: bool = False  # its values are kept encrypted in state (HEPINFRA_STATE_KEY)
+    value_noun: str = "value"  # what an output of it holds: "holds an old <value_noun>"
+    # the credential variables it lacks in an environment ("X is not set", a malformed one), or None
+    credentials: Callable[[Any, str, Any], str | None] | None = None
 
     def step(self, action: Any) -> Step:
         steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS

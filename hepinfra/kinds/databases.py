@@ -247,4 +247,5 @@ KIND = Kind(
     headline=_headline,
     steps="hepinfra.kinds.databases_apply",
     needs_database_key=True,
+    value_noun="password",
 )

@@ -58,7 +58,7 @@ async def _finish(
     failures, written_at = await ex.finish(
         change, db_context(creds), creds.password.get_secret_value(), entry, update, steps
     )
-    if failures or not steps:
+    if any(f.step == "render" for f in failures) or not steps:
         return failures, None, written_at  # an output failed: verify and hook stay owed until all are written
     verified_ms, verified_at = await _after(ex, change, creds, steps, failures)
     return failures, verified_ms, verified_at or written_at
@@ -69,7 +69,7 @@ async def _after(
 ) -> tuple[float | None, float | None]:
     """Run the owed ``steps`` (verify, then hook), record those done; failures are appended. Returns
     the verification's ms and when it passed (perf_counter), or None."""
-    from hepinfra.apply.hooks import run_hook
+    from hepinfra.apply.hooks import in_daemon_thread, run_hook
     from hepinfra.verify import VerifyError
 
     decl = ex.decl(change)
@@ -83,11 +83,11 @@ async def _after(
             done.append("verify")
         except VerifyError as exc:
             failures.append(Failure("verify", decl.name, str(exc)))
-    if "hook" in steps and not failures:
+    if "hook" in steps and "verify" not in [f.step for f in failures]:
         kill_point("hook")
         try:
             values = [creds.password.get_secret_value(), creds.connection_string.get_secret_value()]
-            await asyncio.to_thread(run_hook, decl, ex.manifest.project_dir, values)
+            await in_daemon_thread(run_hook, decl, ex.manifest.project_dir, values)
             done.append("hook")
             kill_point("done")
         except OutputError as exc:

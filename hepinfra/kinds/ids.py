@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from hepinfra.kinds.base import Kind
 from hepinfra.manifest import Declared
@@ -34,6 +35,16 @@ SECTION = "ids"
 def options_digest(decl: Declared) -> str:
     """The type and options a value was minted with: a change of either mints a new value."""
     return hashlib.sha256(json.dumps([decl.engine, list(decl.options)], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def missing_credentials(manifest: Any, env: str, hepgg: Any) -> str | None:
+    """The ID Generator's username and token variables of ``env`` that are not set."""
+    from hepinfra.fetch import id_vars
+
+    unset = [v for v in id_vars(manifest, env, hepgg) if not (hepgg.environ.get(v) or "").strip()]
+    if not unset:
+        return None
+    return " and ".join(unset) + (" are" if len(unset) > 1 else " is") + " not set"
 
 
 def _headline(change: Change) -> str:
@@ -116,4 +127,6 @@ KIND = Kind(
     headline=_headline,
     steps="hepinfra.kinds.ids_apply",
     forgotten="no longer managed; its value is gone from state",
+    needs_state_key=True,
+    credentials=missing_credentials,
 )

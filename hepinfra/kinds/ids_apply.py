@@ -31,6 +31,15 @@ def _cipher(ex: Executor, change: Change) -> Cipher:
     return cipher
 
 
+def opened(cipher: Cipher, managed: ManagedId, address: str) -> dict[str, Any]:
+    """The decrypted value, registered with the redactor before anything can quote it."""
+    from hepinfra.safety.redact import register
+
+    payload: dict[str, Any] = json.loads(cipher.open(managed.ciphertext, address))
+    register(payload.get("id"), payload.get("privateID"))
+    return payload
+
+
 def _value(payload: dict[str, Any], id_type: str) -> dict[str, Any]:
     """The ``id`` template variable: ``private`` only for a keypair (elsewhere a template using it fails)."""
     value = {"value": payload["id"], "type": id_type}
@@ -98,19 +107,27 @@ async def render(ex: Executor, change: Change) -> Outcome:
     managed = ex.ledgers[change.env].state.ids.get(decl.key)
     if managed is None:
         raise HepinfraError(f"{change.address}: not in state any more; make a new plan")
-    payload = json.loads(_cipher(ex, change).open(managed.ciphertext, decl.address))
+    payload = opened(_cipher(ex, change), managed, decl.address)
     paths = tuple(o.path for o in change.outputs)
     intent = JournalEntry(op="render", database=decl.ref, name=decl.key, started_at=now(), outputs=paths)
     if paths:
         await ex.journal(change, intent)
-    failures, _ = await ex.finish(change, _value(payload, managed.type), payload["id"], intent, lambda s: s)
+    current = ex.digester(change)(payload["id"])  # the digest key may have changed since the mint
+
+    def keep_current(s: State) -> State:
+        found = s.ids.get(decl.key)
+        if found is None or found.value_digest == current:
+            return s
+        return s.model_copy(update={"ids": {**s.ids, decl.key: found.model_copy(update={"value_digest": current})}})
+
+    failures, _ = await ex.finish(change, _value(payload, managed.type), payload["id"], intent, keep_current)
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
 
 
 async def value_of(hub: Any, access: Any, managed: ManagedId, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Decrypted from state (no call: hep.gg keeps no copy)."""
     assert access.cipher is not None
-    payload = json.loads(access.cipher.open(managed.ciphertext, decl.address))
+    payload = opened(access.cipher, managed, decl.address)
     value = _value(payload, managed.type)
     return value, {k: value[k] for k in ("value", "private") if k in value}
 

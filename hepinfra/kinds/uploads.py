@@ -10,10 +10,28 @@ Must not: do I/O (the manifest read and digested the file).
 
 from __future__ import annotations
 
+from typing import Any
+
 from hepinfra.kinds.base import Kind
 from hepinfra.plan import Action, Change, Diagnostic, EnvInput, all_outputs, base_fields, credential_error, forgotten
 
 SECTION = "uploads"
+
+
+def missing_credentials(manifest: Any, env: str, hepgg: Any) -> str | None:
+    """The Uploader token variable of ``env``, unset or in no documented form."""
+    from hepinfra.errors import UsageError
+    from hepinfra.fetch import upload_var
+    from hepinfra.hepgg.config import upload_authorization
+
+    var = upload_var(manifest, env, hepgg)
+    if not (hepgg.environ.get(var) or "").strip():
+        return f"{var} is not set"
+    try:
+        upload_authorization(hepgg.environ, var)
+    except UsageError as exc:
+        return exc.message
+    return None
 
 
 def _headline(change: Change) -> str:
@@ -101,4 +119,6 @@ KIND = Kind(
     headline=_headline,
     steps="hepinfra.kinds.uploads_apply",
     forgotten="no longer managed; the file stays published at its URL",
+    value_noun="URL",
+    credentials=missing_credentials,
 )

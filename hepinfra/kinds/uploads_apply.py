@@ -110,13 +110,21 @@ async def render(ex: Executor, change: Change) -> Outcome:
     intent = JournalEntry(op="render", database=decl.ref, name=decl.key, started_at=now(), outputs=paths)
     if paths:
         await ex.journal(change, intent)
-    failures, _ = await ex.finish(change, _value(managed), managed.url, intent, lambda s: s)
+    current = ex.digester(change)(managed.url)  # the digest key may have changed since the upload
+
+    def keep_current(s: State) -> State:
+        found = s.uploads.get(decl.key)
+        if found is None or found.value_digest == current:
+            return s
+        return s.model_copy(
+            update={"uploads": {**s.uploads, decl.key: found.model_copy(update={"value_digest": current})}}
+        )
+
+    failures, _ = await ex.finish(change, _value(managed), managed.url, intent, keep_current)
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
 
 
-async def value_of(
-    hub: Any, access: Any, managed: ManagedUpload, decl: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+async def value_of(hub: Any, access: Any, managed: ManagedUpload, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return _value(managed), {"url": managed.url}
 
 

@@ -27,7 +27,9 @@ def encode(state: State) -> bytes:
             "outputs": dict(sorted(state.outputs.items())),
         }
     )
-    return ordered.model_dump_json(indent=2).encode() + b"\n"
+    # no ids, uploads or crypto: the file is exactly what a hepinfra without them writes (and reads)
+    absent = {name for name in ("ids", "uploads", "crypto") if not getattr(state, name)}
+    return ordered.model_dump_json(indent=2, exclude=absent).encode() + b"\n"
 
 
 def decode(data: bytes, source: str) -> State:

@@ -133,10 +133,6 @@ def local_key(project_dir: Path) -> str:
     return text
 
 
-def needs_key(state: State | None, declares_ids: bool) -> bool:
-    return declares_ids or bool(state is not None and (state.ids or state.crypto is not None))
-
-
 def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source: str = KEY_VAR) -> Cipher:
     """The state's cipher: its key checked against the stored check value, or a new salt and check
     for a state that has none yet (written with the first minted id). Raises before any API call.
@@ -156,6 +152,8 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
         )
     register(secret, secret.strip())
     crypto = state.crypto if state is not None else None
+    if crypto is not None and state is not None and not state.ids and not _opens(secret, crypto, env):
+        crypto = None  # nothing is encrypted under the old key any more: start afresh with this one
     if crypto is None:
         raw = _raw_key(secret)
         draft = StateCrypto.model_construct(
@@ -165,16 +163,19 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
         cipher = Cipher(key, draft, env)
         cipher.crypto = StateCrypto.model_validate({**draft.model_dump(), "check": cipher.seal(_CHECK, "check")})
         return cipher
-    key = _derive(secret, crypto)
-    cipher = Cipher(key, crypto, env)
-    try:
-        ok = cipher.open(crypto.check, "check") == _CHECK
-    except StateKeyError:
-        ok = False
-    if not ok:
+    key = _derive(secret, crypto)  # a passphrase given for a raw key (or the reverse) says so
+    if not _opens(secret, crypto, env):
         raise StateKeyError(
             f"{source} is not the key the state of environment '{env}' was encrypted with; nothing was "
             "decrypted or minted",
             hint=f"set {KEY_VAR} to the key this state was written with",
         )
-    return cipher
+    return Cipher(key, crypto, env)
+
+
+def _opens(secret: str, crypto: StateCrypto, env: str) -> bool:
+    """Does ``secret`` open this state's check value?"""
+    try:
+        return Cipher(_derive(secret, crypto), crypto, env).open(crypto.check, "check") == _CHECK
+    except StateKeyError:
+        return False

@@ -442,3 +442,61 @@ def test_an_upload_token_of_no_documented_form_is_a_plan_error(tmp_path: Path, s
     result = run(["plan", "-f", str(project(tmp_path))], server, env={"HEPGG_UPLOAD_TOKEN": token})
     assert result.code == 1 and "production/uploads.logo" in result.err and "HEPGG_UPLOAD_TOKEN" in result.err
     assert service_calls(server, "uploader") == 0
+
+
+# --- what a reviewer found ------------------------------------------------------------------------------
+
+
+def test_a_changed_digest_key_renders_once_then_converges(tmp_path: Path, server: Server) -> None:
+    """uploads alone digest with a public key; adding an id switches the environment to its state key."""
+    uploads_only = "version: 1\nenvironments:\n  production: {}\nuploads:" + MANIFEST.split("uploads:")[1]
+    path = project(tmp_path, uploads_only)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    path = project(tmp_path)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    assert run(["plan", "-f", str(path), "--detailed-exitcode"], server).code == 0
+    assert "No changes to apply" in run(["apply", "-f", str(path), "--auto-approve"], server).out
+
+
+def test_an_unquoted_mode_on_an_id_output_is_read_as_written(tmp_path: Path) -> None:
+    ok = MANIFEST.replace(
+        'keys: {SESSION_SECRET: "{{ id.value }}"}', 'keys: {SESSION_SECRET: "{{ id.value }}"}\n        mode: 0600'
+    )
+    assert invoke(["validate", "-f", str(project(tmp_path / "a", ok))]).code == 0
+    loose = ok.replace("mode: 0600", "mode: 0644")
+    result = invoke(["validate", "-f", str(project(tmp_path / "b", loose))])
+    assert result.code == 1 and "mode 0644 gives group or other users access" in result.err
+
+
+def test_a_state_without_ids_or_uploads_is_written_as_before(tmp_path: Path, server: Server) -> None:
+    manifest = "version: 1\nenvironments: {production: {}}\ndatabases:\n  shop: {}\n"
+    path = project(tmp_path, manifest)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    doc = json.loads((tmp_path / ".hepinfra/state/production.json").read_text())
+    assert "shop" in doc["databases"] and not {"ids", "uploads", "crypto"} & set(doc)
+
+
+def test_the_key_is_not_needed_once_the_last_id_is_forgotten(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
+    without_ids = project(tmp_path, MANIFEST.split("ids:")[0] + "uploads:" + MANIFEST.split("uploads:")[1])
+    assert run(["apply", "-f", str(without_ids), "--auto-approve"], server).code == 0
+    # without the key, the upload's output digests are keyed anew (its URL is public): one render
+    assert invoke(["apply", "-f", str(without_ids), "--auto-approve"], server=server,
+                  env={"HEPINFRA_STATE_KEY": ""}).code == 0  # fmt: skip
+    bare = invoke(["plan", "-f", str(without_ids), "--detailed-exitcode"], server=server,
+                  env={"HEPINFRA_STATE_KEY": ""})  # fmt: skip
+    assert bare.code == 0, bare.out + bare.err
+    again = project(tmp_path, MANIFEST)  # ids back, under another key: nothing was left encrypted
+    assert invoke(["apply", "-f", str(again), "--auto-approve"], server=server,
+                  env={"HEPINFRA_STATE_KEY": "a-new-key-after-all"}).code == 0  # fmt: skip
+
+
+def test_a_saved_plan_needs_the_id_and_upload_credentials_where_it_is_applied(tmp_path: Path, server: Server) -> None:
+    path = project(tmp_path)
+    plan_file = tmp_path / "plan.json"
+    assert run(["plan", "-f", str(path), "--out", str(plan_file)], server).code == 0
+    server.control("DELETE", "/requests")
+    result = run(["apply", str(plan_file)], server, env={"HEPGG_ID_TOKEN": ""})
+    assert result.code == 1 and "HEPGG_ID_TOKEN is not set" in result.err and "nothing was applied" in result.err
+    assert server.requests() == []

@@ -5,7 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ["httpx", "pydantic", "starlette", "uvicorn", "jinja2", "rich", "yaml", "deepdiff", "cryptography", "sqlite3"]
+HEAVY = [
+    "httpx",
+    "pydantic",
+    "starlette",
+    "uvicorn",
+    "jinja2",
+    "rich",
+    "yaml",
+    "deepdiff",
+    "cryptography",
+    "sqlite3",
+    "psycopg",
+    "pymysql",
+    "boto3",
+]
 
 
 def test_version_imports_nothing_heavy() -> None:

@@ -177,7 +177,7 @@ def test_backend_libraries_are_not_imported_at_start_up() -> None:
     import subprocess
     import sys
 
-    code = "import hepinfra.cli, sys; print(any(m in sys.modules for m in ('boto3', 'botocore', 'psycopg')))"
+    code = "import hepinfra.cli, sys; print(any(m in sys.modules for m in ('boto3', 'botocore', 'psycopg', 'pymysql')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
     assert done.stdout.strip() == "False"
 

@@ -9,44 +9,10 @@ Must not: pass a secret in its argv or environment (the manifest refuses one in 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from hepinfra.errors import OutputError
 from hepinfra.manifest import Declared, OutputTarget
-
-T = TypeVar("T")
-
-
-async def in_daemon_thread(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a daemon thread of its own: a hook may run for up to an hour, and must
-    neither take one of the workers that state writes and outputs share nor keep the process from
-    exiting on a signal (its whole process group is killed at its timeout in any case)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            outcome: tuple[T | None, BaseException | None] = (call(*args), None)
-        except BaseException as exc:  # handed to the awaiting task
-            outcome = (None, exc)
-        with contextlib.suppress(RuntimeError):  # the run ended meanwhile (interrupted): nobody waits
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=run, name="hepinfra-hook", daemon=True).start()
-    return await future
 
 
 def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> None:

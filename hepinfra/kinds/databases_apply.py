@@ -69,7 +69,8 @@ async def _after(
 ) -> tuple[float | None, float | None]:
     """Run the owed ``steps`` (verify, then hook), record those done; failures are appended. Returns
     the verification's ms and when it passed (perf_counter), or None."""
-    from hepinfra.apply.hooks import in_daemon_thread, run_hook
+    from hepinfra.apply.hooks import run_hook
+    from hepinfra.daemon import in_daemon_thread
     from hepinfra.verify import VerifyError
 
     decl = ex.decl(change)
@@ -78,7 +79,7 @@ async def _after(
     kill_point("verify")
     if "verify" in steps:
         try:
-            verified_ms = await asyncio.to_thread(_verify, ex, change, creds)
+            verified_ms = await _verify(ex, change, creds)
             verified_at = time.perf_counter()
             done.append("verify")
         except VerifyError as exc:
@@ -97,9 +98,9 @@ async def _after(
     return verified_ms, verified_at
 
 
-def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
+async def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
     """Connect with every connection string the outputs hold, exactly as rendered."""
-    from hepinfra.verify import check, connection_strings, rendered_texts
+    from hepinfra.verify import check_all, connection_strings, rendered_texts
 
     decl = ex.decl(change)
     db = db_context(creds)
@@ -111,7 +112,7 @@ def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
         "db": db,
     }
     urls = connection_strings(decl.engine, rendered_texts(decl.outputs, context)) or [db["connection_string"]]
-    return sum(check(decl.engine, url, decl.verify_timeout) for url in urls)
+    return await check_all(decl.engine, urls, decl.verify_timeout)
 
 
 async def create(ex: Executor, change: Change) -> Outcome:

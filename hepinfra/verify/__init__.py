@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -67,35 +67,6 @@ def _mariadb(url: str, timeout: int) -> None:
 
 
 _CHECKS = {"postgres": _postgres, "mariadb": _mariadb}
-
-
-class _Deadline(Exception):
-    def __str__(self) -> str:
-        return "no answer within the verify_timeout (the server accepted the connection but stalled)"
-
-
-def _within(timeout: int, call: Callable[[], None]) -> None:
-    """Run ``call`` in a daemon thread and give up after ``timeout`` (+ a little): a driver's own
-    timeouts bound each socket read, not a whole handshake, and a server that drips one byte at a
-    time must not hold an apply (or its exit on a signal: a daemon thread never blocks it)."""
-    import threading
-
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:  # handed to the waiting thread
-            outcome.append(exc)
-
-    worker = threading.Thread(target=run, name="hepinfra-verify", daemon=True)
-    worker.start()
-    worker.join(timeout + 2)
-    if not outcome:
-        raise _Deadline
-    if outcome[0] is not None:
-        raise outcome[0]
 _DRIVERS = {"postgres": "psycopg", "mariadb": "PyMySQL"}
 
 
@@ -106,7 +77,7 @@ def check(engine: str, url: str, timeout: int) -> float:
         register(secret)
     started = time.perf_counter()
     try:
-        _within(timeout, lambda: _CHECKS[engine](url, timeout))
+        _CHECKS[engine](url, timeout)
     except ImportError:
         raise VerifyError(f"verify needs {_DRIVERS[engine]}: pip install 'hepinfra[verify]'") from None
     except Exception as exc:  # every driver error becomes one line without the credentials
@@ -117,6 +88,28 @@ def check(engine: str, url: str, timeout: int) -> float:
             hint="the next apply verifies again (without rotating)",
         ) from None
     return (time.perf_counter() - started) * 1000
+
+
+async def check_all(engine: str, urls: list[str], timeout: int) -> float:
+    """``check`` each URL in a daemon thread (``hepinfra.daemon``), giving up after ``timeout`` (+ a
+    little): a driver's own timeouts bound each socket read, not a whole handshake, so a server that
+    drips one byte at a time must not hold an apply. The total milliseconds."""
+    import asyncio
+
+    from hepinfra.daemon import in_daemon_thread
+
+    total = 0.0
+    for url in urls:
+        try:
+            total += await asyncio.wait_for(in_daemon_thread(check, engine, url, timeout), timeout + 2)
+        except TimeoutError:
+            where = urlsplit(url)
+            raise VerifyError(
+                f"no answer from {where.hostname}:{where.port} within the verify_timeout ({timeout}s): the server "
+                "accepted the connection but stalled",
+                hint="the next apply verifies again (without rotating)",
+            ) from None
+    return total
 
 
 def rendered_texts(targets: Iterable[Any], context: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -457,3 +457,40 @@ def credential_error(here: EnvInput, decl: Declared, what: str, hint: str) -> li
     if problem is None:
         return []
     return [Diagnostic(severity="error", env=here.env, address=decl.address, message=f"{what}: {problem}", hint=hint)]
+
+
+Decision = Callable[[Declared, Any, set[str]], list[str]]  # (declaration, held or None, pending ops) -> reasons
+
+
+def plan_held(
+    here: EnvInput,
+    section: str,
+    decide: Decision,
+    *,
+    outputs_reason: str,
+    credentials: tuple[str, str],
+    forget_reason: str,
+    engine_of: Callable[[Any], str],
+) -> tuple[list[Change], list[Diagnostic], set[str]]:
+    """The plan of a kind that hep.gg cannot list (only state knows its resources): ``create`` what
+    state does not hold, ``rotate`` what ``decide`` gives reasons for (a create's reasons too), else
+    render stale outputs; ``forget`` what the manifest no longer declares. A create or rotate
+    without the kind's credentials is a blocking error (``credentials``: what, and the hint)."""
+    held: Mapping[str, Any] = getattr(here.state, section)
+    changes: list[Change] = []
+    diags: list[Diagnostic] = []
+    declared = here.declared(section)
+    for decl in declared:
+        managed = held.get(decl.key)
+        reasons = decide(decl, managed, {j.op for j in here.state.pending(decl.ref)})
+        if managed is not None and not reasons:
+            changes.append(here.render_or_noop(decl, managed.value_digest))
+            continue
+        action = Action.CREATE if managed is None else Action.ROTATE
+        changes.append(Change(**base_fields(decl), action=action, reasons=tuple(reasons),
+                              outputs=all_outputs(decl, outputs_reason), retire=here.retired(decl)))  # fmt: skip
+        diags += credential_error(here, decl, *credentials)
+    keys = {d.key for d in declared}
+    changes += [forgotten(here, section, key, engine_of(m), forget_reason) for key, m in sorted(held.items())
+                if key not in keys]  # fmt: skip
+    return changes, diags, set()

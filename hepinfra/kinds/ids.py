@@ -17,17 +17,7 @@ from typing import Any
 
 from hepinfra.kinds.base import Kind
 from hepinfra.manifest import Declared
-from hepinfra.plan import (
-    Action,
-    Change,
-    Diagnostic,
-    EnvInput,
-    all_outputs,
-    base_fields,
-    credential_error,
-    due,
-    forgotten,
-)
+from hepinfra.plan import Action, Change, Decision, Diagnostic, EnvInput, due, plan_held
 
 SECTION = "ids"
 
@@ -58,66 +48,40 @@ def _headline(change: Change) -> str:
     }[change.action]
 
 
-def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
-    changes: list[Change] = []
-    diags: list[Diagnostic] = []
-    declared = here.declared(SECTION)
-    for decl in declared:
-        managed = here.state.ids.get(decl.key)
-        pending = {j.op for j in here.state.pending(decl.ref)}
-        reasons: list[str] = []
+def _decide(here: EnvInput) -> Decision:
+    def decide(decl: Declared, managed: Any, pending: set[str]) -> list[str]:
+        wanted = here.rotate.wants(here.env, decl.ref)
         if managed is None:
-            action = Action.CREATE
-            reasons.append(
-                "an interrupted mint: its value was never recorded or written, so a new one is minted"
-                if "create" in pending
-                else "not minted yet"
-            )
-            if here.rotate.wants(here.env, decl.ref):
-                reasons.append("requested rotation not needed: a new value is minted anyway")
-        else:
-            action = Action.ROTATE
-            if "rotate" in pending:
-                reasons.append(
-                    "an interrupted rotation: the value minted then was never recorded or written, so a new one is "
-                    "minted (the current value stays valid meanwhile)"
-                )
-            elif here.rotate.wants(here.env, decl.ref):
-                reasons.append("requested")
-            elif managed.options_digest != options_digest(decl):
-                reasons.append("its type or options changed: a new value is minted")
-            elif when := due(decl, managed.rotated_at, here.now):
-                reasons.append(when)
-        if reasons:
-            change = Change(**base_fields(decl), action=action, reasons=tuple(reasons), outputs=all_outputs(
-                decl, "with the new value"), retire=here.retired(decl))  # fmt: skip
-            changes.append(change)
-            diags += credential_error(
-                here,
-                decl,
-                "minting needs the ID Generator's credentials",
-                "export them (from the dashboard: ID Generator -> API Keys)",
-            )
-            continue
-        assert managed is not None
-        changes.append(here.render_or_noop(decl, managed.value_digest))
-    keys = {d.key for d in declared}
-    for key, managed in sorted(here.state.ids.items()):
-        if key in keys:
-            continue
-        changes.append(
-            forgotten(
-                here,
-                SECTION,
-                key,
-                managed.type,
-                (
-                    "no longer declared: its encrypted value is dropped from state (hep.gg keeps no copy of an id); "
-                    "its outputs are left in place"
-                ),
-            )
-        )
-    return changes, diags, set()
+            first = ("an interrupted mint: its value was never recorded or written, so a new one is minted"
+                     if "create" in pending else "not minted yet")  # fmt: skip
+            return [first] + (["requested rotation not needed: a new value is minted anyway"] if wanted else [])
+        if "rotate" in pending:
+            return [
+                "an interrupted rotation: the value minted then was never recorded or written, so a new one is "
+                "minted (the current value stays valid meanwhile)"
+            ]
+        if wanted:
+            return ["requested"]
+        if managed.options_digest != options_digest(decl):
+            return ["its type or options changed: a new value is minted"]
+        when = due(decl, managed.rotated_at, here.now)
+        return [when] if when else []
+
+    return decide
+
+
+def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
+    return plan_held(
+        here,
+        SECTION,
+        _decide(here),
+        outputs_reason="with the new value",
+        credentials=("minting needs the ID Generator's credentials",
+                     "export them (from the dashboard: ID Generator -> API Keys)"),
+        forget_reason="no longer declared: its encrypted value is dropped from state (hep.gg keeps no copy of an "
+        "id); its outputs are left in place",
+        engine_of=lambda managed: str(managed.type),
+    )  # fmt: skip
 
 
 KIND = Kind(

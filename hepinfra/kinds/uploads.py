@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from hepinfra.kinds.base import Kind
-from hepinfra.plan import Action, Change, Diagnostic, EnvInput, all_outputs, base_fields, credential_error, forgotten
+from hepinfra.manifest import Declared
+from hepinfra.plan import Action, Change, Decision, Diagnostic, EnvInput, plan_held
 
 SECTION = "uploads"
 
@@ -47,69 +48,39 @@ def _headline(change: Change) -> str:
     }[change.action]
 
 
-def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
-    changes: list[Change] = []
-    diags: list[Diagnostic] = []
-    declared = here.declared(SECTION)
-    for decl in declared:
-        managed = here.state.uploads.get(decl.key)
-        pending = {j.op for j in here.state.pending(decl.ref)}
-        reasons: list[str] = []
+def _decide(here: EnvInput) -> Decision:
+    def decide(decl: Declared, managed: Any, pending: set[str]) -> list[str]:
         if managed is None:
-            action = Action.CREATE
-            reasons.append(f"'{decl.file}' is not uploaded yet")
-            if "create" in pending:
-                reasons.append(
-                    "an earlier upload was interrupted before its URL was recorded: it may have left one copy that "
-                    "nothing refers to (hep.gg cannot delete uploads)"
-                )
-        else:
-            action = Action.ROTATE
-            if managed.digest != decl.file_digest:
-                reasons.append(
-                    f"content changed: '{decl.file}' is sha256 {decl.file_digest[:12]}…, "
-                    f"uploaded was {managed.digest[:12]}…"
-                )
-            elif "rotate" in pending:
-                reasons.append("an interrupted upload: uploaded again (the old URL keeps serving the old content)")
-            elif here.rotate.wants(here.env, decl.ref):
-                reasons.append("requested: uploaded again (the old URL keeps serving the old content)")
-        if reasons:
-            changes.append(
-                Change(
-                    **base_fields(decl),
-                    action=action,
-                    reasons=tuple(reasons),
-                    outputs=all_outputs(decl, "with the new URL"),
-                    retire=here.retired(decl),
-                )
-            )
-            diags += credential_error(
-                here,
-                decl,
-                "uploading needs the Uploader's token",
-                "copy it from the dashboard: Uploader -> Setup / API Keys",
-            )
-            continue
-        assert managed is not None
-        changes.append(here.render_or_noop(decl, managed.value_digest))
-    keys = {d.key for d in declared}
-    for key in sorted(here.state.uploads):
-        if key in keys:
-            continue
-        changes.append(
-            forgotten(
-                here,
-                SECTION,
-                key,
-                "file",
-                (
-                    "no longer declared: hep.gg cannot delete uploads, so the file stays published at its URL; "
-                    "hepinfra forgets it and leaves its outputs in place"
-                ),
-            )
-        )
-    return changes, diags, set()
+            return [f"'{decl.file}' is not uploaded yet"] + (
+                ["an earlier upload was interrupted before its URL was recorded: it may have left one copy that "
+                 "nothing refers to (hep.gg cannot delete uploads)"] if "create" in pending else []
+            )  # fmt: skip
+        if managed.digest != decl.file_digest:
+            now, was = decl.file_digest[:12], managed.digest[:12]
+            return [f"content changed: '{decl.file}' is sha256 {now}…, uploaded was {was}…"]
+        if "rotate" in pending:
+            return ["an interrupted upload: uploaded again (the old URL keeps serving the old content)"]
+        if here.rotate.wants(here.env, decl.ref):
+            return ["requested: uploaded again (the old URL keeps serving the old content)"]
+        return []
+
+    return decide
+
+
+def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
+    return plan_held(
+        here,
+        SECTION,
+        _decide(here),
+        outputs_reason="with the new URL",
+        credentials=(
+            "uploading needs the Uploader's token",
+            "copy it from the dashboard: Uploader -> Setup / API Keys",
+        ),
+        forget_reason="no longer declared: hep.gg cannot delete uploads, so the file stays published at its URL; "
+        "hepinfra forgets it and leaves its outputs in place",
+        engine_of=lambda managed: "file",
+    )
 
 
 KIND = Kind(

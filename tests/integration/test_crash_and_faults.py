@@ -184,22 +184,23 @@ def test_apply_killed_at_random_moments_converges(seed: int, make_world: Callabl
     assert_converged(project, server, rotations=1 if rotating else 0, old_passwords=before)
 
 
+def apply_until_clean(project: Path, server: Server, runs: int = 6) -> int:
+    """Apply through a faulty hep.gg until a plan says nothing is left; the number of applies."""
+    for attempt in range(1, runs + 1):
+        invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
+        if invoke(["plan", "-f", str(project), "--detailed-exitcode", "--no-refresh"], server=server).code == 0:
+            return attempt
+    raise AssertionError(f"apply did not converge in {runs} runs")
+
+
 def test_apply_converges_through_a_faulty_hepgg(make_world: Callable[..., Server], tmp_path: Path) -> None:
     """--fail-rate 0.2 mixing 5xx, 429 and drops before and after commit: no duplicate, no double rotation."""
     server = make_world(EmulatorConfig(faults=Faults(fail_rate=0.2, retry_after=0), seed=7))
     project = project_for(tmp_path / "p")
-
-    def apply_until_clean() -> int:
-        for attempt in range(1, 6):
-            invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
-            if invoke(["plan", "-f", str(project), "--detailed-exitcode", "--no-refresh"], server=server).code == 0:
-                return attempt
-        raise AssertionError("apply did not converge in 5 runs")
-
-    apply_until_clean()
+    apply_until_clean(project, server)
     age_state(project)
     before = passwords(server)
-    apply_until_clean()
+    apply_until_clean(project, server)
     faults = [r["fault"] for r in server.requests() if r["fault"]]
     assert {"500", "502", "503", "429", "drop-before", "drop-after"} <= set(faults), faults
     server.faults(fail_rate=0)
@@ -311,15 +312,9 @@ def test_real_engines_apply_killed_at_random_moments_converges(
 def test_real_engines_converge_through_a_faulty_hepgg(real_world: Callable[..., Server], tmp_path: Path) -> None:
     server = real_world(faults=Faults(fail_rate=0.2, retry_after=0), seed=7)
     project = project_for(tmp_path / "p")
-    for _ in range(2):
-        for _attempt in range(6):
-            invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
-            if invoke(["plan", "-f", str(project), "--detailed-exitcode", "--no-refresh"], server=server).code == 0:
-                break
-        else:
-            raise AssertionError("apply did not converge in 6 runs")
-        if _ == 0:
-            age_state(project)
-            before = passwords(server)
+    apply_until_clean(project, server)
+    age_state(project)
+    before = passwords(server)
+    apply_until_clean(project, server)
     server.faults(fail_rate=0)
     assert_converged(project, server, rotations=1, old_passwords=before, real=True)

@@ -183,6 +183,9 @@ class Executor:
         try:
             result.outcomes = list(await asyncio.gather(*tasks))
         except asyncio.CancelledError:
+            from hepinfra.outputs.exec import kill_running
+
+            kill_running()  # a hook or a secret store's CLI never outlives the run (the journal owes it)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

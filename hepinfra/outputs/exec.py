@@ -47,8 +47,6 @@ def run(
     """Run ``argv`` in the project directory, keeping at most READ_LIMIT bytes of each of its
     outputs; kill its process group at the timeout. A command that exited while something it
     started (even in a new session) still holds its pipes is done: its exit status counts."""
-    import threading
-    import time
 
     try:
         proc = subprocess.Popen(
@@ -63,6 +61,28 @@ def run(
         )
     except OSError as exc:
         raise OutputError(f"{target.path}: cannot run {argv[0]!r}: {exc.strerror}") from None
+    RUNNING.add(proc.pid)
+    try:
+        return _wait(proc, target, stdin)
+    finally:
+        RUNNING.discard(proc.pid)
+
+
+RUNNING: set[int] = set()  # process groups of the commands running now (exec outputs, after_rotate hooks)
+
+
+def kill_running() -> None:
+    """An interrupted apply: kill every command it started that still runs (its whole process group),
+    so no hook or secret-store CLI outlives the run; the journal keeps each owed for the next apply."""
+    for pgid in list(RUNNING):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _wait(proc: Any, target: OutputTarget, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+    import threading
+    import time
+
     kept: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}
 
     def drain(name: str, pipe: Any) -> None:  # keeps the first READ_LIMIT bytes, discards the rest

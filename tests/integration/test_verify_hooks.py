@@ -475,3 +475,35 @@ def test_an_owed_hook_whose_after_rotate_was_removed_is_dropped_and_said_so(
     applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server)
     assert applied.code == 0 and "owed hook dropped" in applied.out and "hook: done" not in applied.out
     assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server).code == 0
+
+
+def test_an_interrupted_apply_kills_its_hook_and_owes_it(
+    tmp_path: Path, world: Callable[..., tuple[Server, dict[str, TcpForwarder]]]
+) -> None:
+    import time as clock
+
+    server, _ = world()
+    manifest = MANIFEST.split("  orders:")[0].replace(
+        '["sh", "-c", "echo \\"$HEPINFRA_ADDRESS $HEPINFRA_NAME $HEPINFRA_ENV\\" >> hook.log"]',
+        '["sh", "-c", "echo $$ > hook.pid; sleep 120"]',
+    )
+    path = write_project(tmp_path, manifest, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server).code == 0
+    env = {**os.environ, **ENV, "HEPGG_URL": server.url, "HEPGG_ID_URL": server.url}
+    proc = subprocess.Popen([sys.executable, "-m", "hepinfra", "rotate", "-f", str(path), "shop", "--auto-approve"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    pid_file = tmp_path / "hook.pid"
+    deadline = clock.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert clock.monotonic() < deadline and proc.poll() is None, "the hook never started"
+        clock.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    record_artifact("rotate interrupted during its hook", out + err)
+    assert proc.returncode == 1 and "interrupted" in err
+    hook = int(pid_file.read_text())
+    clock.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(hook, 0)  # its process group was killed with the run
+    state = codec.decode((tmp_path / ".hepinfra/state/prod.json").read_bytes(), "s")
+    assert "hook" in {j.op for j in state.journal}

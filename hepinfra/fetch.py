@@ -103,22 +103,6 @@ def env_access(
     return EnvAccess(env, None, " or ".join(names), cipher=cipher)
 
 
-def id_vars(manifest: Manifest, env: str, hepgg: Hepgg) -> tuple[str, str]:
-    """The variables holding the ID Generator's username and token for ``env``."""
-    from hepinfra.hepgg.config import ID_TOKEN_VAR, ID_USERNAME_VAR
-
-    spec = manifest.env_spec(env)
-    if hepgg.local:  # the local hep.gg's own credentials, filled in under the default names
-        return ID_USERNAME_VAR, ID_TOKEN_VAR
-    return spec.id_username_env or ID_USERNAME_VAR, spec.id_token_env or ID_TOKEN_VAR
-
-
-def upload_var(manifest: Manifest, env: str, hepgg: Hepgg) -> str:
-    from hepinfra.hepgg.config import UPLOAD_TOKEN_VAR
-
-    return UPLOAD_TOKEN_VAR if hepgg.local else manifest.env_spec(env).upload_token_env or UPLOAD_TOKEN_VAR
-
-
 def missing_credentials(manifest: Manifest, env: str, hepgg: Hepgg) -> dict[str, str]:
     """Per kind declared in ``env``, what is wrong with its credentials (variables named, never read out)."""
     from hepinfra.kinds import KINDS

@@ -188,10 +188,13 @@ def check_saved_credentials(manifest: Manifest, plan: Plan, hub: Hepgg) -> None:
     from hepinfra.fetch import missing_credentials
     from hepinfra.plan import Action
 
+    missing: dict[str, dict[str, str]] = {}
     for change in plan.changes:
         if change.action not in (Action.CREATE, Action.ROTATE):
             continue
-        problem = missing_credentials(manifest, change.env, hub).get(change.kind)
+        if change.env not in missing:
+            missing[change.env] = missing_credentials(manifest, change.env, hub)
+        problem = missing[change.env].get(change.kind)
         if problem is not None:
             raise UsageError(f"{change.address}: {problem}; nothing was applied")
 

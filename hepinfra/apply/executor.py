@@ -321,6 +321,21 @@ class Executor:
         await ledger.commit(record)
         return failures, written_at
 
+    def keep_digest(self, change: Change, current: str) -> Callable[[State], State]:
+        """A state update that sets the held resource's ``value_digest`` to ``current`` (the digest key
+        may have changed since it was minted or uploaded: records and value then agree again)."""
+
+        def update(s: State) -> State:
+            held = getattr(s, change.kind)
+            found = held.get(change.key)
+            if found is None or found.value_digest == current:
+                return s
+            return s.model_copy(
+                update={change.kind: {**held, change.key: found.model_copy(update={"value_digest": current})}}
+            )
+
+        return update
+
     def retirable(self, change: Change, state: State) -> list[OutputRecord]:
         ref = ref_of(change.kind, change.key)
         records = (state.outputs.get(State.output_id(ref, path)) for path in change.retire)

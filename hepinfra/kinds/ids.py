@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hepinfra.kinds.base import Kind
-from hepinfra.manifest import Declared
+from hepinfra.manifest import Declared, Manifest
 from hepinfra.plan import Action, Change, Decision, Diagnostic, EnvInput, due, plan_held
+
+if TYPE_CHECKING:
+    from hepinfra.hepgg import Hepgg
 
 SECTION = "ids"
 
@@ -27,10 +30,18 @@ def options_digest(decl: Declared) -> str:
     return hashlib.sha256(json.dumps([decl.engine, list(decl.options)], sort_keys=True).encode()).hexdigest()[:32]
 
 
+def id_vars(manifest: Manifest, env: str, hepgg: Hepgg) -> tuple[str, str]:
+    """The variables holding the ID Generator's username and token for ``env``."""
+    from hepinfra.hepgg.config import ID_TOKEN_VAR, ID_USERNAME_VAR
+
+    spec = manifest.env_spec(env)
+    if hepgg.local:  # the local hep.gg's own credentials, filled in under the default names
+        return ID_USERNAME_VAR, ID_TOKEN_VAR
+    return spec.id_username_env or ID_USERNAME_VAR, spec.id_token_env or ID_TOKEN_VAR
+
+
 def missing_credentials(manifest: Any, env: str, hepgg: Any) -> str | None:
     """The ID Generator's username and token variables of ``env`` that are not set."""
-    from hepinfra.fetch import id_vars
-
     unset = [v for v in id_vars(manifest, env, hepgg) if not (hepgg.environ.get(v) or "").strip()]
     if not unset:
         return None

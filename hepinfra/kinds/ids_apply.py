@@ -49,7 +49,7 @@ def _value(payload: dict[str, Any], id_type: str) -> dict[str, Any]:
 
 
 async def mint(ex: Executor, change: Change) -> Outcome:
-    from hepinfra.fetch import id_vars
+    from hepinfra.kinds.ids import id_vars
 
     decl = ex.decl(change)
     cipher = _cipher(ex, change)
@@ -112,13 +112,7 @@ async def render(ex: Executor, change: Change) -> Outcome:
     intent = JournalEntry(op="render", database=decl.ref, name=decl.key, started_at=now(), outputs=paths)
     if paths:
         await ex.journal(change, intent)
-    current = ex.digester(change)(payload["id"])  # the digest key may have changed since the mint
-
-    def keep_current(s: State) -> State:
-        found = s.ids.get(decl.key)
-        if found is None or found.value_digest == current:
-            return s
-        return s.model_copy(update={"ids": {**s.ids, decl.key: found.model_copy(update={"value_digest": current})}})
+    keep_current = ex.keep_digest(change, ex.digester(change)(payload["id"]))
 
     failures, _ = await ex.finish(change, _value(payload, managed.type), payload["id"], intent, keep_current)
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)

@@ -10,19 +10,27 @@ Must not: do I/O (the manifest read and digested the file).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hepinfra.kinds.base import Kind
-from hepinfra.manifest import Declared
+from hepinfra.manifest import Declared, Manifest
 from hepinfra.plan import Action, Change, Decision, Diagnostic, EnvInput, plan_held
 
+if TYPE_CHECKING:
+    from hepinfra.hepgg import Hepgg
+
 SECTION = "uploads"
+
+
+def upload_var(manifest: Manifest, env: str, hepgg: Hepgg) -> str:
+    from hepinfra.hepgg.config import UPLOAD_TOKEN_VAR
+
+    return UPLOAD_TOKEN_VAR if hepgg.local else manifest.env_spec(env).upload_token_env or UPLOAD_TOKEN_VAR
 
 
 def missing_credentials(manifest: Any, env: str, hepgg: Any) -> str | None:
     """The Uploader token variable of ``env``, unset or in no documented form."""
     from hepinfra.errors import UsageError
-    from hepinfra.fetch import upload_var
     from hepinfra.hepgg.config import upload_authorization
 
     var = upload_var(manifest, env, hepgg)

@@ -60,7 +60,7 @@ def _value(managed: ManagedUpload) -> dict[str, Any]:
 
 
 async def upload(ex: Executor, change: Change) -> Outcome:
-    from hepinfra.fetch import upload_var
+    from hepinfra.kinds.uploads import upload_var
 
     decl = ex.decl(change)
     data = _read(ex, decl)
@@ -110,15 +110,7 @@ async def render(ex: Executor, change: Change) -> Outcome:
     intent = JournalEntry(op="render", database=decl.ref, name=decl.key, started_at=now(), outputs=paths)
     if paths:
         await ex.journal(change, intent)
-    current = ex.digester(change)(managed.url)  # the digest key may have changed since the upload
-
-    def keep_current(s: State) -> State:
-        found = s.uploads.get(decl.key)
-        if found is None or found.value_digest == current:
-            return s
-        return s.model_copy(
-            update={"uploads": {**s.uploads, decl.key: found.model_copy(update={"value_digest": current})}}
-        )
+    keep_current = ex.keep_digest(change, ex.digester(change)(managed.url))
 
     failures, _ = await ex.finish(change, _value(managed), managed.url, intent, keep_current)
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)

@@ -246,7 +246,6 @@ class DefaultsSpec(_Model):
     verify: bool = False  # databases of engines hepinfra can connect to (postgres, mariadb); mongo is left out
 
 
-ID_TYPES = ("uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid")
 _ID_FIELDS = ("type", "rotate_every", "environments", "outputs")
 _ID_RESERVED = ("username", "token")  # the request's own fields: never an option
 UPLOAD_LIMIT = 100 * 1024 * 1024  # an upload's file is read (and digested) whole at every load
@@ -411,9 +410,6 @@ def split_ref(text: str) -> tuple[str, str]:
     if dot and kind in RESOURCE_SECTIONS:
         return kind, key
     return "databases", text
-
-
-DeclaredDatabase = Declared  # the name before ids and uploads
 
 
 @dataclass(frozen=True)
@@ -730,9 +726,6 @@ class _Resolver:
                     by_env[wanted].append(key)
             self._by_env[section] = by_env
         return self._by_env[section][env]
-
-    def databases_in(self, env: str) -> list[str]:
-        return self.resources_in("databases", env)
 
     def resolve_env(self, env: str) -> tuple[Declared, ...]:
         """Every resource of every kind in ``env``: databases, then ids, then uploads (manifest order

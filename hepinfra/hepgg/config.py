@@ -126,7 +126,3 @@ def upload_authorization(environ: Mapping[str, str] | None = None, var: str = UP
             raise UsageError(f"{var} must be the token, or 'Bearer TOKEN' or 'Token TOKEN' (it holds a space)")
         register(rest.strip())
     return value
-
-
-def upload_token_from_env(environ: Mapping[str, str] | None = None, var: str = UPLOAD_TOKEN_VAR) -> SecretStr:
-    return upload_authorization(environ, var)

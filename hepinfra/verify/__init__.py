@@ -70,6 +70,16 @@ _CHECKS = {"postgres": _postgres, "mariadb": _mariadb}
 _DRIVERS = {"postgres": "psycopg", "mariadb": "PyMySQL"}
 
 
+def _where(url: str) -> str:
+    """``host:port`` of a URL for a message; a malformed port (an output's own text) never raises here."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname}:{port}" if parts.hostname and port else parts.hostname or "the server"
+
+
 def check(engine: str, url: str, timeout: int) -> float:
     """Connect and ``SELECT 1``; the milliseconds it took. Raises VerifyError (one redacted line)."""
     parts = urlsplit(url)
@@ -81,7 +91,7 @@ def check(engine: str, url: str, timeout: int) -> float:
     except ImportError:
         raise VerifyError(f"verify needs {_DRIVERS[engine]}: pip install 'hepinfra[verify]'") from None
     except Exception as exc:  # every driver error becomes one line without the credentials
-        where = f"{parts.hostname}:{parts.port}" if parts.hostname else "the server"
+        where = _where(url)
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise VerifyError(
             redact(f"could not connect to {where} with the rendered credentials ({_DRIVERS[engine]}): {detail}"),
@@ -103,9 +113,8 @@ async def check_all(engine: str, urls: list[str], timeout: int) -> float:
         try:
             total += await asyncio.wait_for(in_daemon_thread(check, engine, url, timeout), timeout + 2)
         except TimeoutError:
-            where = urlsplit(url)
             raise VerifyError(
-                f"no answer from {where.hostname}:{where.port} within the verify_timeout ({timeout}s): the server "
+                f"no answer from {_where(url)} within the verify_timeout ({timeout}s): the server "
                 "accepted the connection but stalled",
                 hint="the next apply verifies again (without rotating)",
             ) from None

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -58,6 +59,9 @@ class Faults:
     fail_rate: float = 0.0
     kinds: tuple[str, ...] = FAULT_KINDS
     retry_after: float = 1.0
+    # a create still being processed: List leaves out databases younger than this (hep.gg answers a
+    # create before every replica lists it; a killed client's create can also land after its death)
+    list_lag_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,9 @@ class Emulator:
         if error or account is None:
             return error or db_error(500, "unreachable")
         rows = self.store.list_databases(account)
+        if self.faults.list_lag_ms:
+            cutoff = datetime.now(UTC) - timedelta(milliseconds=self.faults.list_lag_ms)
+            rows = [r for r in rows if datetime.fromisoformat(r["created_at"].replace("Z", "+00:00")) <= cutoff]
         return _json(200, {"ok": True, "data": {"databases": [self.summary(r) for r in rows]}})
 
     async def create_database(self, request: Request) -> Response:
@@ -415,6 +422,7 @@ def parse_faults(body: dict[str, Any], *, base: Faults | None = None) -> Faults:
         fail_rate=float(body.get("fail_rate", base.fail_rate)),
         kinds=kinds,
         retry_after=float(body.get("retry_after", base.retry_after)),
+        list_lag_ms=float(body.get("list_lag_ms", base.list_lag_ms)),
     )
     if not 0.0 <= faults.fail_rate <= 1.0:
         raise ValueError("fail_rate must be between 0 and 1")

@@ -8,6 +8,7 @@ Must not: print, log or raise a key or a password.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hepinfra import errors as E
@@ -16,6 +17,7 @@ from hepinfra.hepgg.models import DatabaseCredentials, DatabaseSummary, parse
 
 BASE = "/api/v1/db/databases"
 SERVICE = "databases"
+LATE_S = 30.0  # how long a name that met 409 may take to show in List (twice the request timeout)
 
 
 class DatabasesClient:
@@ -43,11 +45,13 @@ class DatabasesClient:
         response = await self._core.call("GET", f"{BASE}/{database_id}", idempotent=True)
         return _same(parse(DatabaseCredentials, self._data(response), service=SERVICE, what="reveal"), id=database_id)
 
-    async def create(self, name: str, engine: str = "mariadb") -> DatabaseCredentials:
-        """Create ``name``. If the answer is lost, List finds out whether it was created.
+    async def create(self, name: str, engine: str = "mariadb", *, late_s: float = LATE_S) -> DatabaseCredentials:
+        """Create ``name``. If the answer is lost, List finds out whether it was created; if the name
+        is taken (409: a create of a killed run that landed after the plan's List, or our own retry
+        meeting the first attempt), List again until it shows (``await_listed``).
 
         Returns the new database; ``recovered`` is True when its credentials came from
-        Reveal after a lost answer.
+        Reveal after a lost answer, ``taken`` when they came from a 409.
         """
         attempts = self._core.retry.attempts
         for attempt in range(attempts):
@@ -55,6 +59,8 @@ class DatabasesClient:
                 response = await self._core.call("POST", BASE, idempotent=False, json={"name": name, "engine": engine})
                 made = parse(DatabaseCredentials, self._data(response), service=SERVICE, what="create")
                 return _same(made, name=name, engine=engine)
+            except E.NameTakenError:
+                return await self.await_listed(name, engine, late_s)
             except E.AmbiguousResultError:
                 found = await self.find(name)
                 if found is not None:
@@ -64,6 +70,36 @@ class DatabasesClient:
                     raise
                 await self._core._sleep(self._core.retry.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def await_listed(self, name: str, engine: str, wait_s: float) -> DatabaseCredentials:
+        """After a create met 409: the name exists on this account, although the List the plan read did
+        not show it (an earlier run's create that landed late, or one made elsewhere since). List again
+        until it shows, for at most ``wait_s`` seconds, and return its credentials by Reveal
+        (``recovered`` True). Another engine under that name is refused: its credentials never reach
+        this database's outputs."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + wait_s, 0.1
+        while True:
+            found = await self.find(name)
+            if found is not None:
+                break
+            if loop.time() + delay > deadline:
+                raise E.NameTakenError(
+                    f"hep.gg database API: '{name}' is taken (409) but List did not show it within {wait_s:.0f}s",
+                    service=SERVICE,
+                    hint="run the apply again: the next plan finds it by name and adopts it",
+                )
+            await self._core._sleep(delay)
+            delay = min(delay * 2, 2.0)
+        if found.engine != engine:
+            raise E.NameTakenError(
+                f"hep.gg database API: '{name}' is taken by a {found.engine} database, not {engine}; nothing was "
+                "written",
+                service=SERVICE,
+                hint="pick another name, or declare that engine to adopt it",
+            )
+        revealed = await self.reveal(found.id)
+        return revealed.model_copy(update={"recovered": True, "taken": True})
 
     async def rotate(self, database_id: str) -> DatabaseCredentials:
         """Rotate the password. If the answer is lost, Reveal returns the current one.

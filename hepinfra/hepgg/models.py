@@ -52,12 +52,15 @@ class DatabaseCredentials(DatabaseSummary):
     """Create, Reveal or Rotate: the summary plus the current password and connection string.
 
     ``recovered`` is hepinfra's own flag: True when the call's answer was lost and the
-    value was recovered by List/Reveal instead (see ``DatabasesClient``).
+    value was recovered by List/Reveal instead (see ``DatabasesClient``); ``taken`` is True when a
+    create met 409 and the database that holds the name was found by List (a create that landed
+    late, or one made elsewhere after the plan).
     """
 
     password: SecretStr
     connection_string: SecretStr
     recovered: bool = Field(default=False, exclude=True)
+    taken: bool = Field(default=False, exclude=True)
 
     def model_post_init(self, context: Any) -> None:
         register(self.password.get_secret_value(), self.connection_string.get_secret_value())

@@ -117,10 +117,12 @@ async def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> f
 
 async def create(ex: Executor, change: Change) -> Outcome:
     outputs = tuple(t.path for t in ex.targets(change))
+    ours = any(j.op == "create" for j in ex.ledgers[change.env].state.pending(change.key))  # an earlier run's
     intent = JournalEntry(op="create", database=change.key, name=change.name, started_at=_now(), outputs=outputs)
     await ex.journal(change, intent, urgent=True, early=True)  # a whole batch of intents in one write
     creds = await ex.calls(change).mutate(None, lambda c: c.create(change.name, change.engine))
     now = _now()
+    foreign = creds.taken and not ours  # made elsewhere after the plan: adopted, as the plan would have
     managed = ManagedDatabase(
         key=change.key,
         name=creds.name,
@@ -128,11 +130,19 @@ async def create(ex: Executor, change: Change) -> Outcome:
         engine=creds.engine,
         created_at=creds.created_at or now,
         managed_since=now,
-        rotated_at=now,
+        rotated_at=None if foreign else (creds.created_at or now) if creds.taken else now,
+        adopted=foreign,
     )
     owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
     failures, verified, _ = await _finish(ex, change, creds, owed, lambda db: db or managed)
-    note = "created (answer lost; found by name)" if creds.recovered else "created"
+    if creds.taken:
+        note = (
+            "created by an interrupted earlier run (its create landed late: 409, found by name)"
+            if ours
+            else "adopted (the name was created after the plan: 409, found by name)"
+        )
+    else:
+        note = "created (answer lost; found by name)" if creds.recovered else "created"
     return _outcome(ex, change, note, failures, verified=verified)
 
 

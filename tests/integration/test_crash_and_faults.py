@@ -318,3 +318,76 @@ def test_real_engines_converge_through_a_faulty_hepgg(real_world: Callable[..., 
     apply_until_clean(project, server)
     server.faults(fail_rate=0)
     assert_converged(project, server, rotations=1, old_passwords=before, real=True)
+
+
+# --- a create that lands late (its answer came, or not, but List does not show it yet) ---------------
+
+ONE = """version: 1
+environments: {prod: {}}
+databases:
+  shop:
+    engine: postgres
+    outputs:
+      - dotenv: .env
+        keys: {SHOP_URL: "{{ db.connection_string }}"}
+"""
+
+
+def _post_create(server: Server, name: str, engine: str) -> None:
+    import httpx
+
+    answer = httpx.post(f"{server.url}/api/v1/db/databases", json={"name": name, "engine": engine},
+                        headers={"Authorization": f"Bearer {KEY}"}, timeout=30)  # fmt: skip
+    assert answer.status_code == 201, answer.text
+
+
+def test_a_killed_runs_create_that_lands_late_is_settled_by_name_not_a_409(
+    make_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Killed right after its create was answered; the next apply's List does not show the database
+    yet (list_lag_ms), so it plans + create and meets 409: it lists again until the name shows and
+    takes it as its own create, never a failure, never a second database, never a rotation."""
+    server = make_world(EmulatorConfig(faults=Faults(list_lag_ms=6000)))
+    project = write_project(tmp_path / "p", ONE)
+    assert kill_run(project, server, kill_at="after:2") == -signal.SIGKILL
+    journal = LocalBackend(project.parent / ".hepinfra/state").read("prod")
+    assert journal is not None and [j.op for j in journal.journal] == ["create"] and not journal.databases
+    result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
+    assert result.code == 0, result.out + result.err
+    assert "created by an interrupted earlier run (its create landed late: 409, found by name)" in result.out
+    rows = account_rows(server)
+    assert [(r["name"], r["rotations"]) for r in rows] == [("shop-prod", 0)]
+    state = LocalBackend(project.parent / ".hepinfra/state").read("prod")
+    assert state is not None and state.journal == () and state.databases["shop"].id == rows[0]["id"]
+    assert not state.databases["shop"].adopted
+    assert dotenv_values(project.parent / ".env")["SHOP_URL"] == server.app.emu.connection_string(rows[0])
+    server.faults(list_lag_ms=0)
+    assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server).code == 0
+
+
+def test_a_name_created_elsewhere_after_the_plan_is_adopted_not_a_409(
+    make_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = make_world(EmulatorConfig(faults=Faults(list_lag_ms=3000)))
+    project = write_project(tmp_path / "p", ONE)
+    _post_create(server, "shop-prod", "postgres")
+    result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
+    assert result.code == 0, result.out + result.err
+    assert "adopted (the name was created after the plan: 409, found by name)" in result.out
+    state = LocalBackend(project.parent / ".hepinfra/state").read("prod")
+    assert state is not None and state.databases["shop"].adopted and state.databases["shop"].rotated_at is None
+    assert [r["rotations"] for r in account_rows(server)] == [0]
+
+
+def test_a_name_taken_late_by_another_engine_is_refused_and_nothing_is_written(
+    make_world: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = make_world(EmulatorConfig(faults=Faults(list_lag_ms=3000)))
+    project = write_project(tmp_path / "p", ONE)
+    _post_create(server, "shop-prod", "mariadb")
+    result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
+    assert result.code == 1
+    assert "'shop-prod' is taken by a mariadb database, not postgres; nothing was written" in result.out
+    assert not (project.parent / ".env").exists()
+    state = LocalBackend(project.parent / ".hepinfra/state").read("prod")
+    assert state is None or "shop" not in state.databases

@@ -91,8 +91,9 @@ def _nesting_beyond(text: str, limit: int) -> tuple[int, int] | None:
         # composer handles ~10,000 flow levels: only a text with this many brackets needs the extra pass
         return None
     depth = 0
-    try:
-        for event in yaml.parse(text, Loader=_Loader):
+    try:  # PyYAML's pure-Python parser: iterative, and without libyaml's own nesting limit (PyYAML >= 6.0.4),
+        # which fails the scan ahead of the first event with a message and column of its own
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > limit:

@@ -2,7 +2,8 @@
 
 Owns: deriving the digest key from the environment's database API key and the state's
 lineage (no extra secret to manage; whoever can read state without the key cannot test
-guesses against it), and digesting values. Must not: be used for anything but comparison.
+guesses against it), digesting values, and saying whether the key is a secret at all (``secret``:
+only such a digest may authorise deleting an output). Must not: be used for anything but comparison.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import hmac
 
 
 class Digester:
-    def __init__(self, api_key: str, lineage: str) -> None:
+    """``secret``: keyed by a secret of the environment (its database key or state key). A digest keyed
+    by a public constant proves nothing about who wrote a record: nothing is deleted on its word."""
+
+    def __init__(self, api_key: str, lineage: str, *, secret: bool = True) -> None:
         self._key = hmac.new(api_key.encode(), b"hepinfra-digest-v1:" + lineage.encode(), hashlib.sha256).digest()
+        self.secret = secret
 
     def __call__(self, data: str | bytes) -> str:
         raw = data.encode() if isinstance(data, str) else data

@@ -32,6 +32,7 @@ from hepinfra.state.model import State
 
 if TYPE_CHECKING:
     from hepinfra.kinds import Kind
+    from hepinfra.manifest import Declared, OutputTarget
 
 
 def _on_account(section: str) -> bool:
@@ -64,7 +65,7 @@ class EnvAccess:
         if self.cipher is not None:
             return Digester(self.cipher.digest_key(), state.lineage)
         assert not self.needs_key
-        return Digester(_PUBLIC_DIGEST_KEY, state.lineage)
+        return Digester(_PUBLIC_DIGEST_KEY, state.lineage, secret=False)  # proves nothing: retire only lists
 
 
 def _uses(manifest: Manifest, env: str, state: State | None, wanted: Callable[[Kind], bool]) -> bool:
@@ -116,17 +117,30 @@ def missing_credentials(manifest: Manifest, env: str, hepgg: Hepgg) -> dict[str,
     return found
 
 
+# ``plan --base``: why an output may not be read back (None: it may), by declaration, target and its index
+Unreadable = Callable[["Declared", "OutputTarget", int], "str | None"]
+
+
 def observe_outputs(
-    manifest: Manifest, env: str, state: State, digest: Digester, *, refresh: bool = False
+    manifest: Manifest,
+    env: str,
+    state: State,
+    digest: Digester,
+    *,
+    refresh: bool = False,
+    unreadable: Unreadable | None = None,
 ) -> dict[tuple[str, str], ObservedOutput]:
     """Digest every output hepinfra has a record for: files always; a secret store only when
-    refreshing (else what was recorded stands for it)."""
+    refreshing (else what was recorded stands for it); none that ``unreadable`` names."""
     observed: dict[tuple[str, str], ObservedOutput] = {}
     for decl in manifest.declared[env]:
-        for target in decl.outputs:
+        for index, target in enumerate(decl.outputs):
             where = (decl.ref, target.path)
             record = state.outputs.get(State.output_id(*where))
             if record is None:
+                continue
+            if unreadable is not None and unreadable(decl, target, index) is not None:
+                observed[where] = ObservedOutput(exists=True, trusted=True)  # the plan says it was not read
                 continue
             if target.kind in REMOTE_SINKS:
                 if refresh:
@@ -143,6 +157,21 @@ def observe_outputs(
     return observed
 
 
+def retire_facts(manifest: Manifest, env: str, state: State, secret: bool) -> dict[tuple[str, str], str]:
+    """Of the outputs state records but the manifest no longer declares, those apply will leave in
+    place and only list (outside the project, or no secret keys the environment's digests), and why."""
+    from hepinfra.apply.writer import retire_left
+
+    declared = {(d.ref, t.path) for d in manifest.declared[env] for t in d.outputs}
+    found: dict[tuple[str, str], str] = {}
+    for record in state.outputs.values():
+        if (record.database, record.path) not in declared:
+            why = retire_left(manifest.project_dir, record, secret)
+            if why is not None:
+                found[(record.database, record.path)] = why
+    return found
+
+
 async def gather(
     manifest: Manifest,
     states: Mapping[str, State | None],
@@ -153,7 +182,11 @@ async def gather(
     now: datetime,
     rotate: RotateRequest | None = None,
     concurrency: int = 16,
+    unreadable: Unreadable | None = None,
+    blocked: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, EnvFacts], dict[str, EnvAccess]]:
+    """What the planner needs of ``envs``. ``blocked`` (plan --base): environments whose credential
+    settings a pull request changed: not even their key variables are read."""
     access = {env: env_access(manifest, env, hepgg, states.get(env)) for env in envs}  # key checks: no call yet
 
     async def one_env(env: str) -> EnvFacts:
@@ -181,16 +214,21 @@ async def gather(
                 return EnvFacts(env, None, refreshed=refresh, error=diagnostic)
         state = states.get(env)
         outputs = (
-            await asyncio.to_thread(observe_outputs, manifest, env, state, acc.digester(state), refresh=refresh)
+            await asyncio.to_thread(
+                observe_outputs, manifest, env, state, acc.digester(state), refresh=refresh, unreadable=unreadable
+            )
             if state
             else {}
         )
-        return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh, missing=missing)
+        left = retire_facts(manifest, env, state, acc.digester(state).secret) if state else {}
+        return EnvFacts(env, tuple(databases), outputs=outputs, refreshed=refresh, missing=missing, retire_left=left)
 
     facts = dict(zip(envs, await asyncio.gather(*(one_env(e) for e in envs)), strict=True))
     secrets = {env: a.key.get_secret_value() for env, a in access.items() if a.key is not None}
     # environments of this manifest not selected (-e) may share an account: their databases are managed too
-    unselected = (env_access(manifest, e, hepgg, ids=False) for e in manifest.environments if e not in access)
+    unselected = (
+        env_access(manifest, e, hepgg, ids=False) for e in manifest.environments if e not in access and e not in blocked
+    )
     others = {a.env: a.key.get_secret_value() for a in unselected if a.key is not None}
     for env, secret in secrets.items():
         peers = tuple(e for e, other in secrets.items() if e != env and other == secret)

@@ -73,6 +73,7 @@ class Change(_Value):
     database_id: str | None = None
     outputs: tuple[OutputChange, ...] = ()  # outputs this change writes
     retire: tuple[str, ...] = ()  # outputs no longer declared: hepinfra's keys/files are removed
+    retire_left: dict[str, str] = {}  # of ``retire``, those left in place and only listed: path -> why
     finish_rotation: bool = False  # an interrupted rotation: apply uses Reveal, never a second rotate
     rotate_after_adopt: bool = False
 
@@ -150,6 +151,7 @@ class EnvFacts:
     account_peers: tuple[str, ...] = ()  # other selected environments using the same database key
     peer_names: frozenset[str] = frozenset()  # platform names declared by unselected environments on that key
     missing: Mapping[str, str] = field(default_factory=dict)  # kind -> credential variables not set
+    retire_left: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (ref, path) -> why it is kept
 
     @property
     def remote_digest(self) -> str | None:
@@ -298,7 +300,7 @@ def make_plan(
             env_changes += found
             env_diags += found_diags
             claimed[env] |= found_claims
-        changes.extend(env_changes)
+        changes.extend(_with_retire_left(c, env_facts) for c in env_changes)
         diagnostics.extend(env_diags)
         diagnostics.extend(_unobservable(manifest, env, state, env_facts))
     diagnostics.extend(_account_diagnostics(manifest, facts, claimed))
@@ -311,6 +313,15 @@ def make_plan(
         changes=tuple(changes),
         diagnostics=tuple(diagnostics),
     )
+
+
+def _with_retire_left(change: Change, facts: EnvFacts) -> Change:
+    """``change`` saying which of its retired outputs apply will leave in place (listed only)."""
+    from hepinfra.manifest import ref_of
+
+    ref = ref_of(change.kind, change.key)
+    left = {p: facts.retire_left[(ref, p)] for p in change.retire if (ref, p) in facts.retire_left}
+    return change.model_copy(update={"retire_left": left}) if left else change
 
 
 def _account_diagnostics(

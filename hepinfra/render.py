@@ -67,8 +67,7 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
             for out in change.outputs:
                 lines.append(style(f"       > {out.path}", dim=True))
         for path in change.retire:
-            if change.action is not Action.RENDER:
-                lines.append(style(f"       - {path} (hepinfra's part removed)", dim=True))
+            lines.append(style(f"       - {retire_line(change, path)}", dim=True))
     if not plan.actionable and not plan.errors:
         lines.append(style("  No changes. hep.gg and the outputs match the manifest.", fg="green"))
     unchanged = len(plan.changes) - len(plan.actionable)
@@ -79,6 +78,16 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
         lines.append(_diagnostic(diag, style))
     lines.append(style(summary_line(plan), bold=True))
     return "\n".join(lines) + "\n"
+
+
+def retire_line(change: Change, path: str) -> str:
+    """What apply does with an output no longer declared: deletes hepinfra's part, or leaves it (listed)."""
+    from hepinfra.safety.paths import shown
+
+    why = change.retire_left.get(path)
+    if why is None:
+        return f"{shown(path, 200)}: will be deleted (hepinfra's keys or file, if unchanged since written)"
+    return f"{shown(path, 200)}: will be left (listed only): it {why}; remove it yourself if it is no longer used"
 
 
 def error_lines(plan: Plan) -> list[str]:
@@ -159,7 +168,7 @@ def markdown(plan: Plan) -> str:
         lines.append("| | address | action | why |")
         lines.append("|---|---|---|---|")
         for change in plan.actionable:
-            why = "; ".join(change.reasons) or ""
+            why = "; ".join([*change.reasons, *(retire_line(change, p) for p in change.retire)]) or ""
             lines.append(
                 f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}` | "
                 f"{change.action.value} | {_md_escape(why)} |"

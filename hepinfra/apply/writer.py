@@ -6,13 +6,16 @@ sidecar in the per-user lock directory across processes and projects, held for t
 read-modify-write, so two runs that share a file never lose each other's keys), removing what
 hepinfra wrote to outputs no longer declared, and the records of what was written.
 Must not: stop at the first failed output (every output of a rotated database must get its
-chance), or let a value reach a failure message.
+chance), let a value reach a failure message, or delete on the word of state alone: a retired
+file outside the project (on its real path, right before the deletion) and any retired output of
+an environment whose digests are keyed by a public constant are listed, never deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +29,7 @@ from hepinfra.manifest import Declared, OutputTarget
 from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import Written, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
-from hepinfra.safety.paths import Boundary, Refused, shown
+from hepinfra.safety.paths import Boundary, Refused, inside, shown
 from hepinfra.safety.redact import redact
 from hepinfra.state.model import OutputRecord, State
 
@@ -42,6 +45,28 @@ def remote_lock_name(name: str) -> Path:
     if parts[0] in ("aws_secretsmanager", "aws_ssm") and len(parts) == 3:
         name = f"{parts[0]}:{parts[2]}"
     return Path("/hepinfra-remote-outputs") / hashlib.sha256(name.encode()).hexdigest()
+
+
+LEFT_HINT = "remove it yourself if it is no longer used"
+
+
+def retire_left(project_dir: Path, record: OutputRecord, secret: bool) -> str | None:
+    """Why (``is ...``, said after the path) retire will leave this record's output in place and only
+    list it, or None (it is deleted if hepinfra can prove it wrote it). State is writable by others,
+    so a record alone never authorises a deletion: a file outside the project (its real path; even
+    one an ``allow_outside`` output wrote) is never deleted, and nothing is where the environment's
+    digests are keyed by a public constant (``secret`` false: only uploads): anyone can compute them."""
+    if record.kind not in REMOTE_SINKS:
+        top = Path(os.path.realpath(project_dir))
+        real = Path(os.path.realpath(top / record.path))
+        if not inside(real, top):
+            return "is outside the project"
+    if not secret:
+        return (
+            "is recorded in the state of an environment without a secret key (only uploads), "
+            "so the record cannot prove hepinfra wrote it"
+        )
+    return None
 
 
 def _record_target(record: OutputRecord) -> OutputTarget:
@@ -171,6 +196,8 @@ class OutputWriter:
         self, named: Path, target: OutputTarget, context: dict[str, Any], digest: Digester, previous: Any
     ) -> Any:
         keys = tuple(k for k in (previous.keys if previous is not None else ()) if k not in dict(target.keys))
+        if not digest.secret:  # the recorded digests prove nothing: no value is removed on their word
+            keys = ()
         recorded = dict(previous.key_digests) if previous is not None else {}
         with flock_path(output_lock_file(self.lock_dir, named)):
             return REMOTE_SINKS[target.kind].write(target, context, digest, previous_keys=keys, recorded=recorded)
@@ -191,12 +218,18 @@ class OutputWriter:
 
         A record's path comes from state, which a pull request can edit: so hepinfra removes only
         what it can prove it wrote, unchanged (the keyed digest on record matches what is there now;
-        nobody without the API key can forge one), never in a file Git tracks, and under the same
-        path rules as writes. Anything else is left in place with a warning."""
+        nobody without the environment's secret can forge one), never in a file Git tracks, never
+        outside the project, never on a digest keyed by the public constant (``digest.secret``), and
+        under the same path rules as writes. Anything else is left in place with a warning (listed,
+        not a failure of the apply)."""
         failures: list[Failure] = []
         boundary = Boundary(self.project_dir)
         git = GitView()
         for record in records:
+            why = retire_left(self.project_dir, record, digest.secret)
+            if why is not None:
+                log.warning("left in place: %s %s; %s", shown(record.path), why, LEFT_HINT)
+                continue
             if record.kind in REMOTE_SINKS:
                 named = remote_lock_name(record.path)
                 keys = tuple(k for k in record.keys if k not in self._declared_remote.get(named, set()))
@@ -214,6 +247,9 @@ class OutputWriter:
             try:
                 try:
                     real = boundary.check_real(boundary.resolve(record.path, allow_outside=True))
+                    if not inside(real, boundary.project_dir):  # a link that changed since the check above
+                        log.warning("left in place: %s is outside the project; %s", shown(record.path), LEFT_HINT)
+                        continue
                     if git.is_tracked(real):
                         raise Refused("is tracked by Git")
                 except (Refused, GitUnavailable) as exc:
@@ -244,6 +280,12 @@ class OutputWriter:
                     "hepinfra's keys or the file by hand if they are unused)",
                     shown(record.path),
                 )
+                return
+            # the moment of deletion: the real path must still be this one, inside the project (a
+            # directory swapped for a link since it was resolved would send the removal elsewhere)
+            top = Path(os.path.realpath(self.project_dir))
+            if Path(os.path.realpath(real)) != real or not inside(real, top):
+                log.warning("left in place: %s is outside the project; %s", shown(record.path), LEFT_HINT)
                 return
             sink.retire(real, self._removable(real, record.keys))
 

@@ -18,6 +18,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -238,6 +239,7 @@ class DatabaseSpec(_Model):
     verify_timeout: Annotated[Duration, Field(le=600)] = 10  # at most 10m: a check never holds an apply longer
     after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
     after_rotate_timeout: Annotated[Duration, Field(le=3600)] = 60  # at most 1h
+    after_rotate_pass_env: list[EnvVarName] = []  # variables the hook is given besides the minimal environment
 
 
 class DefaultsSpec(_Model):
@@ -388,6 +390,7 @@ class Declared:
     after_rotate: tuple[str, ...] = ()  # databases: the hook's argv, rendered (never a secret)
     after_rotate_timeout: int = 60
     hook_scrub: tuple[str, ...] = ()  # the manifest's credential variables, kept from the hook
+    hook_pass_env: tuple[str, ...] = ()  # after_rotate_pass_env: variables the hook is given
 
     @property
     def address(self) -> str:
@@ -622,8 +625,10 @@ def _modes_as_written(doc: yamlpos.Document) -> None:
                 output["mode"] = source
 
 
-def load(path: str | Path) -> Manifest:
-    """Read, validate and resolve a manifest; every problem is one located ManifestError."""
+def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = None) -> Manifest:
+    """Read, validate and resolve a manifest; every problem is one located ManifestError.
+    ``outside_ok(path)`` (``plan --base``): None where a source file with ``allow_outside`` may be read,
+    else why not (a pull request's plan reads nothing outside the project that the base does not)."""
     file = Path(path)
     filename = str(path)
     if not file.exists():
@@ -658,6 +663,7 @@ def load(path: str | Path) -> Manifest:
         raise _error_from_validation(exc, data, values, keys, filename) from None
     project_dir = file.resolve().parent
     resolver = _Resolver(model, project_dir, filename, values, keys)
+    resolver.outside_ok = outside_ok
     declared = {env: resolver.resolve_env(env) for env in model.environments}
     resolver.boundary.protect(project_dir / file.name, "the manifest")
     resolver.boundary.protect(file.resolve(), "the manifest")
@@ -683,6 +689,15 @@ class _Resolver:
         self._checked: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
         self._by_env: dict[str, dict[str, list[str]]] = {}
         self._uploads: dict[str, tuple[str, str, int]] = {}  # file -> (real path, sha256, size), read once
+        self.outside_ok: Callable[[str], str | None] | None = None  # plan --base: see load()
+
+    def may_read_outside(self, relative: str, allow_outside: bool, node: tuple[str | int, ...]) -> bool:
+        """``allow_outside`` as this load honours it: refused (one located line) where ``outside_ok`` says."""
+        if allow_outside and self.outside_ok is not None:
+            why = self.outside_ok(relative)
+            if why is not None:
+                raise self.error(node, f"'{shown(relative)}' has allow_outside: {why}")
+        return allow_outside
 
     def error(self, path: tuple[str | int, ...], message: str, *, at_key: bool = False) -> ManifestError:
         pos = (self.keys.get(path) if at_key else None) or self.values.get(path) or (None, None)
@@ -809,6 +824,7 @@ class _Resolver:
             "after_rotate": self.hook_argv(key, db, {**context, "name": name}),
             "after_rotate_timeout": db.after_rotate_timeout,
             "hook_scrub": tuple(self.credential_vars()) if db.after_rotate else (),
+            "hook_pass_env": self.pass_env(db.after_rotate_pass_env, ("databases", key, "after_rotate_pass_env")),
         }
 
     def verify_setting(self, key: str, db: DatabaseSpec) -> bool:
@@ -837,13 +853,28 @@ class _Resolver:
         return True
 
     def credential_vars(self) -> list[str]:
-        """The manifest's own credential variables: kept from every command hepinfra runs."""
-        names = set()
-        for spec in self.model.environments.values():
-            names |= {v for v in (spec.db_key_env, spec.id_username_env, spec.id_token_env, spec.upload_token_env) if v}
-        if isinstance(self.model.state, PostgresState):
-            names |= {self.model.state.url_env, "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE"}
-        return sorted(names)
+        """Every variable hepinfra reads as a credential (``safety.credentials``): kept from every
+        command hepinfra runs."""
+        return sorted(self.credential_sources())
+
+    def credential_sources(self) -> dict[str, str]:
+        """Computed once per load (a manifest has many outputs)."""
+        from hepinfra.safety.credentials import credential_sources
+
+        if not hasattr(self, "_credential_sources"):
+            self._credential_sources = credential_sources(self.model)
+        return self._credential_sources
+
+    def pass_env(self, names: list[str], node: tuple[str | int, ...]) -> tuple[str, ...]:
+        """``pass_env`` / ``after_rotate_pass_env``: never a credential or a HEPGG_*/HEPINFRA_* variable."""
+        from hepinfra.safety.credentials import refused_pass_env
+
+        sources = self.credential_sources()
+        for i, name in enumerate(names):
+            why = refused_pass_env(name, sources, str(node[-1]))
+            if why:
+                raise self.error((*node, i), why)
+        return tuple(names)
 
     def hook_argv(self, key: str, db: DatabaseSpec, context: dict[str, Any]) -> tuple[str, ...]:
         out = []
@@ -875,7 +906,8 @@ class _Resolver:
         node = ("uploads", key, "file")
         if spec.file not in self._uploads:
             try:
-                real, raw = self.boundary.read_source(spec.file, allow_outside=spec.allow_outside, limit=UPLOAD_LIMIT)
+                outside = self.may_read_outside(spec.file, spec.allow_outside, node)
+                real, raw = self.boundary.read_source(spec.file, allow_outside=outside, limit=UPLOAD_LIMIT)
             except Refused as exc:
                 raise self.error(node, f"upload file '{shown(spec.file)}' {exc}") from None
             self.boundary.protect(real, f"the upload source '{shown(spec.file)}'")
@@ -975,6 +1007,7 @@ class _Resolver:
         definition = {"kind": "exec", "argv": command, "read": read, "keys": sorted(output.keys.items()),
                       "pass_env": sorted(output.pass_env), "timeout": output.timeout}  # fmt: skip
         scrub = self.credential_vars()
+        pass_env = self.pass_env(output.pass_env, (*base, "pass_env"))
         return OutputTarget(
             kind="exec",
             path=path,
@@ -989,7 +1022,7 @@ class _Resolver:
             argv=command,
             read_argv=read,
             timeout=output.timeout,
-            pass_env=tuple(output.pass_env),
+            pass_env=pass_env,
             scrub=tuple(scrub),
             cwd=str(self.project_dir),
         )
@@ -1252,6 +1285,7 @@ class _Resolver:
 
     def template_file(self, relative: str, path: tuple[str | int, ...], allow_outside: bool = False) -> str:
         """A template source: same path rules as outputs, a regular file of at most 1 MiB, UTF-8."""
+        allow_outside = self.may_read_outside(relative, allow_outside, path)
         try:
             if relative in self._template_sources:
                 self.boundary.resolve(relative, allow_outside=allow_outside)

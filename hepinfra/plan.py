@@ -92,6 +92,13 @@ class EnvPin(_Value):
     remote_digest: str | None
 
 
+class ReviewItem(_Value):
+    """``plan --base``: one change to what runs or where values go at apply, for a reviewer."""
+
+    where: str  # manifest, state, a resource (databases.shop) or a program
+    what: str
+
+
 class Plan(_Value):
     format_version: int = PLAN_FORMAT
     hepinfra_version: str = __version__
@@ -102,6 +109,9 @@ class Plan(_Value):
     environments: dict[str, EnvPin]
     changes: tuple[Change, ...]
     diagnostics: tuple[Diagnostic, ...] = ()
+    base: str | None = None  # plan --base REF: the revision whose manifest was trusted
+    review: tuple[ReviewItem, ...] = ()  # plan --base: what the change would run or send where
+    rotate: tuple[str, ...] = ()  # --rotate as given: a saved plan is checked by planning again with it
 
     @property
     def errors(self) -> list[Diagnostic]:

@@ -74,10 +74,21 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
     if unchanged and not show_noop and plan.actionable:
         lines.append(style(f"  ({unchanged} up to date)", dim=True))
     lines.append("")
+    if plan.base is not None:
+        lines += review_lines(plan, style)
     for diag in plan.warnings:  # errors go to stderr (``error_lines``)
         lines.append(_diagnostic(diag, style))
     lines.append(style(summary_line(plan), bold=True))
     return "\n".join(lines) + "\n"
+
+
+def review_lines(plan: Plan, style: Style) -> list[str]:
+    """``plan --base``: what the change would run or send where at apply, against the base."""
+    if not plan.review:
+        return [style(f"Review (against {plan.base}): nothing changes what runs or where values go.", dim=True), ""]
+    lines = [style(f"Review (against {plan.base}): what this change runs or sends where at apply", bold=True)]
+    lines += [style("  ! ", fg="yellow", bold=True) + f"{item.where}: {item.what}" for item in plan.review]
+    return [*lines, ""]
 
 
 def retire_line(change: Change, path: str) -> str:
@@ -175,6 +186,14 @@ def markdown(plan: Plan) -> str:
             )
     elif not plan.errors:
         lines.append("No changes: hep.gg and the outputs match the manifest.")
+    if plan.base is not None:
+        lines.append(
+            f"\n#### Review against `{_md_escape(plan.base)}`: what this change runs or sends where at apply\n"
+        )
+        for item in plan.review:
+            lines.append(f"- :warning: `{_md_escape(item.where)}`: `{_md_escape(item.what)}`")
+        if not plan.review:
+            lines.append("Nothing changes what runs or where values go.")
     if plan.diagnostics:
         lines.append("")
         for diag in plan.diagnostics:

@@ -30,19 +30,34 @@ from hepinfra.state.model import State
 if TYPE_CHECKING:
     from hepinfra.apply import ApplyResult
     from hepinfra.state.backend import Backend
+    from hepinfra.trust import Base
 
 
 @dataclass
 class Project:
     manifest: Manifest
     backend: Backend
+    base: Base | None = None  # plan --base: the trusted baseline
 
     @classmethod
-    def open(cls, manifest_path: str | Path) -> Project:
+    def open(cls, manifest_path: str | Path, *, base_ref: str | None = None) -> Project:
+        """``base_ref`` (plan --base): the manifest is a pull request's; REF's manifest decides where
+        credentials go. A changed hep.gg URL or state block is refused here, before anything is read
+        or contacted."""
         from hepinfra.state import open_backend
 
-        manifest = manifest_mod.load(manifest_path)
-        return cls(manifest, open_backend(manifest.model.state, manifest.project_dir))
+        base = outside_ok = None
+        if base_ref is not None:
+            from hepinfra import trust
+
+            base = trust.open_base(manifest_path, base_ref)
+            outside_ok = trust.outside_check(base)
+        manifest = manifest_mod.load(manifest_path, outside_ok=outside_ok)
+        if base is not None:
+            everywhere, _ = trust.credential_changes(manifest.model, base)
+            if everywhere:
+                raise UsageError(trust.refusal(everywhere[0]))
+        return cls(manifest, open_backend(manifest.model.state, manifest.project_dir), base)
 
     def hepgg(self, *, parallelism: int = 16) -> Hepgg:
         return Hepgg.from_env(
@@ -132,8 +147,35 @@ async def make(
 ) -> tuple[Plan, dict[str, EnvAccess], dict[str, State | None]]:
     states = project.states(envs)
     now = now or datetime.now(UTC)
-    facts, access = await gather(project.manifest, states, envs, hepgg, refresh=refresh, now=now, rotate=rotate)
+    base = project.base
+    if base is None:
+        facts, access = await gather(project.manifest, states, envs, hepgg, refresh=refresh, now=now, rotate=rotate)
+        plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs)
+        return plan, access, states
+    from hepinfra import trust
+    from hepinfra.plan import Diagnostic, EnvFacts, ReviewItem
+
+    model = project.manifest.model
+    _, changed = trust.credential_changes(model, base)
+    blocked = {e: Diagnostic(severity="error", env=e, message=trust.refusal(changed[e])) for e in envs if e in changed}
+    contacted = [e for e in envs if e not in blocked]
+    unreadable = trust.unread(model, base)
+    facts, access = await gather(project.manifest, states, contacted, hepgg, refresh=refresh, now=now,
+                                 rotate=rotate, unreadable=unreadable, blocked=frozenset(changed))  # fmt: skip
+    facts.update({e: EnvFacts(e, None, refreshed=refresh, error=d) for e, d in blocked.items()})
     plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs)
+    notes = []
+    for env in contacted:
+        for decl in project.manifest.declared[env]:
+            for index, target in enumerate(decl.outputs):
+                why = unreadable(decl, target, index)
+                if why is not None and (refresh or target.kind not in trust.READ_REMOTELY):
+                    message = f"{target.kind} output {target.path}: not read back ({why})"
+                    notes.append(Diagnostic(severity="warning", env=env, address=decl.address, message=message))
+    review = tuple(
+        ReviewItem(where=r.where, what=r.what) for r in trust.review(model, base, project.manifest.project_dir)
+    )
+    plan = plan.model_copy(update={"base": base.ref, "review": review, "diagnostics": (*plan.diagnostics, *notes)})
     return plan, access, states
 
 

@@ -66,6 +66,15 @@ def schema(plan_schema: bool) -> None:
     "selected environment.",
 )
 @click.option("--show-unchanged", is_flag=True, help="List up-to-date resources too (text output).")
+@click.option(
+    "--base",
+    "base_ref",
+    metavar="REF",
+    envvar="HEPINFRA_BASE_REF",
+    help="Plan a pull request safely: the manifest at this Git revision (e.g. origin/main) decides where "
+    "credentials go; no command runs; changes to what runs at apply are listed for review. "
+    "Also HEPINFRA_BASE_REF.",
+)
 def plan(
     manifest_file: str,
     envs: tuple[str, ...],
@@ -76,15 +85,25 @@ def plan(
     no_refresh: bool,
     rotations: tuple[str, ...],
     show_unchanged: bool,
+    base_ref: str | None,
 ) -> None:
     """Show what apply would do: diff the manifest against state and hep.gg."""
+    import os
     from pathlib import Path
 
     from hepinfra import render, runner
 
     if as_json and markdown:
         raise UsageError("--json and --markdown are exclusive")
-    project = runner.Project.open(manifest_file)
+    base_ref = base_ref or None
+    event = os.environ.get("GITHUB_EVENT_NAME", "")
+    if base_ref is None and os.environ.get("GITHUB_ACTIONS") == "true" and event.startswith("pull_request"):
+        click.echo(
+            f"Warning: a {event} plan without --base trusts the pull request's manifest (its URLs, credential "
+            "variables and commands); use --base origin/BRANCH",
+            err=True,
+        )
+    project = runner.Project.open(manifest_file, base_ref=base_ref)
     selected = runner.select_environments(project.manifest, envs)
     rotate = runner.parse_rotate(project.manifest, selected, rotations)
     if out_file:

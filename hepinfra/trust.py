@@ -1,0 +1,327 @@
+"""``plan --base REF``: a pull request's manifest, planned against the trusted one at REF.
+
+Owns: reading the baseline manifest (same path, at REF) with ``git show`` and never a checkout;
+the check that a pull request does not change where credentials go (the hep.gg URL, the state
+block, every setting that names a credential variable: ``CREDENTIAL_SETTINGS``); which outputs a
+refreshing plan may read back; and the review section: every change to what runs or where values
+go at apply, for a person to read before merging.
+Must not: run anything of the pull request's, contact anything, or read a file outside the project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from hepinfra.errors import UsageError
+
+if TYPE_CHECKING:
+    from hepinfra.manifest import Declared, ManifestModel, OutputTarget
+
+# The settings of an environment that name a credential variable (and, with the hep.gg URL and the
+# state block, decide where a credential goes). A pull request cannot change their effective values.
+CREDENTIAL_SETTINGS = ("db_key_env", "id_username_env", "id_token_env", "upload_token_env")
+# output kinds whose read-back runs or reaches something outside the project
+READ_REMOTELY = frozenset({"exec", "aws_secretsmanager", "aws_ssm"})
+_GIT_TIMEOUT = 30
+
+
+def _git(top: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(top), *args],
+            capture_output=True,
+            timeout=_GIT_TIMEOUT,
+            check=False,
+            env=_git_environment(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"--base: cannot run git: {getattr(exc, 'strerror', None) or 'timed out'}") from None
+
+
+def _git_environment() -> dict[str, str]:
+    """git gets PATH and HOME (its safe.directory settings), never a credential."""
+    import os
+
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    return {**env, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+
+
+@dataclass(frozen=True)
+class Base:
+    """The trusted baseline: the manifest at ``ref`` (None: the revision has none, only defaults count)."""
+
+    ref: str
+    commit: str
+    top: Path  # the repository's work tree
+    manifest_rel: str  # the manifest's path inside the repository
+    model: ManifestModel | None
+    _blobs: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def blob_id(self, rel: str) -> str | None:
+        """The object id of ``rel`` (repository-relative) at the base, None where it has none."""
+        if rel not in self._blobs:
+            found = _git(self.top, "rev-parse", "--verify", "--quiet", f"{self.commit}:{rel}")
+            self._blobs[rel] = found.stdout.decode().strip() if found.returncode == 0 else None
+        return self._blobs[rel]
+
+
+def open_base(manifest_path: str | Path, ref: str) -> Base:
+    """Resolve REF in the repository holding the manifest and read the manifest there. One clear line
+    for: no repository, no such revision (a shallow clone), a baseline that does not parse."""
+    if not ref or ref.startswith("-") or any(c in ref for c in "\n\r\0"):
+        raise UsageError(f"--base {ref[:60]!r}: not a Git revision")
+    path = Path(manifest_path).resolve()
+    found = _git(path.parent, "rev-parse", "--show-toplevel")
+    if found.returncode != 0:
+        raise UsageError(f"--base {ref}: {path.parent} is not inside a Git repository")
+    top = Path(found.stdout.decode().strip()).resolve()
+    commit = _git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if commit.returncode != 0:
+        raise UsageError(
+            f"--base {ref}: no such revision in {top} (a shallow clone? fetch it first, e.g. "
+            f"'git fetch --depth=1 origin {ref.removeprefix('origin/')}')"
+        )
+    sha = commit.stdout.decode().strip()
+    rel = path.relative_to(top).as_posix() if path.is_relative_to(top) else None
+    if rel is None:
+        raise UsageError(f"--base {ref}: the manifest {path} is outside the repository {top}")
+    shown = _git(top, "show", f"{sha}:{rel}")
+    model = None
+    if shown.returncode == 0:
+        model = _parse(shown.stdout, f"{ref}:{rel}")
+    return Base(ref, sha, top, rel, model)
+
+
+def _parse(raw: bytes, filename: str) -> ManifestModel:
+    """The baseline's model only: its schema, not its templates or files (never read)."""
+    from pydantic import ValidationError
+
+    from hepinfra import yamlpos
+    from hepinfra.errors import ManifestError
+    from hepinfra.manifest import ManifestModel
+
+    try:
+        doc = yamlpos.load(raw.decode("utf-8"), filename)
+        return ManifestModel.model_validate(doc.data)
+    except (UnicodeDecodeError, ValidationError, ManifestError) as exc:
+        why = exc.message if isinstance(exc, ManifestError) else "it does not validate"
+        raise UsageError(
+            f"--base: the baseline manifest {filename} cannot be read ({why}); fix the base first"
+        ) from None
+
+
+def _effective(model: ManifestModel | None) -> ManifestModel:
+    from hepinfra.manifest import ManifestModel
+
+    return model if model is not None else ManifestModel.model_validate({"version": 1, "environments": {"default": {}}})
+
+
+def credential_changes(pr: ManifestModel, base: Base) -> tuple[list[str], dict[str, str]]:
+    """Where the pull request changes where credentials go: (problems for every environment, problems
+    per environment). A default counts only where the base's effective value is that default; an
+    environment the base does not declare may only use the defaults."""
+    trusted = _effective(base.model)
+    everywhere: list[str] = []
+    if pr.hepgg.url != trusted.hepgg.url:
+        everywhere.append(f"hepgg.url differs from {base.ref}'s ({trusted.hepgg.url})")
+    if pr.state.model_dump() != trusted.state.model_dump():
+        everywhere.append(f"the state: block differs from {base.ref}'s")
+    per_env: dict[str, str] = {}
+    for env, spec in pr.environments.items():
+        known = base.model is not None and env in base.model.environments
+        theirs = base.model.environments[env] if known and base.model is not None else None
+        for setting in CREDENTIAL_SETTINGS:
+            mine, wanted = getattr(spec, setting), getattr(theirs, setting) if theirs is not None else None
+            if mine != wanted:
+                where = (
+                    f"{base.ref}'s ({wanted})" if theirs is not None else f"the default (new in this change: {mine})"
+                )
+                per_env[env] = f"environments.{env}.{setting} differs from {where}"
+                break
+    return everywhere, per_env
+
+
+def refusal(problem: str) -> str:
+    return f"{problem}: a pull request cannot change where credentials go; not contacted"
+
+
+# --- what may be read back -----------------------------------------------------------------------
+
+
+def _outputs_of(model: ManifestModel | None, section: str, key: str) -> list[dict[str, Any]]:
+    if model is None:
+        return []
+    spec = model.section(section).get(key)
+    return [o.model_dump(mode="json") for o in spec.outputs] if spec is not None else []
+
+
+def readable(pr: ManifestModel, base: Base, decl: Declared, target: OutputTarget, index: int) -> str | None:
+    """None when the plan may read ``target`` back; else why not. Commands never run; a remote output or
+    one outside the project is read back only where the base declares it exactly so."""
+    if target.kind == "exec":
+        return "plan --base runs no command"
+    if target.kind not in READ_REMOTELY and not target.allow_outside:
+        return None
+    spec = pr.section(decl.kind).get(decl.key)
+    mine = spec.outputs[index].model_dump(mode="json") if spec is not None and index < len(spec.outputs) else None
+    theirs = base.model.section(decl.kind).get(decl.key) if base.model is not None else None
+    same_names = (  # what its rendered name or path depends on: the resource's settings and the env's vars
+        spec is not None
+        and theirs is not None
+        and base.model is not None
+        and decl.env in base.model.environments
+        and base.model.environments[decl.env].vars == pr.environments[decl.env].vars
+        and spec.model_dump(mode="json", exclude={"outputs"}) == theirs.model_dump(mode="json", exclude={"outputs"})
+    )
+    if mine is None or not same_names or mine not in _outputs_of(base.model, decl.kind, decl.key):
+        return f"new or changed against {base.ref}"
+    return None
+
+
+def outside_check(base: Base) -> Callable[[str], str | None]:
+    """For the loader: a source file outside the project is read only where the base declares the same
+    source with allow_outside (templates and uploads)."""
+    allowed: set[str] = set()
+    model = base.model
+    for section in ("databases", "ids", "uploads"):
+        for spec in model.section(section).values() if model is not None else ():
+            if getattr(spec, "allow_outside", False):
+                allowed.add(getattr(spec, "file", ""))
+            for out in spec.outputs:
+                if getattr(out, "allow_outside", False):
+                    allowed.add(getattr(out, "template", None) or "")
+    allowed.discard("")
+
+    def check(relative: str) -> str | None:
+        if relative in allowed:
+            return None
+        return f"{base.ref} reads no such file outside the project, and a pull request's plan reads none"
+
+    return check
+
+
+def unread(pr: ManifestModel, base: Base) -> Callable[[Declared, OutputTarget, int], str | None]:
+    return lambda decl, target, index: readable(pr, base, decl, target, index)
+
+
+# --- the review section --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewLine:
+    where: str
+    what: str
+
+
+def review(pr: ManifestModel, base: Base, project_dir: Path) -> list[ReviewLine]:
+    """Every change to what runs or where values go at apply, against the base."""
+    trusted = base.model
+    lines: list[ReviewLine] = []
+    if trusted is None:
+        lines.append(ReviewLine("manifest", f"new: {base.ref} has no manifest at {base.manifest_rel}"))
+    if pr.state.model_dump() != _effective(trusted).state.model_dump():
+        lines.append(ReviewLine("state", f"where state is kept changes: {pr.state.where()}"))
+    if pr.hepgg.url != _effective(trusted).hepgg.url:
+        lines.append(ReviewLine("hepgg.url", f"changes to {pr.hepgg.url}"))
+    if pr.defaults.model_dump() != _effective(trusted).defaults.model_dump():
+        lines.append(ReviewLine("defaults", f"changes: {_short(pr.defaults.model_dump(mode='json'))}"))
+    programs: dict[str, None] = {}
+    for section in ("databases", "ids", "uploads"):
+        for key, spec in pr.section(section).items():
+            old = trusted.section(section).get(key) if trusted is not None else None
+            where = f"{section}.{key}"
+            lines += _resource_review(where, section, spec, old)
+            for out in spec.outputs:
+                kind = _kind(out)
+                if kind == "exec":
+                    for item in [*out.exec, *(out.read or [])]:  # type: ignore[union-attr]
+                        programs[item] = None
+            for item in getattr(spec, "after_rotate", None) or []:
+                programs[item] = None
+    for item in programs:
+        changed = _program_change(item, base, project_dir)
+        if changed:
+            lines.append(ReviewLine(f"program {_short(item, 200)}", changed))
+    return lines
+
+
+def _kind(out: Any) -> str:
+    from hepinfra.manifest import _output_kind
+
+    return _output_kind(out.model_dump()) or "?"
+
+
+_SENSITIVE = frozenset({"exec", "aws_secretsmanager", "aws_ssm", "age"})
+
+
+def _resource_review(where: str, section: str, spec: Any, old: Any) -> list[ReviewLine]:
+    lines: list[ReviewLine] = []
+    if section == "databases":
+        for setting in ("verify", "after_rotate", "after_rotate_timeout"):
+            mine, theirs = getattr(spec, setting), getattr(old, setting) if old is not None else None
+            if mine != theirs and (mine not in (None, False) or theirs not in (None, False)):
+                lines.append(ReviewLine(where, f"{setting}: {_short(theirs)} -> {_short(mine)}"))
+    if section == "uploads":
+        fields = ("file", "allow_outside", "allow_ignored")
+        mine = {f: getattr(spec, f, None) for f in fields}
+        theirs = {f: getattr(old, f, None) for f in fields} if old is not None else None
+        if mine != theirs:
+            lines.append(ReviewLine(where, f"publishes {spec.file} (public and permanent)" + (
+                "" if old is None else f"; was {old.file}")))  # fmt: skip
+    before = [o.model_dump(mode="json") for o in old.outputs] if old is not None else []
+    for out in spec.outputs:
+        dumped = out.model_dump(mode="json")
+        if dumped in before:
+            continue
+        kind = _kind(out)
+        if kind in _SENSITIVE or dumped.get("allow_outside"):
+            lines.append(ReviewLine(where, f"{kind} output (new or changed): {_describe(kind, dumped)}"))
+    return lines
+
+
+def _describe(kind: str, out: dict[str, Any]) -> str:
+    keep = {
+        "exec": ("exec", "read", "pass_env", "timeout"),
+        "aws_secretsmanager": ("aws_secretsmanager", "region", "kms_key_id"),
+        "aws_ssm": ("aws_ssm", "region", "kms_key_id"),
+        "age": ("age", "recipients", "recipients_file"),
+    }.get(kind, (kind,))
+    shown = {k: out[k] for k in (*keep, "allow_outside", "allow_tracked") if out.get(k) not in (None, [], False)}
+    return _short(shown)
+
+
+def _short(value: Any, limit: int = 400) -> str:
+    import json
+
+    text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _program_change(item: str, base: Base, project_dir: Path) -> str | None:
+    """An argv item that names a file of the repository (relative to the project, where commands run):
+    "new" or "changed" against the base, by Git object id; None otherwise."""
+    if "{{" in item or "{%" in item or not item or "\0" in item:
+        return None
+    candidate = (project_dir / item) if not PurePosixPath(item).is_absolute() else Path(item)
+    try:
+        real = candidate.resolve()
+        if not real.is_file() or not real.is_relative_to(base.top):
+            return None
+        data = real.read_bytes() if real.stat().st_size <= 64 * 1024 * 1024 else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if data is None:
+        return "changed (too large to compare)"
+    rel = real.relative_to(base.top).as_posix()
+    now = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+    then = base.blob_id(rel)
+    if then is None:
+        return f"new file {rel}: runs at apply"
+    if then != now:
+        return f"{rel} changed since {base.ref}: runs at apply"
+    return None

@@ -99,7 +99,8 @@ async def _after(
 
 
 async def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
-    """Connect with every connection string the outputs hold, exactly as rendered."""
+    """Log in with the credentials of every connection string the outputs hold, at the host and port
+    of hep.gg's connection string for the database (a rendered URL pointing elsewhere is not dialled)."""
     from hepinfra.verify import check_all, connection_strings, rendered_texts
 
     decl = ex.decl(change)
@@ -112,7 +113,7 @@ async def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> f
         "db": db,
     }
     urls = connection_strings(decl.engine, rendered_texts(decl.outputs, context)) or [db["connection_string"]]
-    return await check_all(decl.engine, urls, decl.verify_timeout)
+    return await check_all(decl.engine, urls, db["connection_string"], decl.verify_timeout)
 
 
 async def create(ex: Executor, change: Change) -> Outcome:

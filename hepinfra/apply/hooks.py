@@ -1,9 +1,10 @@
 """``after_rotate:``: the command a database runs once its new credentials are written and verified.
 
-Owns: running it like an exec output's command (no shell, in the project directory, hepinfra's
-own credentials removed from its environment, its whole process group killed at the timeout)
-with ``HEPINFRA_ENV``, ``HEPINFRA_ADDRESS`` and ``HEPINFRA_NAME`` added, and turning a non-zero
-exit or a timeout into one line: the first line of its stderr, masked.
+Owns: running it like an exec output's command (no shell, in the project directory, in the same
+minimal environment: ``safety.credentials.child_environment``'s allow-list plus what the
+database's ``after_rotate_pass_env`` names, never a credential; its whole process group killed at
+the timeout) with ``HEPINFRA_ENV``, ``HEPINFRA_ADDRESS`` and ``HEPINFRA_NAME`` added, and turning
+a non-zero exit or a timeout into one line: the first line of its stderr, masked.
 Must not: pass a secret in its argv or environment (the manifest refuses one in argv).
 """
 
@@ -32,6 +33,7 @@ def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> None:
         definition_digest="",
         argv=decl.after_rotate,
         timeout=decl.after_rotate_timeout,
+        pass_env=decl.hook_pass_env,
         scrub=decl.hook_scrub,
         cwd=str(project_dir),
     )

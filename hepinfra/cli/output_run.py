@@ -1,5 +1,6 @@
 """``output`` and ``run``: values on explicit request (the one place a secret is printed), and a
-command run with them in its environment (never its arguments)."""
+command run with them in its environment (never its arguments), without hepinfra's own credentials
+(``safety.credentials.run_environment``) unless ``--pass-env`` names one."""
 
 from __future__ import annotations
 
@@ -58,12 +59,27 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @manifest_option
 @click.option("-e", "--env", "env", required=True, help="The environment whose values to pass.")
+@click.option(
+    "--pass-env",
+    "pass_env",
+    multiple=True,
+    metavar="NAME",
+    help="Keep this one of hepinfra's credentials in COMMAND's environment (repeatable); without it, every "
+    "HEPGG_*, HEPINFRA_STATE_* and HEPINFRA_LOCAL_* variable and every credential variable the manifest "
+    "names is removed.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND with the environment's rendered dotenv values in its environment (never its arguments)."""
+def run(manifest_file: str, env: str, pass_env: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND with the environment's rendered dotenv values in its environment (never its arguments).
+
+    COMMAND keeps your environment except hepinfra's credentials: HEPGG_*, HEPINFRA_STATE_*,
+    HEPINFRA_LOCAL_* and the variables the manifest's db_key_env, id_username_env, id_token_env,
+    upload_token_env and the state block's url_env name (with the postgres state backend, libpq's
+    PGPASSWORD, PGPASSFILE and PGSERVICEFILE too); --pass-env NAME keeps one."""
     import shutil
 
     from hepinfra import runner
+    from hepinfra.safety.credentials import run_environment
 
     project = runner.Project.open(manifest_file)
     runner.select_environments(project.manifest, [env])
@@ -75,4 +91,5 @@ def run(manifest_file: str, env: str, command: tuple[str, ...]) -> None:
     if program is None:
         raise UsageError(f"command not found: {command[0]}")
     sys.stdout.flush()
-    os.execve(program, list(command), {**os.environ, **values})  # noqa: S606 (no shell, by design)
+    environ = run_environment(project.manifest, os.environ, pass_env)
+    os.execve(program, list(command), {**environ, **values})  # noqa: S606 (no shell, by design)

@@ -1,9 +1,10 @@
 """The exec sink: any secret store a command line reaches (Vault, 1Password, GitHub, Kubernetes...).
 
 Owns: running the manifest's command with the rendered keys as one JSON object on its stdin
-(never in its argv, which every user of the machine can read, nor in its environment), with
-hepinfra's own credentials removed from its environment, a timeout that kills its whole process
-group, and the optional ``read:`` command that prints the same JSON object back for drift.
+(never in its argv, which every user of the machine can read, nor in its environment), in a
+minimal environment (``safety.credentials.child_environment``: an allow-list plus what
+``pass_env`` names, never a credential), a timeout that kills its whole process group, and the
+optional ``read:`` command that prints the same JSON object back for drift.
 Exit 0 means written. A failure is the first line of the command's stderr, with every value of
 this write and every registered secret masked.
 Must not: put a value in argv, the environment, an exception or a log line.
@@ -26,19 +27,17 @@ from hepinfra.outputs.base import Written, delivered, keyed_payload, observed, r
 from hepinfra.plan import ObservedOutput
 
 READ_LIMIT = 1024 * 1024
-# hepinfra's own credentials never reach a command (unless listed in pass_env)
-SCRUBBED_PREFIXES = ("HEPGG_",)
-# the state key and URL, and the local hep.gg's admin URLs of its real servers (a superuser's password)
-SCRUBBED = ("HEPINFRA_STATE_KEY", "HEPINFRA_STATE_PG", "HEPINFRA_LOCAL_POSTGRES", "HEPINFRA_LOCAL_MARIADB")
 
 
 def child_environment(target: OutputTarget, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """hepinfra's environment minus its credentials: ``HEPGG_*``, the state key and URL, every
-    ``db_key_env`` and ``url_env`` the manifest names; what ``pass_env`` lists stays."""
-    source = dict(os.environ if environ is None else environ)
-    keep = set(target.pass_env)
-    drop = set(SCRUBBED) | set(target.scrub)  # target.scrub: the manifest's own credential variables
-    return {k: v for k, v in source.items() if k in keep or not (k in drop or k.startswith(SCRUBBED_PREFIXES))}
+    """What a command gets: PATH, HOME, the locale, proxies and CA bundles (``CHILD_ALLOWED``), plus
+    what ``pass_env`` names; never ``HEPGG_*``, ``HEPINFRA_*`` or a credential of the manifest
+    (``target.scrub``), whatever ``pass_env`` says."""
+    from hepinfra.safety.credentials import OWN_CREDENTIALS
+    from hepinfra.safety.credentials import child_environment as minimal
+
+    source = os.environ if environ is None else environ
+    return minimal(target.pass_env, source, withheld=(*OWN_CREDENTIALS, *target.scrub))
 
 
 def run(

@@ -1,7 +1,9 @@
 """The exec-sink recipes of docs/ci-gitops.md (docs/recipes/), run for real against stand-in CLIs
 (``vault``, ``op``, ``gh``, ``kubectl`` on PATH): each stand-in keeps what it is given in a
 directory, as the real store would, and logs its argv. The values must arrive on stdin exactly as
-Reveal gives them, and never in any argv."""
+Reveal gives them, and never in any argv. Each stand-in fails unless its CLI's own credential
+reached it: the ``pass_env`` the recipe documents is what it needs (hepinfra gives a command
+nothing else), and hepinfra's own credentials never reach it."""
 
 from __future__ import annotations
 
@@ -22,6 +24,13 @@ STANDIN = r"""#!PYTHON
 import base64, json, os, sys
 tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
 root = os.environ["STANDIN_STORE"]
+needs = {"vault": ["VAULT_ADDR", "VAULT_TOKEN"], "op": ["OP_SERVICE_ACCOUNT_TOKEN"], "gh": ["GH_TOKEN"],
+         "kubectl": ["KUBECONFIG"]}[tool]
+missing = [name for name in needs if name not in os.environ]
+if missing:
+    sys.exit(tool + ": not logged in: " + " ".join(missing) + " is not set")
+if any(name.startswith(("HEPGG_", "HEPINFRA_")) for name in os.environ):
+    sys.exit(tool + ": got hepinfra's own variables")
 with open(os.path.join(root, "argv.log"), "a") as log:
     log.write(json.dumps([tool, *args]) + "\n")
 def path(*parts):
@@ -72,6 +81,22 @@ elif tool == "kubectl":
 """
 
 KEYS = '{URL: "{{ db.connection_string }}", PASSWORD: "{{ db.password }}"}'
+RECIPE = {"vault": "vault-kv-put", "op": "op-item-edit", "gh": "gh-secret-set", "kubectl": "kubectl-secret"}
+# the CLIs' own credentials, as CI would export them (throwaway values)
+CLI_ENV = {"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_TOKEN": "hvs.standin", "OP_SERVICE_ACCOUNT_TOKEN": "ops_standin",
+           "GH_TOKEN": "ghp_standin", "KUBECONFIG": "/nonexistent/kubeconfig"}  # fmt: skip
+
+
+def documented_pass_env(tool: str) -> list[str]:
+    """The ``pass_env: [...]`` line of the recipe's docstring, as a list."""
+    import re
+
+    line = next(ln for ln in (RECIPES / RECIPE[tool]).read_text().splitlines() if ln.strip().startswith("pass_env:"))
+    found = re.search(r"pass_env: \[([A-Z0-9_, ]*)\]", line)
+    assert found, line
+    return [name.strip() for name in found.group(1).split(",") if name.strip()]
+
+
 CASES = {
     "vault": (f'["{RECIPES}/vault-kv-put", "secret", "hepinfra/{{{{ env }}}}/{{{{ key }}}}"]',
               f'["{RECIPES}/vault-kv-put", "--read", "secret", "hepinfra/{{{{ env }}}}/{{{{ key }}}}"]'),
@@ -111,6 +136,7 @@ databases:
     outputs:
       - exec: {command}
         keys: {KEYS}
+        pass_env: {json.dumps(["STANDIN_STORE", *documented_pass_env(tool)])}
 """ + (f"        read: {read}\n" if read else "")
     project = write_project(tmp_path / "p", manifest)
     bindir, store = tmp_path / "bin", tmp_path / "store"
@@ -123,7 +149,8 @@ databases:
         (bindir / name).symlink_to(standin)
     import os
 
-    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "STANDIN_STORE": str(store)}
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "STANDIN_STORE": str(store), **CLI_ENV,
+           "HEPINFRA_STATE_KEY": "a passphrase of the test"}  # fmt: skip
     done = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=env)
     assert done.code == 0, done.out + done.err
     live = reveal(server, "shop-prod")

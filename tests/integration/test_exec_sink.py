@@ -2,7 +2,8 @@
 (a script) records its argv, its environment and its stdin; a read command prints it back.
 
 - the command gets exactly the Reveal'd values as one JSON object on stdin, none in argv or env;
-- hepinfra's own credentials are not in its environment (unless pass_env lists them);
+- its environment is the minimal one plus what pass_env names: hepinfra's own credentials never,
+  and pass_env cannot name them;
 - plan right after apply is clean; a value changed in the store is drift named by key;
 - a rotation reaches it, with the window in the JSON events;
 - a failing or hanging command fails that output alone, in one line, with no value in it;
@@ -64,6 +65,7 @@ databases:
         read: ["./bin/store", "read", "{{ env }}-{{ name }}"]
         keys: {URL: "{{ db.connection_string }}", PASSWORD: "{{ db.password }}"}
         timeout: 5s
+        pass_env: [STORE_MODE]
 """
 
 
@@ -157,13 +159,15 @@ def test_a_hanging_command_is_killed_at_its_timeout(tmp_path: Path, server: Serv
     assert hung.code == 1 and "did not finish within 5s; killed" in hung.out + hung.err
 
 
-def test_pass_env_lets_a_listed_variable_through(tmp_path: Path, server: Server) -> None:
-    manifest = MANIFEST.replace("timeout: 5s", "timeout: 5s\n        pass_env: [HEPGG_REGION_HINT]")
+def test_pass_env_lets_a_listed_variable_through_and_nothing_else(tmp_path: Path, server: Server) -> None:
+    manifest = MANIFEST.replace("pass_env: [STORE_MODE]", "pass_env: [STORE_MODE, STORE_REGION_HINT]")
     path = project(tmp_path, manifest)
-    env = {"HEPGG_REGION_HINT": "eu", "HEPGG_OTHER": "no"}
+    env = {"STORE_REGION_HINT": "eu", "STORE_OTHER": "no", "LC_TIME": "C", "HEPGG_OTHER": "no"}
     assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=env).code == 0
     (call,) = calls(path)
-    assert call["env"].get("HEPGG_REGION_HINT") == "eu" and "HEPGG_OTHER" not in call["env"]
+    assert call["env"].get("STORE_REGION_HINT") == "eu" and call["env"].get("LC_TIME") == "C"
+    assert "STORE_OTHER" not in call["env"] and "HEPGG_OTHER" not in call["env"]
+    assert "PATH" in call["env"]
 
 
 def test_validate_refuses_a_secret_in_argv(tmp_path: Path) -> None:

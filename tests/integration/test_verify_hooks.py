@@ -178,6 +178,8 @@ def test_a_server_down_during_rotate_fails_the_database_and_the_next_apply_verif
         rotated = invoke(["rotate", "-f", str(path), "shop", "--auto-approve"], server=server)
         text = rotated.out + rotated.err
         assert rotated.code == 1 and "prod/databases.shop" in text and "verify of shop-prod failed" in text, text
+        where = f"127.0.0.1:{forwarders['postgres'].port}"
+        assert f"could not log in at {where} with the rendered credentials: connection refused" in text, text
         assert "Traceback" not in text and urlsplit(urls(tmp_path)["SHOP_URL"]).password not in text
         assert not (tmp_path / "hook.log").exists(), "the hook ran before the credentials were verified"
         state = codec.decode((tmp_path / ".hepinfra/state/prod.json").read_bytes(), "s")
@@ -399,10 +401,12 @@ def test_a_hook_line_quoting_part_of_the_new_password_is_not_shown(
 
 
 def test_a_server_that_stalls_the_handshake_cannot_hang_verify(
-    tmp_path: Path, world: Callable[..., tuple[Server, dict[str, TcpForwarder]]]
+    tmp_path: Path, make_world: Callable[[EmulatorConfig], Server], mariadb_server: MariaDB
 ) -> None:
     """A listener that announces a big packet and then drips one byte every 0.5 s: PyMySQL's own
-    timeouts bound each read, not the handshake; verify_timeout must bound the whole check."""
+    timeouts bound each read, not the handshake; verify_timeout must bound the whole check. It is
+    where hep.gg says the database is (verify dials nowhere else): the database is made on the real
+    server, and its connection string points through a forwarder to the listener."""
     import socket
     import threading
     import time as clock
@@ -432,11 +436,13 @@ def test_a_server_that_stalls_the_handshake_cannot_hang_verify(
         listener.close()
 
     threading.Thread(target=drip, daemon=True).start()
-    server, _ = world()
+    forwarder = TcpForwarder(("127.0.0.1", port))
+    stalling = Behind(open_engine("mariadb", mariadb_server.url), forwarder)
+    server = make_world(EmulatorConfig(servers={"mariadb": stalling}))  # type: ignore[dict-item]
     manifest = (
-        MANIFEST.split("  cache:")[0]
-        .replace("        keys: {ORDERS_URL:", f'        keys: {{EXTRA: "mysql://u:p@127.0.0.1:{port}/x", ORDERS_URL:')
-        .replace("  orders:\n    engine: mariadb\n", "  orders:\n    engine: mariadb\n    verify_timeout: 2s\n")
+        "version: 1\ndefaults: {verify: true}\nenvironments:\n  prod: {}\ndatabases:\n  orders:\n"
+        "    engine: mariadb\n    verify_timeout: 2s\n    outputs:\n"
+        '      - dotenv: .env\n        keys: {ORDERS_URL: "{{ db.connection_string }}"}\n'
     )
     path = write_project(tmp_path, manifest, FILES)
     env = {**os.environ, **ENV, "HEPGG_URL": server.url, "HEPGG_ID_URL": server.url}
@@ -445,8 +451,10 @@ def test_a_server_that_stalls_the_handshake_cannot_hang_verify(
                               env=env, capture_output=True, text=True, timeout=90)  # fmt: skip
     finally:
         stop.set()
+        forwarder.stop()
     record_artifact("apply against a stalling server", proc.stdout + proc.stderr)
     assert proc.returncode == 1 and "verify of orders-prod failed" in proc.stdout + proc.stderr
+    assert f"no answer from 127.0.0.1:{forwarder.port} within the verify_timeout (2s)" in proc.stdout + proc.stderr
     assert "stalled" in proc.stdout + proc.stderr
 
 

@@ -287,6 +287,7 @@ class UploadSpec(_Model):
 
     file: str = Field(min_length=1)  # relative to the manifest, the same path rules as template sources
     allow_outside: bool = False
+    allow_ignored: bool = False  # publish a file Git ignores (refused by default: often a key or a .env)
     environments: list[Ident] | None = None
     outputs: list[OutputSpec] = []
 
@@ -667,6 +668,7 @@ def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = N
     declared = {env: resolver.resolve_env(env) for env in model.environments}
     resolver.boundary.protect(project_dir / file.name, "the manifest")
     resolver.boundary.protect(file.resolve(), "the manifest")
+    resolver.check_uploads(declared)
     resolver.check_outputs(declared)
     digest = hashlib.sha256(raw + b"".join(resolver.template_bytes[k] for k in sorted(resolver.template_bytes)))
     return Manifest(file, project_dir, model, declared, digest.hexdigest())
@@ -924,6 +926,47 @@ class _Resolver:
             "allow_outside": spec.allow_outside,
             "value": {"upload": placeholder_upload(spec.file, digest, size)},
         }
+
+    def check_uploads(self, declared: dict[str, tuple[Declared, ...]]) -> None:
+        """An upload is public and permanent: its source (real path) is never an output of this manifest
+        (any environment's), nor a file Git ignores (often a key or a .env) unless ``allow_ignored``."""
+        from hepinfra.safety.git import GitUnavailable, GitView
+
+        outputs = {t.real: t.path for decls in declared.values() for d in decls for t in d.outputs if t.real}
+        git = GitView()
+        for key, spec in self.model.uploads.items():
+            if spec.file not in self._uploads:
+                continue  # declared in no environment
+            real = self._uploads[spec.file][0]
+            node = ("uploads", key, "file")
+            shown_as = shown(spec.file)
+            if real != str(self.project_dir / spec.file):
+                where = Path(real)
+                target = where.relative_to(self.project_dir) if where.is_relative_to(self.project_dir) else where
+                shown_as += f" (it resolves to '{shown(str(target))}')"
+            if real in outputs:
+                raise self.error(
+                    node,
+                    f"{shown_as} is the output '{shown(outputs[real])}' of this manifest: an upload is public and "
+                    "permanent; upload a file that holds no secret",
+                )
+            if spec.allow_ignored:
+                continue
+            try:
+                ignored = False
+                for repo in git.repos_of(Path(real)):
+                    relative = repo.relative(Path(real))
+                    if relative is not None and repo.ignored([relative]):
+                        ignored = True
+                        break
+            except GitUnavailable as exc:
+                raise self.error(node, f"cannot tell whether Git ignores {shown_as}: {exc}") from None
+            if ignored:
+                raise self.error(
+                    node,
+                    f"{shown_as} is ignored by Git (often a key or a .env): an upload is public and permanent; "
+                    "set allow_ignored: true if it is meant to be published",
+                )
 
     def resolve_output(
         self,

@@ -203,8 +203,29 @@ def check_plan_out(path: Path, project_dir: Path) -> None:
             )
 
 
-def save_plan(plan: Plan, path: Path) -> None:
-    atomic_write(path, plan.model_dump_json(indent=2).encode() + b"\n", 0o600)
+def save_plan(plan: Plan, path: Path, rotate: Sequence[str] = ()) -> None:
+    """The plan, with the options that shaped it (``--rotate``; ``-e`` is its environments) and its
+    manifest's path relative to the plan file's directory (the project's root, where a plan file
+    belongs): a plan file never names an absolute path or one with '..' for apply to follow."""
+    import os
+
+    where = Path(os.path.relpath(Path(plan.manifest).resolve(), path.resolve().parent)).as_posix()
+    saved = plan.model_copy(update={"manifest": where, "rotate": tuple(rotate)})
+    atomic_write(path, saved.model_dump_json(indent=2).encode() + b"\n", 0o600)
+
+
+def saved_manifest(plan: Plan, path: Path) -> str:
+    """The manifest a plan file names, for ``apply PLANFILE`` without -f: relative to the plan file's
+    directory and inside it; anything else is refused (a plan file is data that others may write)."""
+    from pathlib import PurePosixPath
+
+    named = PurePosixPath(plan.manifest)
+    if named.is_absolute() or ".." in named.parts or "\\" in plan.manifest or not plan.manifest.strip():
+        raise PlanError(
+            f"{path}: the plan names its manifest as {plan.manifest[:200]!r}, not a path inside the plan file's "
+            "directory; apply it with -f MANIFEST"
+        )
+    return str(path.parent / named)
 
 
 def load_plan(path: Path) -> Plan:
@@ -309,6 +330,14 @@ async def apply(
                 rows = await current_remote(hub, access, envs)
                 check_pins(plan, states, remote_digests(rows))
                 check_changes(plan, project.manifest, states, rows)
+                # the file is data, not orders: plan again as it was made (-e, --rotate, refresh) and
+                # apply only if every change is the same; what is applied is the plan made now
+                from hepinfra.apply.pins import check_same
+
+                rotate = parse_rotate(project.manifest, envs, saved.rotate)
+                plan, access, states = await make(project, hub, envs, refresh=saved.refreshed, rotate=rotate)
+                check_same(saved, plan, str(options.plan_file))
+                plan = plan.model_copy(update={"created_at": saved.created_at})
             else:
                 rotate = parse_rotate(project.manifest, envs, options.rotate)
                 plan, access, states = await make(project, hub, envs, refresh=options.refresh, rotate=rotate)

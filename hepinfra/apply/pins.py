@@ -123,3 +123,29 @@ def check_changes(
             ok = managed is not None and managed.id == change.database_id and change.database_id in listed
         if not ok:
             raise refuse(change, "names a database id that the pinned state and hep.gg do not give it")
+
+
+def check_same(saved: Plan, fresh: Plan, where: str) -> None:
+    """A saved plan is applied only where planning again from the manifest, state and hep.gg gives the
+    same change set (``plan.change_set``): an edited action, reason, output or retire is refused."""
+    from hepinfra.plan import change_set
+
+    mine = {c["address"]: c for c in change_set(saved)}
+    now = {c["address"]: c for c in change_set(fresh)}
+    for address in sorted(mine.keys() | now.keys()):
+        before, after = mine.get(address), now.get(address)
+        if before == after:
+            continue
+        if before is None or after is None:
+            what = (
+                f"plans no change of {address}, which a plan made now would {after['action'] if after else ''}"
+                if before is None
+                else f"plans to {before['action']} {address}, which a plan made now does not"
+            )
+        else:
+            field = next(k for k in before if before[k] != after.get(k))
+            what = f"plans {before['action']} of {address}, which a plan made now does not give ({field} differs)"
+        raise StalePlanError(
+            f"{where}: the saved plan {what}; nothing was applied (edited, or the world changed since)",
+            hint="make a new plan",
+        )

@@ -126,7 +126,7 @@ def plan(
                 click.echo(f"Error: {line}", err=True)
         sys.exit(EXIT_ERROR)
     if out_file:
-        runner.save_plan(result, Path(out_file))
+        runner.save_plan(result, Path(out_file), rotations)
         if not (as_json or markdown):
             click.echo(f"Saved the plan to {out_file}; apply it with: hepinfra apply {out_file}")
     if detailed_exitcode and result.has_changes:
@@ -212,7 +212,8 @@ def _apply_command(
         raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
     source = click.get_current_context().get_parameter_source("manifest_file")
     if plan_file and source is click.core.ParameterSource.DEFAULT:
-        manifest_file = runner.load_plan(Path(plan_file)).manifest  # the manifest the plan was made from
+        # the manifest the plan was made from: a path inside the current directory, never absolute or '..'
+        manifest_file = runner.saved_manifest(runner.load_plan(Path(plan_file)), Path(plan_file))
     project = runner.Project.open(manifest_file)
     printer = EventPrinter(as_json)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()

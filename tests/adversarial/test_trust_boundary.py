@@ -42,7 +42,7 @@ class Catcher:
                         "path": self.path,
                         "headers": dict(self.headers),
                         "body": self.rfile.read(length).decode(errors="replace"),
-                    }  # fmt: skip
+                    }
                 )
                 body = b'{"ok": true, "data": {"databases": []}}'
                 self.send_response(200)
@@ -51,7 +51,7 @@ class Catcher:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _any  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = _any
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -309,7 +309,7 @@ MUTATIONS = {
     "exec": lambda m, c: m + EXEC.format(marker=c.marker),
     "hook": lambda m, c: m.replace(
         "    engine: postgres\n", f"    engine: postgres\n    after_rotate: [touch, '{c.marker}']\n"
-    ),  # fmt: skip
+    ),
     "verify": lambda m, c: m.replace("    engine: postgres\n", "    engine: postgres\n    verify: true\n"),
     "outside": lambda m, c: m + f"      - template: {c.marker}.j2\n        path: out/y\n        allow_outside: true\n",
     "rename": lambda m, c: m.replace("shop:", "shop2:"),

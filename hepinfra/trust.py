@@ -18,13 +18,16 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hepinfra.errors import UsageError
+from hepinfra.safety.credentials import ENVIRONMENT_SETTINGS
 
 if TYPE_CHECKING:
     from hepinfra.manifest import Declared, ManifestModel, OutputTarget
 
-# The settings of an environment that name a credential variable (and, with the hep.gg URL and the
-# state block, decide where a credential goes). A pull request cannot change their effective values.
-CREDENTIAL_SETTINGS = ("db_key_env", "id_username_env", "id_token_env", "upload_token_env")
+# The settings of an environment that name a credential variable (hepinfra.safety.credentials, the one
+# list): with the hep.gg URL and the state block (url_env included), they decide where a credential goes,
+# and a pull request cannot change their effective values. pass_env and after_rotate_pass_env act only at
+# apply, after review: changes to them are listed in the review section.
+CREDENTIAL_SETTINGS = ENVIRONMENT_SETTINGS
 # output kinds whose read-back runs or reaches something outside the project
 READ_REMOTELY = frozenset({"exec", "aws_secretsmanager", "aws_ssm"})
 _GIT_TIMEOUT = 30
@@ -262,9 +265,9 @@ _SENSITIVE = frozenset({"exec", "aws_secretsmanager", "aws_ssm", "age"})
 def _resource_review(where: str, section: str, spec: Any, old: Any) -> list[ReviewLine]:
     lines: list[ReviewLine] = []
     if section == "databases":
-        for setting in ("verify", "after_rotate", "after_rotate_timeout"):
+        for setting in ("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout"):
             mine, theirs = getattr(spec, setting), getattr(old, setting) if old is not None else None
-            if mine != theirs and (mine not in (None, False) or theirs not in (None, False)):
+            if mine != theirs and (mine or theirs):  # unset, empty and false read the same
                 lines.append(ReviewLine(where, f"{setting}: {_short(theirs)} -> {_short(mine)}"))
     if section == "uploads":
         fields = ("file", "allow_outside", "allow_ignored")

@@ -26,7 +26,7 @@ from hepinfra.emulator.engines import open_engine
 from hepinfra.verify import VerifyError, check
 from tests.cliutil import invoke, write_project
 from tests.conftest import ISSUED, Server
-from tests.servers import Postgres
+from tests.servers import MariaDB, Postgres
 
 SSL_REQUEST, GSS_REQUEST = 80877103, 80877104
 RETRY_HINT = "(hint: the next apply verifies again (without rotating))"
@@ -273,3 +273,23 @@ def test_a_route_check_needs_no_server() -> None:
     maria = "mysql://u:pw@db.example:3306/d"
     assert difference("mariadb", "mysql://u:pw@db.example/d", maria) is None
     assert difference("mariadb", "mysql://u:pw@db.example/d?unix_socket=/run/x", maria) == "its query sets unix_socket"
+
+
+def test_a_wrong_mariadb_password_and_a_closed_port_are_fixed_causes(mariadb_server: MariaDB) -> None:
+    where = f"{mariadb_server.host}:{mariadb_server.port}"
+    wrong = f"mysql://{mariadb_server.user}:not-the-Password-8@{where}/mysql"
+    with pytest.raises(VerifyError) as caught:
+        check("mariadb", wrong, wrong, 5)
+    assert (
+        str(caught.value)
+        == f"could not log in at {where} with the rendered credentials: authentication failed {RETRY_HINT}"
+    )
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    for engine, scheme in (("mariadb", "mysql"), ("postgres", "postgresql")):
+        url = f"{scheme}://u:not-the-Password-9@127.0.0.1:{port}/d"
+        with pytest.raises(VerifyError) as caught:
+            check(engine, url, url, 5)
+        assert str(caught.value) == (
+            f"could not log in at 127.0.0.1:{port} with the rendered credentials: connection refused {RETRY_HINT}"
+        )

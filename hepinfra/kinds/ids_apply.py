@@ -17,9 +17,9 @@ from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
 from hepinfra.errors import AuthError, HepinfraError, ProtocolError
 from hepinfra.kinds.ids import options_digest
-from hepinfra.plan import Action, Change
 from hepinfra.state.crypto import Cipher
 from hepinfra.state.model import JournalEntry, ManagedId, State
+from hepinfra.values import Action, Change
 
 if TYPE_CHECKING:
     from hepinfra.apply.executor import Executor
@@ -31,13 +31,22 @@ def _cipher(ex: Executor, change: Change) -> Cipher:
     return cipher
 
 
-def opened(cipher: Cipher, managed: ManagedId, address: str) -> dict[str, Any]:
-    """The decrypted value, registered with the redactor before anything can quote it."""
+def opened(cipher: Cipher, managed: ManagedId, address: str, lineage: str) -> dict[str, Any]:
+    """The decrypted value (bound to this state's lineage and ``address``), registered with the redactor
+    before anything can quote it."""
     from hepinfra.safety.redact import register
 
-    payload: dict[str, Any] = json.loads(cipher.open(managed.ciphertext, address))
+    payload: dict[str, Any] = json.loads(cipher.open_id(managed.ciphertext, address, lineage, managed.bound))
     register(payload.get("id"), payload.get("privateID"))
     return payload
+
+
+def resealed(cipher: Cipher, managed: ManagedId, payload: dict[str, Any], address: str, lineage: str) -> ManagedId:
+    """A value sealed before lineage binding, sealed again bound to this state's lineage and its address."""
+    if managed.bound is not None:
+        return managed
+    sealed = cipher.seal_id(json.dumps(payload).encode(), address, lineage)
+    return managed.model_copy(update={"ciphertext": sealed, "bound": "lineage+address"})
 
 
 def _value(payload: dict[str, Any], id_type: str) -> dict[str, Any]:
@@ -82,7 +91,8 @@ async def mint(ex: Executor, change: Change) -> Outcome:
         key=decl.key,
         type=decl.engine,
         options_digest=options_digest(decl),
-        ciphertext=cipher.seal(json.dumps(payload).encode(), decl.address),
+        ciphertext=cipher.seal_id(json.dumps(payload).encode(), decl.address, ledger.state.lineage),
+        bound="lineage+address",
         value_digest=digest(payload["id"]),
         managed_since=old.managed_since if old else at,
         rotated_at=at,
@@ -104,15 +114,26 @@ async def mint(ex: Executor, change: Change) -> Outcome:
 
 async def render(ex: Executor, change: Change) -> Outcome:
     decl = ex.decl(change)
+    lineage = ex.ledgers[change.env].state.lineage
     managed = ex.ledgers[change.env].state.ids.get(decl.key)
     if managed is None:
         raise HepinfraError(f"{change.address}: not in state any more; make a new plan")
-    payload = opened(_cipher(ex, change), managed, decl.address)
+    cipher = _cipher(ex, change)
+    payload = opened(cipher, managed, decl.address, lineage)  # before anything is journaled or written
+    upgraded = resealed(cipher, managed, payload, decl.address, lineage)
     paths = tuple(o.path for o in change.outputs)
     intent = JournalEntry(op="render", database=decl.ref, name=decl.key, started_at=now(), outputs=paths)
     if paths:
         await ex.journal(change, intent)
-    keep_current = ex.keep_digest(change, ex.digester(change)(payload["id"]))
+    keep_digest = ex.keep_digest(change, ex.digester(change)(payload["id"]))
+
+    def keep_current(s: State) -> State:  # and a value sealed the old way, sealed again bound to this state
+        s = keep_digest(s)
+        held = s.ids.get(decl.key)
+        if upgraded is managed or held is None or held.ciphertext != managed.ciphertext:
+            return s
+        new = upgraded.model_copy(update={"value_digest": held.value_digest})
+        return s.model_copy(update={"ids": {**s.ids, decl.key: new}})
 
     failures, _ = await ex.finish(change, _value(payload, managed.type), payload["id"], intent, keep_current)
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
@@ -120,8 +141,8 @@ async def render(ex: Executor, change: Change) -> Outcome:
 
 async def value_of(hub: Any, access: Any, managed: ManagedId, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Decrypted from state (no call: hep.gg keeps no copy)."""
-    assert access.cipher is not None
-    payload = opened(access.cipher, managed, decl.address)
+    assert access.cipher is not None and access.cipher.lineage is not None
+    payload = opened(access.cipher, managed, decl.address, access.cipher.lineage)
     value = _value(payload, managed.type)
     return value, {k: value[k] for k in ("value", "private") if k in value}
 

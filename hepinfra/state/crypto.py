@@ -3,7 +3,9 @@
 Owns: turning the variable into a 256-bit key (a base64 string of exactly 32 bytes is used as the
 key; anything else is a passphrase run through scrypt with the state's own random salt), the
 check value that tells a wrong key before anything is decrypted or minted, and sealing/opening
-one value bound to its address (a ciphertext moved to another id does not open).
+one id's value bound to the state's lineage and its address (a ciphertext copied to another
+state, even one sharing the key, or to another id does not open). Values sealed before that
+binding (bound to the address only) open only when their record says so, and are sealed again.
 Must not: store, log or raise the key, the passphrase or a plaintext value.
 """
 
@@ -66,8 +68,9 @@ def _derive(secret: str, crypto: StateCrypto) -> bytes:
 class Cipher:
     """One state's key. ``seal``/``open`` bind each value to its address (associated data)."""
 
-    def __init__(self, key: bytes, crypto: StateCrypto, env: str) -> None:
+    def __init__(self, key: bytes, crypto: StateCrypto, env: str, lineage: str | None = None) -> None:
         self._key, self.crypto, self._env = key, crypto, env
+        self.lineage = lineage  # of the state it was opened for (None: no state yet)
 
     def __repr__(self) -> str:
         return "Cipher(<key>)"
@@ -96,9 +99,32 @@ class Cipher:
             ) from None
         return opened
 
+    def seal_id(self, plaintext: bytes, address: str, lineage: str) -> str:
+        """An id's value, bound to this state's lineage and the id's address (``bound: lineage+address``)."""
+        return self.seal(plaintext, id_binding(address, lineage))
+
+    def open_id(self, token: str, address: str, lineage: str, bound: str | None) -> bytes:
+        """An id's value. ``bound`` (from its record): "lineage+address", or None for a value sealed before
+        lineage binding, which alone is opened bound to the address only. A value that does not open here
+        was sealed for another state or address (copied), or the state was edited: nothing falls back."""
+        try:
+            return self.open(token, id_binding(address, lineage) if bound is not None else address)
+        except StateKeyError:
+            raise StateKeyError(
+                f"{address}: its encrypted value in the state of environment '{self._env}' (lineage {lineage}) "
+                "does not open: it was not sealed for this id in this state (copied from another state or id, "
+                "or edited); nothing was decrypted, minted or written",
+                hint="restore the state from its backup, or 'hepinfra state rm' the id and apply to mint a new one",
+            ) from None
+
     def digest_key(self) -> str:
         """Key material for the environment's keyed digests when it has no database key."""
         return hashlib.sha256(b"hepinfra-digest-key:" + self._key).hexdigest()
+
+
+def id_binding(address: str, lineage: str) -> str:
+    """The associated data of an id's value: the state's lineage and the id's address."""
+    return f"hepinfra-id-v2\x00{lineage}\x00{address}"
 
 
 def local_key(project_dir: Path) -> str:
@@ -160,7 +186,7 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
             kdf="raw" if raw is not None else "scrypt", salt=base64.b64encode(os.urandom(16)).decode(), check=""
         )
         key = raw if raw is not None else _derive(secret, draft)
-        cipher = Cipher(key, draft, env)
+        cipher = Cipher(key, draft, env, state.lineage if state is not None else None)
         cipher.crypto = StateCrypto.model_validate({**draft.model_dump(), "check": cipher.seal(_CHECK, "check")})
         return cipher
     key = _derive(secret, crypto)  # a passphrase given for a raw key (or the reverse) says so
@@ -170,7 +196,7 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
             "decrypted or minted",
             hint=f"set {KEY_VAR} to the key this state was written with",
         )
-    return Cipher(key, crypto, env)
+    return Cipher(key, crypto, env, state.lineage if state is not None else None)
 
 
 def _opens(secret: str, crypto: StateCrypto, env: str) -> bool:

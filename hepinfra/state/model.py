@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 FORMAT_VERSION = 1
 
@@ -46,6 +53,18 @@ class ManagedId(_Value):
     managed_since: datetime
     rotated_at: datetime  # when this value was minted
     rotations: int = 0
+    # what the ciphertext's associated data binds: "lineage+address" (this state's lineage and the id's
+    # address: it opens in no other state and under no other address). None: sealed before, bound to the
+    # address only; opened that way once, and sealed again bound to both at the next write of the id.
+    # Absent from the file when None, so an older state file reads and writes back byte for byte.
+    bound: Literal["lineage+address"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unbound(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("bound", "") is None:
+            del data["bound"]
+        return data
 
 
 class ManagedUpload(_Value):

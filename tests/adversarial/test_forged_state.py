@@ -177,3 +177,124 @@ def test_a_planted_record_in_s3_state_deletes_nothing_outside(
         backend.replace("prod", plant(state, "shop", [(victim, str(victim))], Digester(KEY, state.lineage)))
     assert_listed_not_deleted(project, server, env, str(victim))
     assert victim.read_text() == "precious\n"
+
+
+# --- ids: a ciphertext is bound to its state's lineage and its address ----------------------------------
+
+STATE_KEY = {"HEPINFRA_STATE_KEY": "correct horse battery staple"}
+
+IDS = """
+version: 1
+environments:
+  prod: {}
+ids:
+  first:
+    type: nanoid
+    length: 32
+    outputs:
+      - dotenv: first.env
+        keys: {FIRST: "{{ id.value }}"}
+  second:
+    type: nanoid
+    length: 32
+    outputs:
+      - dotenv: second.env
+        keys: {SECOND: "{{ id.value }}"}
+"""
+
+
+def minted(root: Path, server: Server) -> Path:
+    project = write_project(root, IDS)
+    assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    return project
+
+
+def idgen_calls(server: Server) -> int:
+    return sum(1 for r in server.requests() if r.get("service") == "idgen" and r.get("method") == "POST")
+
+
+def refused_to_open(project: Path, server: Server, address: str) -> None:
+    """apply (with outputs to render) fails that id alone and ``output`` refuses, with one line each
+    naming it; no mint, nothing of it written, its record unchanged."""
+    key = address.rsplit(".", 1)[1]
+    for name in ("first", "second"):
+        (project.parent / f"{name}.env").unlink()
+    before, calls = state_file(project).read_bytes(), idgen_calls(server)
+    applied = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=STATE_KEY)
+    assert applied.code == 1, applied.out + applied.err
+    wanted = f"{address}: its encrypted value in the state of environment 'prod'"
+    failed = [line for line in applied.out.splitlines() if line.startswith(f"   ! {address}: render failed: ")]
+    assert len(failed) == 1 and wanted in failed[0], applied.out
+    assert "was not sealed for this id in this state" in failed[0]
+    assert "nothing was decrypted, minted or written" in failed[0]
+    assert "Traceback" not in applied.err and "internal error" not in applied.err
+    shown = invoke(["output", "-f", str(project), address], server=server, env=STATE_KEY)
+    assert shown.code == 1 and shown.err.count("\n") == 1 and wanted in shown.err, shown.err
+    assert idgen_calls(server) == calls
+    assert not (project.parent / f"{key}.env").exists()
+    after = codec.decode(state_file(project).read_bytes(), "state")
+    assert after.ids == codec.decode(before, "state").ids
+
+
+def test_a_ciphertext_copied_from_another_state_with_the_same_key_does_not_open(tmp_path: Path, server: Server) -> None:
+    theirs = codec.decode(state_file(minted(tmp_path / "a", server)).read_bytes(), "state")
+    project = minted(tmp_path / "b", server)
+    ours = codec.decode(state_file(project).read_bytes(), "state")
+    assert theirs.lineage != ours.lineage and ours.ids["first"].bound == "lineage+address"
+    forged = {**ours.ids, "first": ours.ids["first"].model_copy(update={"ciphertext": theirs.ids["first"].ciphertext})}
+    state_file(project).write_bytes(codec.encode(ours.model_copy(update={"ids": forged})))
+    refused_to_open(project, server, "prod/ids.first")
+
+
+def test_a_ciphertext_copied_to_another_address_does_not_open(tmp_path: Path, server: Server) -> None:
+    project = minted(tmp_path, server)
+    ours = codec.decode(state_file(project).read_bytes(), "state")
+    moved = ours.ids["second"].model_copy(update={"ciphertext": ours.ids["first"].ciphertext})
+    state_file(project).write_bytes(codec.encode(ours.model_copy(update={"ids": {**ours.ids, "second": moved}})))
+    refused_to_open(project, server, "prod/ids.second")
+
+
+def old_style(state: State, env: dict[str, str]) -> State:
+    """``state`` as a hepinfra before lineage binding wrote it: each value sealed bound to its address only,
+    and no ``bound`` field."""
+    from hepinfra.state.crypto import cipher_for
+
+    cipher = cipher_for("prod", state, env)
+    ids = {}
+    for key, managed in state.ids.items():
+        plain = cipher.open_id(managed.ciphertext, f"prod/ids.{key}", state.lineage, managed.bound)
+        ids[key] = managed.model_copy(update={"ciphertext": cipher.seal(plain, f"prod/ids.{key}"), "bound": None})
+    return state.model_copy(update={"ids": ids})
+
+
+def test_a_state_sealed_the_old_way_still_opens_and_is_sealed_again_bound_to_its_lineage(
+    tmp_path: Path, server: Server
+) -> None:
+    project = minted(tmp_path, server)
+    values = [(project.parent / f"{name}.env").read_text() for name in ("first", "second")]
+    old = codec.encode(old_style(codec.decode(state_file(project).read_bytes(), "state"), STATE_KEY))
+    assert b'"bound"' not in old and codec.encode(codec.decode(old, "state")) == old  # reads back byte for byte
+    state_file(project).write_bytes(old)
+    assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=STATE_KEY).code == 0
+    for address in ("prod/ids.first", "prod/ids.second"):
+        shown = invoke(["output", "-f", str(project), address], server=server, env=STATE_KEY, secret_ok=True)
+        assert shown.code == 0 and shown.out in values, shown.err
+    calls = idgen_calls(server)
+    for name in ("first", "second"):  # a write that touches the ids: both are sealed again
+        (project.parent / f"{name}.env").unlink()
+    applied = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env=STATE_KEY)
+    assert applied.code == 0, applied.err
+    assert [(project.parent / f"{name}.env").read_text() for name in ("first", "second")] == values
+    assert idgen_calls(server) == calls
+    upgraded = codec.decode(state_file(project).read_bytes(), "state")
+    assert {m.bound for m in upgraded.ids.values()} == {"lineage+address"}
+    assert invoke(["plan", "-f", str(project), "--detailed-exitcode"], server=server, env=STATE_KEY).code == 0
+
+
+def test_an_old_style_ciphertext_in_a_record_marked_new_never_falls_back(tmp_path: Path, server: Server) -> None:
+    project = minted(tmp_path, server)
+    ours = codec.decode(state_file(project).read_bytes(), "state")
+    old = old_style(ours, STATE_KEY)
+    forged = {k: m.model_copy(update={"bound": "lineage+address"}) for k, m in old.ids.items()}
+    state_file(project).write_bytes(codec.encode(ours.model_copy(update={"ids": forged})))
+    refused_to_open(project, server, "prod/ids.first")

@@ -25,14 +25,14 @@ from hepinfra.hepgg.config import check_credential
 from hepinfra.manifest import Manifest
 from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import resolve_path
-from hepinfra.plan import Diagnostic, EnvFacts, ObservedOutput, RotateRequest
 from hepinfra.safety.redact import register
 from hepinfra.state.crypto import Cipher, cipher_for
 from hepinfra.state.model import State
+from hepinfra.values import Diagnostic, EnvFacts, ObservedOutput, RotateRequest
 
 if TYPE_CHECKING:
     from hepinfra.kinds import Kind
-    from hepinfra.manifest import Declared, OutputTarget
+    from hepinfra.values import Declared, OutputTarget
 
 
 def _on_account(section: str) -> bool:

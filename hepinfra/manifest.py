@@ -41,37 +41,22 @@ from hepinfra import yamlpos
 from hepinfra.errors import ManifestError
 from hepinfra.safety.paths import MANIFEST_LIMIT, Boundary, Refused, read_regular, shown
 from hepinfra.state.spec import LocalState, PostgresState, S3State, StateSpec
+from hepinfra.values import (
+    DOTENV_READERS,
+    RESOURCE_SECTIONS,
+    Declared,
+    DotenvReader,
+    OutputTarget,
+    clip,
+    format_duration,
+    parse_duration,
+)
 
 DEFAULT_FILE = "hepinfra.yaml"
 log = logging.getLogger("hepinfra.manifest")
 PLATFORM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
-DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: Any) -> int:
-    """``30d`` -> seconds. Units s, m, h, d; a positive whole number."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError("must be a duration such as 30d, 12h, 90m or 3600s")
-    match = DURATION.match(str(value)) if isinstance(value, str) else None
-    if not match:
-        shown = f"'{yamlpos.clip(value)}'" if isinstance(value, str) else str(value)
-        raise ValueError(f"bad duration {shown}: use a whole number and a unit s, m, h or d (e.g. 30d)")
-    seconds = int(match.group(1)) * UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError("the duration must be more than zero")
-    return seconds
-
-
-def format_duration(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 Ident = Annotated[str, StringConstraints(pattern=IDENT, max_length=63)]
 EnvVarName = Annotated[str, StringConstraints(pattern=ENV_VAR)]
 Duration = Annotated[
@@ -116,10 +101,6 @@ class _OutputBase(_Model):
     allow_tracked: bool = False
     allow_outside: bool = False
     mode: Mode = "0600"
-
-
-DotenvReader = Literal["python-dotenv", "compose", "bash"]
-DOTENV_READERS: tuple[DotenvReader, ...] = ("python-dotenv", "compose", "bash")
 
 
 class DotenvOutput(_OutputBase):
@@ -270,9 +251,9 @@ class IdSpec(_Model):
                 raise ValueError(f"'{name}' is not an option: the ID Generator's credentials come from the environment")
             guess = difflib.get_close_matches(name, _ID_FIELDS, n=1, cutoff=0.8) if len(name) < 100 else []
             if guess:
-                raise ValueError(f"unknown field '{yamlpos.clip(name)}' (did you mean '{guess[0]}'?)")
+                raise ValueError(f"unknown field '{clip(name)}' (did you mean '{guess[0]}'?)")
             if not isinstance(value, str | int | float) or (isinstance(value, float) and not math.isfinite(value)):
-                raise ValueError(f"option '{yamlpos.clip(name)}' must be a string, a finite number or true/false")
+                raise ValueError(f"option '{clip(name)}' must be a string, a finite number or true/false")
         if self.type == "nanoid" and (self.model_extra or {}).get("length") in (None, ""):
             raise ValueError("a nanoid needs length: (hep.gg answers 'Please specify the length')")
         return self
@@ -336,84 +317,6 @@ class ManifestModel(_Model):
         """A resource kind's declarations (``databases``, ``ids``, ``uploads``), by key."""
         found: dict[str, DatabaseSpec | IdSpec | UploadSpec] = getattr(self, name)
         return found
-
-
-# --- resolved values -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutputTarget:
-    """One output of one database in one environment, paths rendered, ready for a sink."""
-
-    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
-    path: str  # relative to the project directory (or absolute with allow_outside), POSIX form; exec: its name
-    keys: tuple[tuple[str, str], ...]  # dotenv: (name, value template source)
-    template: str | None  # template: the file's path relative to the project directory
-    template_source: str | None
-    mode: int
-    allow_tracked: bool
-    allow_outside: bool
-    definition_digest: str  # changes when what would be rendered changes (not the secret)
-    real: str = ""  # the real path checked at load time (every link resolved); "" in hand-made targets
-    node: tuple[str | int, ...] = ()  # where in the manifest the path is declared
-    readers: tuple[str, ...] = DOTENV_READERS  # dotenv: who reads the file (templates.dotenv_quote)
-    # exec: the command (rendered argv), its read-back command, timeout (s), variables let through,
-    # variables kept from it (the manifest's credential variables), and its working directory
-    argv: tuple[str, ...] = ()
-    read_argv: tuple[str, ...] = ()
-    timeout: int = 30
-    pass_env: tuple[str, ...] = ()
-    scrub: tuple[str, ...] = ()
-    cwd: str = ""
-    kms_key_id: str | None = None  # aws outputs
-    recipients: tuple[str, ...] = ()  # age
-    plain: bool = False  # aws_secretsmanager with value: (one plain string, not a JSON object)
-
-
-@dataclass(frozen=True)
-class Declared:
-    """One resource of one kind declared in one environment, resolved."""
-
-    env: str
-    key: str
-    name: str  # a database's platform name; an id's or an upload's key
-    engine: str  # a database's engine; an id's type; "file" for an upload
-    rotate_every: int | None
-    outputs: tuple[OutputTarget, ...]
-    kind: str = "databases"
-    options: tuple[tuple[str, str | int | float | bool], ...] = ()  # ids: the type's options, sorted
-    file: str = ""  # uploads: as declared
-    file_real: str = ""  # uploads: its real path, checked at load time
-    file_digest: str = ""  # uploads: sha256 of its content at load time
-    allow_outside: bool = False
-    verify: bool = False  # databases: connect with the rendered credentials after every change
-    verify_timeout: int = 10
-    after_rotate: tuple[str, ...] = ()  # databases: the hook's argv, rendered (never a secret)
-    after_rotate_timeout: int = 60
-    hook_scrub: tuple[str, ...] = ()  # the manifest's credential variables, kept from the hook
-    hook_pass_env: tuple[str, ...] = ()  # after_rotate_pass_env: variables the hook is given
-
-    @property
-    def address(self) -> str:
-        return f"{self.env}/{self.kind}.{self.key}"
-
-    @property
-    def ref(self) -> str:
-        """How state refers to it (output records, journal): databases by key (they came first),
-        other kinds as ``KIND.KEY``, so keys of different kinds never collide."""
-        return ref_of(self.kind, self.key)
-
-
-def ref_of(kind: str, key: str) -> str:
-    return key if kind == "databases" else f"{kind}.{key}"
-
-
-def split_ref(text: str) -> tuple[str, str]:
-    """``ids.KEY`` -> (ids, KEY); ``databases.KEY`` or a bare ``KEY`` -> (databases, KEY)."""
-    kind, dot, key = text.partition(".")
-    if dot and kind in RESOURCE_SECTIONS:
-        return kind, key
-    return "databases", text
 
 
 @dataclass(frozen=True)
@@ -578,7 +481,7 @@ def _error_from_validation(
         model = _model_at(tuple(err["loc"])[:-1])
         allowed = sorted(f.alias or name for name, f in model.model_fields.items()) if model else []
         guess = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6) if len(unknown) < 100 else []
-        message = f"unknown key '{yamlpos.clip(unknown)}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
+        message = f"unknown key '{clip(unknown)}'" + (f" (did you mean '{guess[0]}'?)" if guess else "")
         if allowed:
             message += f"; allowed: {', '.join(allowed)}"
         line, col = keys.get((*parent, unknown), values.get(parent, (None, None)))
@@ -608,7 +511,7 @@ def _check_names_are_text(doc: yamlpos.Document, filename: str) -> None:
             kind = {"environments": "environment", "databases": "database", "ids": "id", "uploads": "upload"}[path[0]]
             line, col = doc.keys[path]
             raise ManifestError(
-                f"{kind} name must be text; quote it (YAML reads {yamlpos.clip(source) or 'an empty key'} as {what})",
+                f"{kind} name must be text; quote it (YAML reads {clip(source) or 'an empty key'} as {what})",
                 file=filename,
                 line=line,
                 column=col,
@@ -674,9 +577,6 @@ def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = N
     return Manifest(file, project_dir, model, declared, digest.hexdigest())
 
 
-RESOURCE_SECTIONS = ("databases", "ids", "uploads")  # the resource kinds, in plan order
-
-
 class _Resolver:
     """Renders names and paths per environment and dry-renders value templates."""
 
@@ -737,7 +637,7 @@ class _Resolver:
                         )
                         raise self.error(
                             (section, key, "environments", i),
-                            f"unknown environment '{yamlpos.clip(wanted)}'{hint}; declared: {names}",
+                            f"unknown environment '{clip(wanted)}'{hint}; declared: {names}",
                         )
                 for wanted in dict.fromkeys(spec.environments):
                     by_env[wanted].append(key)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from hepinfra.plan import Action, Change, Diagnostic, Plan
+from hepinfra.values import Action, Change, Diagnostic, Plan
 
 COLOURS = {
     Action.CREATE: "green",

@@ -24,8 +24,9 @@ from hepinfra.fetch import EnvAccess, gather
 from hepinfra.fsutil import atomic_write, ensure_hepinfra_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.manifest import Manifest
-from hepinfra.plan import Plan, RotateRequest, make_plan
+from hepinfra.plan import make_plan
 from hepinfra.state.model import State
+from hepinfra.values import Plan, RotateRequest
 
 if TYPE_CHECKING:
     from hepinfra.apply import ApplyResult
@@ -113,7 +114,7 @@ def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[st
 
 def parse_rotate(manifest: Manifest, envs: Sequence[str], addresses: Sequence[str]) -> RotateRequest:
     """``ENV/KIND.KEY``, ``KIND.KEY`` or ``KEY`` (a database; every selected environment)."""
-    from hepinfra.manifest import ref_of, split_ref
+    from hepinfra.values import ref_of, split_ref
 
     targets: set[tuple[str | None, str]] = set()
     for address in addresses:
@@ -153,7 +154,7 @@ async def make(
         plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs)
         return plan, access, states
     from hepinfra import trust
-    from hepinfra.plan import Diagnostic, EnvFacts, ReviewItem
+    from hepinfra.values import Diagnostic, EnvFacts, ReviewItem
 
     model = project.manifest.model
     _, changed = trust.credential_changes(model, base)
@@ -249,7 +250,7 @@ def check_saved_credentials(manifest: Manifest, plan: Plan, hub: Hepgg) -> None:
     """A saved plan's mints and uploads need the ID Generator's and the Uploader's credentials of the
     runner that applies it: checked before any call (the plan was made where they may have been set)."""
     from hepinfra.fetch import missing_credentials
-    from hepinfra.plan import Action
+    from hepinfra.values import Action
 
     missing: dict[str, dict[str, str]] = {}
     for change in plan.changes:
@@ -376,8 +377,8 @@ def remove_from_state(
     project: Project, targets: Sequence[tuple[str, str, str]], timeout: float
 ) -> list[tuple[str, str, str]]:
     """Stop managing (env, kind, key) resources under each environment's lock; nothing changes on hep.gg."""
-    from hepinfra.manifest import ref_of
     from hepinfra.state.backend import LockInfo
+    from hepinfra.values import ref_of
 
     removed: list[tuple[str, str, str]] = []
     for env in dict.fromkeys(e for e, _, _ in targets):

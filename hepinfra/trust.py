@@ -21,7 +21,8 @@ from hepinfra.errors import UsageError
 from hepinfra.safety.credentials import ENVIRONMENT_SETTINGS
 
 if TYPE_CHECKING:
-    from hepinfra.manifest import Declared, ManifestModel, OutputTarget
+    from hepinfra.manifest import ManifestModel
+    from hepinfra.values import Declared, OutputTarget
 
 # The settings of an environment that name a credential variable (hepinfra.safety.credentials, the one
 # list): with the hep.gg URL and the state block (url_env included), they decide where a credential goes,

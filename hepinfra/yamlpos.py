@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from hepinfra.errors import ManifestError
+from hepinfra.values import QUOTE_LIMIT, clip
 
 Path = tuple[str | int, ...]
 Positions = dict[Path, tuple[int, int]]
@@ -26,7 +27,6 @@ Positions = dict[Path, tuple[int, int]]
 MAX_DEPTH = 64
 FLOW_SCAN_FROM = 8_000  # brackets in a text before its nesting is checked on the event stream
 MAX_ALIAS_NODES = 100_000  # values built again through aliases: stops a "billion laughs" early
-QUOTE_LIMIT = 60  # characters of user input quoted in a message
 
 _YAML = "tag:yaml.org,2002:"
 STR_TAG = _YAML + "str"
@@ -46,7 +46,6 @@ SCALAR_TAGS = {
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 _UNQUOTED_TEMPLATE = re.compile(r"(?:^|[:,\[?]|(?:^|\s)-)[ \t]*\{\{")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -64,14 +63,6 @@ class Document(NamedTuple):
     keys: Positions  # path of a mapping entry -> (line, column) of its key
     typed_keys: dict[Path, tuple[str, str]]  # entry whose key YAML read as non-text -> (source, what it is)
     spellings: dict[Path, str]  # path of a scalar YAML read as non-text -> its source text
-
-
-def clip(text: object, limit: int = QUOTE_LIMIT) -> str:
-    """User input as a message may show it: control characters escaped, at most ``limit`` characters."""
-    raw = str(text)
-    head = raw[: limit * 4]  # escaping can only lengthen: never scan more than needed
-    visible = _CONTROL.sub(lambda m: repr(m.group())[1:-1], head)
-    return visible if len(visible) <= limit and len(raw) == len(head) else visible[: limit - 1] + "…"
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:

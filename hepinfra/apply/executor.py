@@ -28,12 +28,12 @@ from hepinfra.fetch import EnvAccess
 from hepinfra.fsutil import fsync_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseCredentials
-from hepinfra.manifest import Declared, Manifest, OutputTarget, ref_of
+from hepinfra.manifest import Manifest
 from hepinfra.outputs import SINKS
 from hepinfra.outputs.base import resolve_path
-from hepinfra.plan import Action, Change, Plan
 from hepinfra.safety.redact import redact_data
 from hepinfra.state.model import JournalEntry, OutputRecord, State
+from hepinfra.values import Action, Change, Declared, OutputTarget, Plan, ref_of
 
 Event = dict[str, Any]
 # how long a killed run's rotate request may still land at hep.gg: twice the HTTP timeout

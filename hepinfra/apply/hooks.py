@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hepinfra.errors import OutputError
-from hepinfra.manifest import Declared, OutputTarget
+from hepinfra.values import Declared, OutputTarget
 
 
 def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> None:

@@ -85,9 +85,7 @@ def with_entry(state: State, entry: JournalEntry) -> State:
     return state.model_copy(update={"journal": (*kept, entry.model_copy(update={"outputs": outputs}))})
 
 
-def settled(
-    state: State, database: str, owed: Iterable[str], like: JournalEntry, steps: Iterable[str] = ()
-) -> State:
+def settled(state: State, database: str, owed: Iterable[str], like: JournalEntry, steps: Iterable[str] = ()) -> State:
     """``state`` with every journal entry of ``database`` done, except a ``render`` entry for the
     outputs still ``owed`` (written next run; the remote step is never repeated) and one entry per
     step still to run after them (``verify``, ``hook``)."""

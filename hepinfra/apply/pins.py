@@ -13,8 +13,8 @@ from hepinfra.fetch import EnvAccess
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.models import DatabaseSummary
 from hepinfra.manifest import Manifest
-from hepinfra.plan import Action, Change, Plan, remote_digest
 from hepinfra.state.model import State
+from hepinfra.values import Action, Change, Plan, remote_digest
 
 
 def check_pins(plan: Plan, states: dict[str, State | None], remote: dict[str, str | None]) -> None:
@@ -75,7 +75,7 @@ def check_changes(
         )
 
     from hepinfra.kinds import KINDS
-    from hepinfra.manifest import ref_of
+    from hepinfra.values import ref_of
 
     seen: set[str] = set()
     for change in plan.changes:

@@ -25,13 +25,13 @@ from hepinfra.digests import Digester
 from hepinfra.errors import HepinfraError, LockError, OutputError
 from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
-from hepinfra.manifest import Declared, OutputTarget
 from hepinfra.outputs import REMOTE_SINKS, SINKS
 from hepinfra.outputs.base import Written, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
 from hepinfra.safety.paths import Boundary, Refused, inside, shown
 from hepinfra.safety.redact import redact
 from hepinfra.state.model import OutputRecord, State
+from hepinfra.values import Declared, OutputTarget
 
 log = logging.getLogger("hepinfra.outputs")
 

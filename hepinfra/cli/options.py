@@ -46,7 +46,7 @@ def lock_timeout_option(f: Any) -> Any:
 
 
 def parse_timeout(value: str) -> float:
-    from hepinfra.manifest import parse_duration
+    from hepinfra.values import parse_duration
 
     if value.strip() in ("0", "0s"):
         return 0.0
@@ -102,7 +102,7 @@ def run_async(coro: Any) -> Any:
 def parse_address(manifest: Any, envs: list[str], address: str) -> tuple[str, str, str]:
     """``ENV/KIND.KEY`` (or ``ENV/KEY`` for a database; ENV may be left out with one environment)
     -> (env, kind, key)."""
-    from hepinfra.manifest import split_ref
+    from hepinfra.values import split_ref
 
     if "/" in address:
         env, rest = address.split("/", 1)

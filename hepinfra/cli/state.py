@@ -51,7 +51,7 @@ def state_show(manifest_file: str, address: str) -> None:
     import json
 
     from hepinfra import runner
-    from hepinfra.manifest import ref_of
+    from hepinfra.values import ref_of
 
     project = runner.Project.open(manifest_file)
     env, kind, key = parse_address(project.manifest, project.manifest.environments, address)

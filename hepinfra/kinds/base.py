@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hepinfra.plan import Change, Diagnostic, EnvInput
+    from hepinfra.kinds.rules import EnvInput
+    from hepinfra.values import Change, Diagnostic
 
 Step = Callable[[Any, "Change"], Awaitable[Any]]  # (executor, change) -> Outcome
 

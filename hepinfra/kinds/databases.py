@@ -13,20 +13,10 @@ from datetime import datetime
 
 from hepinfra.hepgg.models import DatabaseSummary
 from hepinfra.kinds.base import Kind
-from hepinfra.manifest import Declared, Manifest
-from hepinfra.plan import (
-    Action,
-    Change,
-    Diagnostic,
-    EnvFacts,
-    EnvInput,
-    RotateRequest,
-    all_outputs,
-    base_fields,
-    due,
-    output_reason,
-)
+from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due, output_reason
+from hepinfra.manifest import Manifest
 from hepinfra.state.model import State
+from hepinfra.values import Action, Change, Declared, Diagnostic, EnvFacts, RotateRequest
 
 
 def _headline(change: Change) -> str:

@@ -27,8 +27,8 @@ from hepinfra.crashpoints import kill_point
 from hepinfra.errors import ApiError, OutputError
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.outputs.base import db_context
-from hepinfra.plan import Action, Change
 from hepinfra.state.model import JournalEntry, ManagedDatabase, State
+from hepinfra.values import Action, Change
 
 if TYPE_CHECKING:
     from hepinfra.apply.executor import Executor

@@ -16,8 +16,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from hepinfra.kinds.base import Kind
-from hepinfra.manifest import Declared, Manifest
-from hepinfra.plan import Action, Change, Decision, Diagnostic, EnvInput, due, plan_held
+from hepinfra.kinds.rules import Decision, EnvInput, due, plan_held
+from hepinfra.manifest import Manifest
+from hepinfra.values import Action, Change, Declared, Diagnostic
 
 if TYPE_CHECKING:
     from hepinfra.hepgg import Hepgg

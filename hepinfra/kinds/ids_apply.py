@@ -17,9 +17,9 @@ from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
 from hepinfra.errors import AuthError, HepinfraError, ProtocolError
 from hepinfra.kinds.ids import options_digest
-from hepinfra.plan import Action, Change
 from hepinfra.state.crypto import Cipher
 from hepinfra.state.model import JournalEntry, ManagedId, State
+from hepinfra.values import Action, Change
 
 if TYPE_CHECKING:
     from hepinfra.apply.executor import Executor

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hepinfra.kinds.base import Kind
-from hepinfra.manifest import Declared, Manifest
-from hepinfra.plan import Action, Change, Decision, Diagnostic, EnvInput, plan_held
+from hepinfra.kinds.rules import Decision, EnvInput, plan_held
+from hepinfra.manifest import Manifest
+from hepinfra.values import Action, Change, Declared, Diagnostic
 
 if TYPE_CHECKING:
     from hepinfra.hepgg import Hepgg

@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
 from hepinfra.errors import AuthError, ForbiddenError, HepinfraError, OutputError, ProtocolError
-from hepinfra.plan import Action, Change
 from hepinfra.state.model import JournalEntry, ManagedUpload, State
+from hepinfra.values import Action, Change
 
 if TYPE_CHECKING:
     from hepinfra.apply.executor import Executor
-    from hepinfra.manifest import Declared
+    from hepinfra.values import Declared
 
 
 def _read(ex: Executor, decl: Declared) -> bytes:

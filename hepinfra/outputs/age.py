@@ -17,9 +17,8 @@ from typing import Any
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import Written, delivered, existing_mode, observe_whole_file, remove_whole_file, render_keys
-from hepinfra.plan import ObservedOutput
+from hepinfra.values import ObservedOutput, OutputTarget
 
 EXTRA = "pip install 'hepinfra[age]'"
 

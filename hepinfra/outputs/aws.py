@@ -20,9 +20,8 @@ from typing import Any
 from hepinfra.aws import AwsError, code_of, failure, make_client
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import Written, delivered, observed, render_keys
-from hepinfra.plan import ObservedOutput
+from hepinfra.values import ObservedOutput, OutputTarget
 
 PLAIN = "SecretString"  # the key name of a plain-value secret (``value:`` instead of ``keys:``)
 _TOKEN_SPACE = uuid.UUID("8d1b4c02-6a43-4e0b-9d0c-6b2f0c1e7a55")

@@ -17,9 +17,8 @@ from urllib.parse import urlsplit
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.hepgg.models import DatabaseCredentials
-from hepinfra.manifest import OutputTarget
-from hepinfra.plan import ObservedOutput
 from hepinfra.safety.paths import Boundary, Refused, recheck, shown
+from hepinfra.values import ObservedOutput, OutputTarget
 
 
 class Sink(Protocol):

@@ -20,8 +20,8 @@ from typing import Any
 
 from hepinfra.digests import Digester
 from hepinfra.fsutil import TMP_PREFIX
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import Sink
+from hepinfra.values import OutputTarget
 
 TargetFactory = Callable[[str], OutputTarget]
 DIGEST = Digester("conformance-key", "lineage")

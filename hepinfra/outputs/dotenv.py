@@ -18,10 +18,9 @@ from typing import Any
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import existing_mode
-from hepinfra.plan import ObservedOutput
 from hepinfra.templates import QuotingError, dotenv_quote, render_error, render_string
+from hepinfra.values import ObservedOutput, OutputTarget
 
 # python-dotenv's grammar (dotenv/parser.py), unchanged.
 _MULTILINE_WHITESPACE = re.compile(r"\s*", re.MULTILINE)

@@ -22,9 +22,8 @@ from typing import Any
 
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import Written, delivered, keyed_payload, observed, render_keys
-from hepinfra.plan import ObservedOutput
+from hepinfra.values import ObservedOutput, OutputTarget
 
 READ_LIMIT = 1024 * 1024
 

@@ -12,10 +12,9 @@ from typing import Any
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs.base import existing_mode, observe_whole_file, remove_whole_file
-from hepinfra.plan import ObservedOutput
 from hepinfra.templates import compile_string, render_error, render_template
+from hepinfra.values import ObservedOutput, OutputTarget
 
 
 class TemplateSink:

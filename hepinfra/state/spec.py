@@ -33,7 +33,7 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+){1,4}")
 
 
 def _duration(value: Any) -> Any:
-    from hepinfra.manifest import parse_duration
+    from hepinfra.values import parse_duration
 
     seconds = parse_duration(value)
     if not 5 <= seconds <= 7 * 86400:

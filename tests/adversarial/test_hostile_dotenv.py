@@ -26,8 +26,7 @@ databases:
 
 HOSTILE = {
     "cert-with-lookalike-lines": (
-        'CERT="-----BEGIN CERTIFICATE-----\nSHOP_PASSWORD=inside-the-cert\nMIIB\n-----END CERTIFICATE-----"\n'
-        "OTHER=1\n"
+        'CERT="-----BEGIN CERTIFICATE-----\nSHOP_PASSWORD=inside-the-cert\nMIIB\n-----END CERTIFICATE-----"\nOTHER=1\n'
     ),
     "crlf-and-export": "export FIRST=1\r\nexport SHOP_PASSWORD=old\r\n# comment\r\nLAST='x y'\r\n",
     "unparseable-junk": "this is not dotenv\n=novalue\n   \n'quoted key'=1\nSHOP_URL=old\n",
@@ -48,7 +47,9 @@ def test_hostile_existing_files_keep_foreign_entries_and_get_exact_keys(
     result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server)
     assert result.code == 0, result.out + result.err
     values = dotenv_values(file)
-    shown = invoke(["output", "prod/databases.shop", "-f", str(project), "--format", "json"], server=server, secret_ok=True)
+    shown = invoke(
+        ["output", "prod/databases.shop", "-f", str(project), "--format", "json"], server=server, secret_ok=True
+    )
     live = json.loads(shown.out)
     assert values["SHOP_PASSWORD"] == live["SHOP_PASSWORD"] and values["SHOP_URL"] == live["SHOP_URL"]
     assert {k: v for k, v in values.items() if not k.startswith("SHOP_")} == foreign_before
@@ -71,5 +72,7 @@ def test_a_managed_key_hidden_behind_an_unterminated_quote_is_refused(tmp_path: 
     broken = "BROKEN='unterminated\n" + file.read_text()
     file.write_text(broken)
     result = invoke(["rotate", "shop", "-f", str(project), "--auto-approve"], server=server)
-    assert result.code == 1 and "line 2: SHOP_PASSWORD sits in a part of the file that python-dotenv cannot" in result.out
+    assert (
+        result.code == 1 and "line 2: SHOP_PASSWORD sits in a part of the file that python-dotenv cannot" in result.out
+    )
     assert file.read_text() == broken  # left exactly as it was

@@ -144,5 +144,7 @@ def test_escape_sequences_and_novels_from_the_api_are_neutralised(tmp_path: Path
 
 def test_markdown_never_claims_success_when_an_environment_could_not_be_listed(tmp_path: Path) -> None:
     project = write_project(tmp_path / "p", "version: 1\nenvironments: {prod: {}}\ndatabases: {a: {}}\n")
-    result = invoke(["plan", "-f", str(project), "--markdown"], env={"HEPGG_URL": "http://127.0.0.1:9", "HEPGG_DB_KEY": "k" * 20})
+    result = invoke(
+        ["plan", "-f", str(project), "--markdown"], env={"HEPGG_URL": "http://127.0.0.1:9", "HEPGG_DB_KEY": "k" * 20}
+    )
     assert result.code == 1 and "No changes" not in result.out and "connection refused" in result.out

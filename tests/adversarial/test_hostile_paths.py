@@ -256,9 +256,7 @@ def test_plan_out_never_overwrites_what_is_not_a_plan_file(tmp_path: Path, serve
     assert server.requests() == []  # refused before any call
 
 
-def test_state_records_cannot_make_apply_delete_or_edit_files_it_did_not_write(
-    tmp_path: Path, server: Server
-) -> None:
+def test_state_records_cannot_make_apply_delete_or_edit_files_it_did_not_write(tmp_path: Path, server: Server) -> None:
     """A pull request can edit state (it holds no secret): a planted 'no longer declared' record must
     not make apply remove a file, or keys from a file, that hepinfra cannot prove it wrote."""
     from hepinfra.state import codec

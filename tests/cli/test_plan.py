@@ -288,8 +288,8 @@ def test_markdown_is_fit_for_a_pull_request(project: Path, server: Server) -> No
 
 
 def test_colour_only_on_a_tty_and_never_with_no_color(project: Path, server: Server) -> None:
-    from hepinfra.plan import Plan
     from hepinfra.render import text
+    from hepinfra.values import Plan
 
     assert "\x1b[" not in invoke(["plan", "-f", str(project)], server=server).out  # not a TTY
     doc = plan_json(project, server)

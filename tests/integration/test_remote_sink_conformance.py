@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs import REMOTE_SINKS
 from hepinfra.outputs import conformance as oc
+from hepinfra.values import OutputTarget
 from tests.integration.test_aws_outputs import client
 from tests.integration.test_exec_sink import STORE
 from tests.servers import Moto

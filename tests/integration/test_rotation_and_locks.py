@@ -187,9 +187,7 @@ def test_two_environments_sharing_a_file_never_lose_an_update(tmp_path: Path, ma
         assert invoke(["plan", "-f", str(project), "-e", env, "--detailed-exitcode"], server=server).code == 0
 
 
-def test_concurrent_rotations_of_one_database_all_succeed_with_no_lost_update(
-    tmp_path: Path, make_world
-) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_rotations_of_one_database_all_succeed_with_no_lost_update(tmp_path: Path, make_world) -> None:  # type: ignore[no-untyped-def]
     server = make_world(EmulatorConfig(faults=Faults(latency_ms=30)))
     project = write_project(tmp_path / "p", TWO_OUTPUTS, TEMPLATE)
     assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 0
@@ -211,7 +209,7 @@ def test_ctrl_c_drops_rotations_that_never_started_and_says_what_happened(tmp_pa
     server = make_world(EmulatorConfig(faults=Faults(latency_ms=250)))
     names = [f"db{i}" for i in range(6)]
     body = "version: 1\nenvironments: {prod: {}}\ndatabases:\n" + "".join(
-        f"  {n}:\n    outputs:\n      - dotenv: .env\n        keys: {{{n.upper()}: \"{{{{ db.password }}}}\"}}\n"
+        f'  {n}:\n    outputs:\n      - dotenv: .env\n        keys: {{{n.upper()}: "{{{{ db.password }}}}"}}\n'
         for n in names
     )
     project = write_project(tmp_path / "p", body)
@@ -272,9 +270,7 @@ def test_a_killed_runs_rotation_that_lands_late_is_finished_not_repeated(tmp_pat
     finish(proc, "rotate killed with its request in flight")
     server.faults(latency_ms=0)
     started = time.monotonic()
-    result = invoke(
-        ["apply", "-f", str(project), "--auto-approve"], server=server, env={"HEPINFRA_ROTATE_SETTLE": "6"}
-    )
+    result = invoke(["apply", "-f", str(project), "--auto-approve"], server=server, env={"HEPINFRA_ROTATE_SETTLE": "6"})
     assert result.code == 0, result.out + result.err
     assert "finished an interrupted rotation (Reveal, no second rotate)" in result.out
     assert time.monotonic() - started < 10

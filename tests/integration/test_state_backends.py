@@ -292,8 +292,9 @@ def test_release_failure_is_a_warning_never_the_runs_error(caplog: pytest.LogCap
     assert "the lock of environment 'prod' was no longer this run's when it ended" in caplog.text
     held = backend.lock("prod", LockInfo())
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hepinfra.state"), mock.patch.object(
-        LocalBackend, "unlock", side_effect=LockError("the disk is gone")
+    with (
+        caplog.at_level("WARNING", logger="hepinfra.state"),
+        mock.patch.object(LocalBackend, "unlock", side_effect=LockError("the disk is gone")),
     ):
         runner.release(backend, "prod", held.id)  # still ours, and unlock fails: say how to clear it
     assert "could not release the lock of environment 'prod' (the disk is gone)" in caplog.text

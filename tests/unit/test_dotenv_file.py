@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hepinfra.errors import OutputError
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs import SINKS
 from hepinfra.outputs import conformance as oc
+from hepinfra.values import OutputTarget
 from tests.unit.test_dotenv_readers import read_back_like_compose, read_back_with_bash
 
 SINK = SINKS["dotenv"]

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hepinfra.errors import OutputError
-from hepinfra.manifest import OutputTarget
 from hepinfra.outputs import SINKS
 from hepinfra.outputs import conformance as oc
 from hepinfra.outputs.base import Sink
 from hepinfra.templates import QuotingError, dotenv_quote, render_string
+from hepinfra.values import OutputTarget
 from tests.unit.test_dotenv_readers import compose_parse, read_back_with_bash
 
 __all__ = ["read_back_like_compose", "read_back_with_bash"]  # used by CLI tests too

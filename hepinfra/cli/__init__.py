@@ -2,8 +2,9 @@
 codes. Commands live in one module per group (``plan_apply``, ``state``, ``output_run``, ``emulator``);
 ``options`` holds what they share.
 
-Owns: flags, arguments and wiring. Heavy modules (httpx, pydantic, starlette, jinja2, rich)
-are imported inside commands, so ``hepinfra --version`` stays fast.
+Owns: flags, arguments and wiring. The group is lazy: a command's module is imported only when
+that command runs (or its help is shown), and heavy modules (httpx, pydantic, starlette, jinja2,
+rich) are imported inside commands, so ``hepinfra --version`` stays fast.
 Must not: hold logic that belongs to the core, or print a secret (except ``output``, on request,
 and the local emulator's own throwaway key when it minted one).
 
@@ -21,11 +22,23 @@ from typing import Any, NoReturn
 import click
 
 from hepinfra import __version__
+from hepinfra.cli.options import EXIT_ERROR, EXIT_OK
 from hepinfra.errors import HepinfraError
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 # A group run without a command raises this (click >= 8.2; older clicks print the help themselves).
 _BARE_GROUP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+# command -> "module:attribute": imported when the command runs or its help is shown
+COMMANDS = {
+    "validate": "hepinfra.cli.plan_apply:validate",
+    "schema": "hepinfra.cli.plan_apply:schema",
+    "plan": "hepinfra.cli.plan_apply:plan",
+    "apply": "hepinfra.cli.plan_apply:apply",
+    "rotate": "hepinfra.cli.plan_apply:rotate",
+    "output": "hepinfra.cli.output_run:output",
+    "run": "hepinfra.cli.output_run:run",
+    "state": "hepinfra.cli.state:state",
+    "emulator": "hepinfra.cli.emulator:emulator",
+}
 
 
 def fail(message: str) -> NoReturn:
@@ -45,13 +58,6 @@ def main(argv: list[str] | None = None) -> None:
         _dispatch(argv)
     finally:
         sys.stdout, sys.stderr = raw
-
-
-def raw_stdout() -> Any:
-    """The real stdout, for ``output`` (the one command that prints secrets, on request)."""
-    from hepinfra.safety.redact import RedactingStream
-
-    return sys.stdout.stream if isinstance(sys.stdout, RedactingStream) else sys.stdout
 
 
 def _dispatch(argv: list[str] | None) -> None:
@@ -102,13 +108,27 @@ def _show_warnings() -> None:
         logger.addHandler(StderrWarnings(logging.WARNING))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are imported on use (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        import importlib
+
+        module, _, attribute = where.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="hepinfra")
 def cli() -> None:
     """Declarative provisioning for hep.gg: plan, apply, rotate and render credentials."""
 
 
-# the commands register themselves on ``cli`` (imported last: they import ``cli`` from here)
-from hepinfra.cli import emulator, output_run, plan_apply, state  # noqa: E402
-
-__all__ = ["cli", "emulator", "main", "output_run", "plan_apply", "state"]
+__all__ = ["COMMANDS", "cli", "main"]

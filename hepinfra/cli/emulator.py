@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from hepinfra.cli import cli, raw_stdout
+from hepinfra.cli.options import raw_stdout
 from hepinfra.errors import UsageError
 
 # --- emulator ------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def _server_url(value: str | None, kind: str) -> tuple[str, str] | None:
     return value, flag
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
 @click.option(
     "--port",

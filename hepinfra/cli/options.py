@@ -1,5 +1,6 @@
-"""What the commands share: -f, -e and --lock-timeout options, addresses, colour, and running a
-coroutine so that SIGTERM unwinds (locks released, journal kept). Must not: import anything heavy."""
+"""What the commands share: exit codes, -f, -e and --lock-timeout options, addresses, colour, the
+real stdout, and running a coroutine so that SIGTERM unwinds (locks released, journal kept).
+Must not: import anything heavy, or a command's module."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from typing import Any
 import click
 
 from hepinfra.errors import HepinfraError, UsageError
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def raw_stdout() -> Any:
+    """The real stdout, for ``output`` (the one command that prints secrets, on request)."""
+    from hepinfra.safety.redact import RedactingStream
+
+    return sys.stdout.stream if isinstance(sys.stdout, RedactingStream) else sys.stdout
 
 
 def manifest_option(f: Any) -> Any:

@@ -9,14 +9,13 @@ import sys
 
 import click
 
-from hepinfra.cli import cli, raw_stdout
-from hepinfra.cli.options import manifest_option, parse_address, run_async
+from hepinfra.cli.options import manifest_option, parse_address, raw_stdout, run_async
 from hepinfra.errors import UsageError
 
 # --- output / run --------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @manifest_option
 @click.argument("address")
 @click.option("--format", "fmt", type=click.Choice(["dotenv", "json", "shell"]), default="dotenv", show_default=True)
@@ -56,7 +55,7 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
         click.echo("\n".join(lines), file=out)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @manifest_option
 @click.option("-e", "--env", "env", required=True, help="The environment whose values to pass.")
 @click.option(

@@ -8,14 +8,22 @@ from typing import Any
 
 import click
 
-from hepinfra.cli import EXIT_CHANGES, EXIT_ERROR, cli
-from hepinfra.cli.options import env_option, lock_timeout_option, manifest_option, parse_timeout, run_async, use_colour
+from hepinfra.cli.options import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    env_option,
+    lock_timeout_option,
+    manifest_option,
+    parse_timeout,
+    run_async,
+    use_colour,
+)
 from hepinfra.errors import UsageError
 
 # --- validate / schema ---------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @manifest_option
 def validate(manifest_file: str) -> None:
     """Check a manifest offline: schema, names, templates (no network access)."""
@@ -30,7 +38,7 @@ def validate(manifest_file: str) -> None:
     )
 
 
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_schema", is_flag=True, help="Print the plan JSON schema instead.")
 def schema(plan_schema: bool) -> None:
     """Print the manifest's JSON Schema (for yaml-language-server and editors)."""
@@ -49,7 +57,7 @@ def schema(plan_schema: bool) -> None:
 # --- plan ----------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @manifest_option
 @env_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (docs/plan-json.md).")
@@ -327,7 +335,7 @@ def apply_options(f: Any) -> Any:
     return f
 
 
-@cli.command()
+@click.command()
 @click.argument("plan_file", required=False, type=click.Path(dir_okay=False))
 @apply_options
 @click.option(
@@ -354,7 +362,7 @@ def apply(
     )
 
 
-@cli.command()
+@click.command()
 @click.argument("addresses", nargs=-1, required=True)
 @apply_options
 def rotate(

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hepinfra.cli import cli
 from hepinfra.cli.options import env_option, lock_timeout_option, manifest_option, parse_address, parse_timeout
 from hepinfra.errors import UsageError
 
@@ -16,7 +15,7 @@ if TYPE_CHECKING:
 # --- state ---------------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def state() -> None:
     """Inspect and repair state (no secret in plain text: ids are kept encrypted)."""
 

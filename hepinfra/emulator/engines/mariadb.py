@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hepinfra.emulator.engines import (
+from hepinfra.emulator.engines.base import (
     CONNECT_TIMEOUT,
     EXTRA_HINT,
     STATEMENT_TIMEOUT,

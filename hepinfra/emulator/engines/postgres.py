@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from hepinfra.emulator.engines import (
+from hepinfra.emulator.engines.base import (
     CONNECT_TIMEOUT,
     EXTRA_HINT,
     STATEMENT_TIMEOUT,

@@ -25,6 +25,7 @@ from hepinfra.fsutil import atomic_write, ensure_hepinfra_dir
 from hepinfra.hepgg import Hepgg
 from hepinfra.manifest import Manifest
 from hepinfra.plan import make_plan
+from hepinfra.spec import IDENT
 from hepinfra.state.model import State
 from hepinfra.values import Plan, RotateRequest
 
@@ -98,7 +99,7 @@ def release(backend: Backend, env: str, lock_id: str) -> None:
         )
 
 
-IDENT_RE = re.compile(manifest_mod.IDENT.strip("^$"))  # an environment name, as the manifest allows
+IDENT_RE = re.compile(IDENT.strip("^$"))  # an environment name, as the manifest allows
 
 
 def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[str]:

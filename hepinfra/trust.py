@@ -107,11 +107,11 @@ def _parse(raw: bytes, filename: str) -> ManifestModel:
 
     from hepinfra import yamlpos
     from hepinfra.errors import ManifestError
-    from hepinfra.manifest import ManifestModel
+    from hepinfra.manifest import manifest_model
 
     try:
         doc = yamlpos.load(raw.decode("utf-8"), filename)
-        return ManifestModel.model_validate(doc.data)
+        return manifest_model().model_validate(doc.data)
     except (UnicodeDecodeError, ValidationError, ManifestError) as exc:
         why = exc.message if isinstance(exc, ManifestError) else "it does not validate"
         raise UsageError(
@@ -120,9 +120,11 @@ def _parse(raw: bytes, filename: str) -> ManifestModel:
 
 
 def _effective(model: ManifestModel | None) -> ManifestModel:
-    from hepinfra.manifest import ManifestModel
+    from hepinfra.manifest import manifest_model
 
-    return model if model is not None else ManifestModel.model_validate({"version": 1, "environments": {"default": {}}})
+    return (
+        model if model is not None else manifest_model().model_validate({"version": 1, "environments": {"default": {}}})
+    )
 
 
 def credential_changes(pr: ManifestModel, base: Base) -> tuple[list[str], dict[str, str]]:
@@ -241,10 +243,8 @@ def review(pr: ManifestModel, base: Base, project_dir: Path) -> list[ReviewLine]
             where = f"{section}.{key}"
             lines += _resource_review(where, section, spec, old)
             for out in spec.outputs:
-                kind = _kind(out)
-                if kind == "exec":
-                    for item in [*out.exec, *(out.read or [])]:  # type: ignore[union-attr]
-                        programs[item] = None
+                for item in out.runs():
+                    programs[item] = None
             for item in getattr(spec, "after_rotate", None) or []:
                 programs[item] = None
     for item in programs:
@@ -252,15 +252,6 @@ def review(pr: ManifestModel, base: Base, project_dir: Path) -> list[ReviewLine]
         if changed:
             lines.append(ReviewLine(f"program {_short(item, 200)}", changed))
     return lines
-
-
-def _kind(out: Any) -> str:
-    from hepinfra.manifest import _output_kind
-
-    return _output_kind(out.model_dump()) or "?"
-
-
-_SENSITIVE = frozenset({"exec", "aws_secretsmanager", "aws_ssm", "age"})
 
 
 def _resource_review(where: str, section: str, spec: Any, old: Any) -> list[ReviewLine]:
@@ -280,23 +271,12 @@ def _resource_review(where: str, section: str, spec: Any, old: Any) -> list[Revi
     before = [o.model_dump(mode="json") for o in old.outputs] if old is not None else []
     for out in spec.outputs:
         dumped = out.model_dump(mode="json")
-        if dumped in before:
+        if dumped in before or not (out.review_fields or dumped.get("allow_outside")):
             continue
-        kind = _kind(out)
-        if kind in _SENSITIVE or dumped.get("allow_outside"):
-            lines.append(ReviewLine(where, f"{kind} output (new or changed): {_describe(kind, dumped)}"))
+        keep = (*out.review_fields, "allow_outside", "allow_tracked")
+        shown = {k: dumped[k] for k in keep if dumped.get(k) not in (None, [], False)}
+        lines.append(ReviewLine(where, f"{out.kind} output (new or changed): {_short(shown)}"))
     return lines
-
-
-def _describe(kind: str, out: dict[str, Any]) -> str:
-    keep = {
-        "exec": ("exec", "read", "pass_env", "timeout"),
-        "aws_secretsmanager": ("aws_secretsmanager", "region", "kms_key_id"),
-        "aws_ssm": ("aws_ssm", "region", "kms_key_id"),
-        "age": ("age", "recipients", "recipients_file"),
-    }.get(kind, (kind,))
-    shown = {k: out[k] for k in (*keep, "allow_outside", "allow_tracked") if out.get(k) not in (None, [], False)}
-    return _short(shown)
 
 
 def _short(value: Any, limit: int = 400) -> str:

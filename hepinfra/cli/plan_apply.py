@@ -33,7 +33,7 @@ def validate(manifest_file: str) -> None:
     count = sum(len(v) for v in loaded.declared.values())
     click.echo(
         f"{manifest_file}: valid ({len(loaded.environments)} environment(s), "
-        f"{len(loaded.model.databases)} database(s), {count} declaration(s) in all; "
+        f"{len(loaded.model.section('databases'))} database(s), {count} declaration(s) in all; "
         f"state: {loaded.model.state.where()})"
     )
 

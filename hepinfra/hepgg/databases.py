@@ -45,13 +45,14 @@ class DatabasesClient:
         response = await self._core.call("GET", f"{BASE}/{database_id}", idempotent=True)
         return _same(parse(DatabaseCredentials, self._data(response), service=SERVICE, what="reveal"), id=database_id)
 
-    async def create(self, name: str, engine: str = "mariadb", *, late_s: float = LATE_S) -> DatabaseCredentials:
-        """Create ``name``. If the answer is lost, List finds out whether it was created; if the name
-        is taken (409: a create of a killed run that landed after the plan's List, or our own retry
-        meeting the first attempt), List again until it shows (``await_listed``).
+    async def create(self, name: str, engine: str = "mariadb") -> DatabaseCredentials:
+        """Create ``name``. If the answer is lost, List finds out whether it was created. A name that
+        is taken raises ``NameTakenError`` (409); the caller settles it with ``await_listed`` (a killed
+        run's create that landed after the plan's List, or this call's own retry meeting its first
+        attempt).
 
         Returns the new database; ``recovered`` is True when its credentials came from
-        Reveal after a lost answer, ``taken`` when they came from a 409.
+        Reveal after a lost answer.
         """
         attempts = self._core.retry.attempts
         for attempt in range(attempts):
@@ -60,7 +61,11 @@ class DatabasesClient:
                 made = parse(DatabaseCredentials, self._data(response), service=SERVICE, what="create")
                 return _same(made, name=name, engine=engine)
             except E.NameTakenError:
-                return await self.await_listed(name, engine, late_s)
+                if attempt == 0:
+                    raise
+                # this call's own first attempt, whose answer was lost, landed after List looked
+                late = await self.await_listed(name, engine, LATE_S)
+                return late.model_copy(update={"taken": False})
             except E.AmbiguousResultError:
                 found = await self.find(name)
                 if found is not None:

@@ -2,8 +2,9 @@
 
 Each kind is one module declaring a ``Kind`` (its manifest section, template variable, plan
 rules and apply steps). ``plan.make_plan``, the renderers and the executor iterate over this
-registry; they know actions and journals, not kinds. Adding a kind: one module, its apply
-steps, its manifest spec, and one line here.
+registry; they know actions and journals, not kinds; the manifest loader builds its top-level
+model from it. Adding a kind: one module (its spec, declare, plan rules), its apply steps, and one
+line here (or ``register`` from outside the package).
 """
 
 from __future__ import annotations
@@ -13,4 +14,10 @@ from hepinfra.kinds.base import Kind
 
 KINDS: dict[str, Kind] = {k.section: k for k in (databases.KIND, ids.KIND, uploads.KIND)}
 
-__all__ = ["KINDS", "Kind"]
+
+def register(kind: Kind) -> None:
+    """Add a resource kind defined outside the package; manifests loaded afterwards accept its section."""
+    KINDS[kind.section] = kind
+
+
+__all__ = ["KINDS", "Kind", "register"]

@@ -1,6 +1,7 @@
 """What a resource kind declares to the core: one value per kind, listed in ``kinds.KINDS``.
 
-Owns: the ``Kind`` shape. Must not: import anything heavy (plan rendering is on the start-up
+Owns: the ``Kind`` shape (schema, resolution, plan rules, apply steps).
+Must not: import anything heavy (plan rendering is on the start-up
 path of every CI run); a kind's apply steps live in their own module, imported by the executor.
 """
 
@@ -37,6 +38,13 @@ class Kind:
     value_noun: str = "value"  # what an output of it holds: "holds an old <value_noun>"
     # the credential variables it lacks in an environment ("X is not set", a malformed one), or None
     credentials: Callable[[Any, str, Any], str | None] | None = None
+    # the manifest: its section's schema (a SpecModel with ``environments`` and ``outputs``), how a
+    # declaration resolves in one environment (``declare(r, env, key, context, names)`` -> Declared's
+    # fields and ``value``, its template variable with placeholder values), and a check across
+    # every environment once all are resolved (``check(r, declared)``)
+    spec: type[Any] | None = None
+    declare: Callable[..., dict[str, Any]] | None = None
+    check: Callable[[Any, dict[str, Any]], None] | None = None
 
     def step(self, action: Any) -> Step:
         steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from hepinfra.hepgg.models import DatabaseSummary
+from pydantic import Field
+
 from hepinfra.kinds.base import Kind
 from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due, output_reason
-from hepinfra.manifest import Manifest
+from hepinfra.outputs import OutputSpec
+from hepinfra.spec import PLATFORM_NAME, Duration, EnvVarName, Ident, SpecModel
 from hepinfra.state.model import State
 from hepinfra.values import Action, Change, Declared, Diagnostic, EnvFacts, RotateRequest
+
+if TYPE_CHECKING:
+    from hepinfra.hepgg.models import DatabaseSummary
+    from hepinfra.manifest import Manifest
+    from hepinfra.resolution import Resolution
 
 
 def _headline(change: Change) -> str:
@@ -230,6 +238,91 @@ def _status_warning(decl: Declared, remote: DatabaseSummary, diags: list[Diagnos
         )
 
 
+# --- the manifest's ``databases:`` section ----------------------------------------------------------
+
+VERIFY_DRIVERS = {"postgres": ("psycopg", "psycopg 3"), "mariadb": ("pymysql", "PyMySQL")}  # engine -> module
+
+
+class DatabaseSpec(SpecModel):
+    engine: Literal["mariadb", "postgres", "mongo"] = "mariadb"
+    rotate_every: Duration | None = None
+    name: str | None = Field(default=None, min_length=1)
+    environments: list[Ident] | None = None
+    outputs: list[OutputSpec] = []
+    verify: bool | None = None  # connect with the rendered credentials after every change (else defaults.verify)
+    verify_timeout: Annotated[Duration, Field(le=600)] = 10  # at most 10m: a check never holds an apply longer
+    after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
+    after_rotate_timeout: Annotated[Duration, Field(le=3600)] = 60  # at most 1h
+    after_rotate_pass_env: list[EnvVarName] = []  # variables the hook is given besides the minimal environment
+
+
+def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    from hepinfra.templates import placeholder_db
+
+    db = r.model.section("databases")[key]
+    assert isinstance(db, DatabaseSpec)
+    base = ("databases", key)
+    name_path = (*base, "name") if db.name else base
+    name = r.render(db.name, context, name_path) if db.name else f"{key}-{env}"
+    if not PLATFORM_NAME.fullmatch(name):
+        raise r.error(
+            name_path,
+            f"platform name '{name}' (environment {env}) is not valid: 1 to 63 "
+            "letters, digits, '_' or '-', starting with a letter or digit",
+            at_key=not db.name,
+        )
+    if name in names:
+        raise r.error(
+            name_path,
+            f"platform name '{name}' in environment {env} is also used by "
+            f"databases.{names[name]}; names are unique per account",
+            at_key=not db.name,
+        )
+    names[name] = key
+    return {
+        "name": name,
+        "engine": db.engine,
+        "rotate_every": db.rotate_every,
+        "value": {"db": placeholder_db(db.engine, name)},
+        "verify": verify_setting(r, key, db),
+        "verify_timeout": db.verify_timeout,
+        "after_rotate": hook_argv(r, key, db, {**context, "name": name}),
+        "after_rotate_timeout": db.after_rotate_timeout,
+        "hook_scrub": tuple(r.credential_vars()) if db.after_rotate else (),
+        "hook_pass_env": r.pass_env(db.after_rotate_pass_env, ("databases", key, "after_rotate_pass_env")),
+    }
+
+
+def verify_setting(r: Resolution, key: str, db: DatabaseSpec) -> bool:
+    """``verify`` as declared, else ``defaults.verify`` (which leaves mongo out); checked offline:
+    an engine hepinfra cannot connect to, or a driver that is not installed, is an error."""
+    import importlib.util
+
+    node: tuple[str | int, ...] = ("databases", key, "verify")
+    if db.verify is None:
+        wanted = r.model.defaults.verify and db.engine in VERIFY_DRIVERS
+        node = ("defaults", "verify")
+    else:
+        wanted = db.verify
+    if not wanted:
+        return False
+    if db.engine not in VERIFY_DRIVERS:
+        raise r.error(
+            node,
+            f"verify: a {db.engine} database cannot be verified: hepinfra connects with psycopg (postgres) "
+            "and PyMySQL (mariadb) only, and hep.gg's mongo needs a driver hepinfra does not ship; set "
+            "verify: false",
+        )
+    module, label = VERIFY_DRIVERS[db.engine]
+    if importlib.util.find_spec(module) is None:
+        raise r.error(node, f"verify needs {label}, not installed: pip install 'hepinfra[verify]'")
+    return True
+
+
+def hook_argv(r: Resolution, key: str, db: DatabaseSpec, context: dict[str, Any]) -> tuple[str, ...]:
+    return r.argv(db.after_rotate or [], ("databases", key, "after_rotate"), context, "an after_rotate argv")
+
+
 KIND = Kind(
     section="databases",
     var="db",
@@ -238,4 +331,6 @@ KIND = Kind(
     steps="hepinfra.kinds.databases_apply",
     needs_database_key=True,
     value_noun="password",
+    spec=DatabaseSpec,
+    declare=declare,
 )

@@ -24,7 +24,8 @@ from hepinfra.apply.executor import now as _now
 from hepinfra.apply.ledger import with_entry, without_steps
 from hepinfra.apply.writer import Failure
 from hepinfra.crashpoints import kill_point
-from hepinfra.errors import ApiError, OutputError
+from hepinfra.errors import ApiError, NameTakenError, OutputError
+from hepinfra.hepgg.databases import LATE_S
 from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.outputs.base import db_context
 from hepinfra.state.model import JournalEntry, ManagedDatabase, State
@@ -121,7 +122,10 @@ async def create(ex: Executor, change: Change) -> Outcome:
     ours = any(j.op == "create" for j in ex.ledgers[change.env].state.pending(change.key))  # an earlier run's
     intent = JournalEntry(op="create", database=change.key, name=change.name, started_at=_now(), outputs=outputs)
     await ex.journal(change, intent, urgent=True, early=True)  # a whole batch of intents in one write
-    creds = await ex.calls(change).mutate(None, lambda c: c.create(change.name, change.engine))
+    try:
+        creds = await ex.calls(change).mutate(None, lambda c: c.create(change.name, change.engine))
+    except NameTakenError:  # it exists although the plan's List did not show it: settle by name, never fail
+        creds = await ex.calls(change).mutate(None, lambda c: c.await_listed(change.name, change.engine, LATE_S))
     now = _now()
     foreign = creds.taken and not ours  # made elsewhere after the plan: adopted, as the plan would have
     managed = ManagedDatabase(

@@ -11,17 +11,24 @@ Must not: do I/O or see a value (only keyed digests).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ConfigDict, model_validator
 
 from hepinfra.kinds.base import Kind
 from hepinfra.kinds.rules import Decision, EnvInput, due, plan_held
-from hepinfra.manifest import Manifest
-from hepinfra.values import Action, Change, Declared, Diagnostic
+from hepinfra.outputs import OutputSpec
+from hepinfra.spec import Duration, Ident, SpecModel
+from hepinfra.values import Action, Change, Declared, Diagnostic, clip
 
 if TYPE_CHECKING:
     from hepinfra.hepgg import Hepgg
+    from hepinfra.manifest import Manifest
+    from hepinfra.resolution import Resolution
 
 SECTION = "ids"
 
@@ -96,6 +103,55 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
     )  # fmt: skip
 
 
+# --- the manifest's ``ids:`` section ----------------------------------------------------------------
+
+_ID_FIELDS = ("type", "rotate_every", "environments", "outputs")
+_ID_RESERVED = ("username", "token")  # the request's own fields: never an option
+
+
+class IdSpec(SpecModel):
+    """A value minted by the ID Generator; every other key is an option of its type, sent as written."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
+
+    type: Literal["uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid"]
+    rotate_every: Duration | None = None
+    environments: list[Ident] | None = None
+    outputs: list[OutputSpec] = []
+
+    @model_validator(mode="after")
+    def _options(self) -> IdSpec:
+        for name, value in (self.model_extra or {}).items():
+            if name in _ID_RESERVED:
+                raise ValueError(f"'{name}' is not an option: the ID Generator's credentials come from the environment")
+            guess = difflib.get_close_matches(name, _ID_FIELDS, n=1, cutoff=0.8) if len(name) < 100 else []
+            if guess:
+                raise ValueError(f"unknown field '{clip(name)}' (did you mean '{guess[0]}'?)")
+            if not isinstance(value, str | int | float) or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"option '{clip(name)}' must be a string, a finite number or true/false")
+        if self.type == "nanoid" and (self.model_extra or {}).get("length") in (None, ""):
+            raise ValueError("a nanoid needs length: (hep.gg answers 'Please specify the length')")
+        return self
+
+    @property
+    def options(self) -> dict[str, str | int | float | bool]:
+        return dict(sorted((self.model_extra or {}).items()))
+
+
+def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    from hepinfra.templates import placeholder_id
+
+    spec = r.model.section("ids")[key]
+    assert isinstance(spec, IdSpec)
+    return {
+        "name": key,
+        "engine": spec.type,
+        "rotate_every": spec.rotate_every,
+        "options": tuple(spec.options.items()),
+        "value": {"id": placeholder_id(spec.type)},
+    }
+
+
 KIND = Kind(
     section=SECTION,
     var="id",
@@ -105,4 +161,6 @@ KIND = Kind(
     forgotten="no longer managed; its value is gone from state",
     needs_state_key=True,
     credentials=missing_credentials,
+    spec=IdSpec,
+    declare=declare,
 )

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def _read(ex: Executor, decl: Declared) -> bytes:
     """The file as planned: the real path checked at load time, and the content digested then."""
-    from hepinfra.manifest import UPLOAD_LIMIT
+    from hepinfra.kinds.uploads import UPLOAD_LIMIT
     from hepinfra.safety.paths import Boundary, Refused, shown
 
     try:

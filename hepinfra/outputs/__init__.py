@@ -1,17 +1,27 @@
-"""Output sinks: where rendered credentials go. One protocol (``base.Sink``), registered here.
+"""Output kinds: where rendered credentials go. Each is one module holding its manifest schema (a
+spec with ``kind``, ``remote`` and ``resolve``) and its sink (``base.Sink`` or ``base.RemoteSink``);
+this registry lists them.
 
-Add a sink by implementing ``Sink`` and adding it to ``SINKS`` (``"module:Class"``); it must pass
-``hepinfra.outputs.conformance``. A sink's module is imported the first time an output of its kind
-is observed, written or retired, so a run imports only the sinks its manifest uses.
+Add an output kind with ``register(kind, "module:Spec", "module:Sink")``: the manifest accepts it at
+once (``OutputSpec`` is made from ``SPECS``), plan and apply reach its sink, and its sink must pass
+``hepinfra.outputs.conformance``. A sink is made the first time an output of its kind is observed,
+written or retired; its client library (boto3, pyrage) is imported only then.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar, Union
 
+from pydantic import Discriminator, Tag
+
+from hepinfra.outputs.age import AgeOutput
+from hepinfra.outputs.aws import AwsSecretsManagerOutput, AwsSsmOutput
 from hepinfra.outputs.base import RemoteSink, Sink
+from hepinfra.outputs.dotenv import DotenvOutput
+from hepinfra.outputs.exec import ExecOutput
+from hepinfra.outputs.template import TemplateOutput
 
 T = TypeVar("T")
 
@@ -59,4 +69,52 @@ REMOTE_SINKS: Registry[RemoteSink] = Registry(  # secret stores, by API or comma
     }
 )
 
-__all__ = ["REMOTE_SINKS", "SINKS", "Registry", "RemoteSink", "Sink"]
+# output kind -> its manifest schema, in the order an output's kind key is looked for
+SPECS: dict[str, type[Any]] = {
+    spec.kind: spec
+    for spec in (DotenvOutput, TemplateOutput, ExecOutput, AwsSecretsManagerOutput, AwsSsmOutput, AgeOutput)
+}
+_SHOWN = ("dotenv", "template", "age", "exec", "aws_secretsmanager", "aws_ssm")  # the order messages name them
+
+
+def output_kind(value: Any) -> str | None:
+    """The kind of an output as written: the first kind key it holds."""
+    if isinstance(value, dict):
+        for kind in SPECS:
+            if kind in value:
+                return kind
+    return None
+
+
+def remote_kinds() -> frozenset[str]:
+    """Output kinds whose target is no file of the project (observed only by a refreshing plan)."""
+    return frozenset(kind for kind, spec in SPECS.items() if spec.remote)
+
+
+def output_spec() -> Any:
+    """The manifest's type of one output: a union of every registered spec, told apart by its kind key."""
+    members = [Annotated[spec, Tag(kind)] for kind, spec in SPECS.items()]
+    names = [*(k for k in _SHOWN if k in SPECS), *(k for k in SPECS if k not in _SHOWN)]
+    return Annotated[
+        Union[tuple(members)],  # noqa: UP007 (a union built from the registry)
+        Discriminator(
+            output_kind,
+            custom_error_type="output_kind",
+            custom_error_message=f"an output needs one of the keys: {', '.join(names)}",
+        ),
+    ]
+
+
+def register(kind: str, spec: type[Any], sink: str, *, remote: bool = False) -> None:
+    """Add an output kind defined outside the package: its spec class (a ``SpecModel`` with ``kind``,
+    ``remote`` and ``resolve``) and its sink (``"module:Class"``). Manifests loaded afterwards accept it."""
+    SPECS[kind] = spec
+    (REMOTE_SINKS if remote else SINKS).register(kind, sink)
+
+
+if TYPE_CHECKING:
+    OutputSpec = Any
+else:
+    OutputSpec = output_spec()
+
+__all__ = ["REMOTE_SINKS", "SINKS", "SPECS", "OutputSpec", "Registry", "RemoteSink", "Sink", "register"]

@@ -6,19 +6,28 @@ them back exactly), encrypting, and writing atomically with the file sinks' path
 mode. hepinfra cannot decrypt the file: it records a keyed digest of the ciphertext it wrote (and
 of each plaintext value), so an edited or missing file is found, and a stale password by the
 password digest, as for any output.
+The ``age:`` output's schema and resolution live here too (``AgeOutput``).
 Must not: hold an identity (private key), or put a value in an exception.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, model_validator
 
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.outputs.base import Written, delivered, existing_mode, observe_whole_file, remove_whole_file, render_keys
+from hepinfra.spec import EnvVarName, FileOutputBase
 from hepinfra.values import ObservedOutput, OutputTarget
+
+if TYPE_CHECKING:
+    from hepinfra.resolution import Resolution
 
 EXTRA = "pip install 'hepinfra[age]'"
 
@@ -79,3 +88,62 @@ class AgeSink:
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
         remove_whole_file(file)
+
+
+# --- the manifest's ``age:`` output ---------------------------------------------------------------
+
+
+class AgeOutput(FileOutputBase):
+    """A dotenv body encrypted to recipients with age: a file that is safe to commit."""
+
+    kind: ClassVar[str] = "age"
+    review_fields: ClassVar[tuple[str, ...]] = ("age", "recipients", "recipients_file")
+    claims: ClassVar[str] = "whole"  # keys inside a file, a whole file, or nothing of the project
+    remote: ClassVar[bool] = False
+
+    age: str = Field(min_length=1)  # the file's path, a template
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+    recipients: list[str] | None = Field(default=None, min_length=1)  # age1... or ssh-ed25519/ssh-rsa keys
+    recipients_file: str | None = Field(default=None, min_length=1)  # one per line, # comments
+    allow_tracked: bool = True  # an encrypted file is meant to be committed
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AgeOutput:
+        if (self.recipients is None) == (self.recipients_file is None):
+            raise ValueError("give either recipients: or recipients_file:, not both or neither")
+        return self
+
+    def resolve(
+        self, r: Resolution, base: tuple[str | int, ...], context: dict[str, Any], value_context: dict[str, Any]
+    ) -> OutputTarget:
+        """A file like a dotenv one, its recipients parsed now (offline)."""
+        node: tuple[str | int, ...] = (*base, "age")
+        path, real = r.check_path(r.render(self.age, context, node), self, node)
+        if self.recipients_file is not None:
+            where = (*base, "recipients_file")
+            source = r.template_file(self.recipients_file, where, self.allow_outside)
+            found = tuple(ln.strip() for ln in source.splitlines() if ln.strip() and not ln.strip().startswith("#"))
+        else:
+            where, found = (*base, "recipients"), tuple(x.strip() for x in self.recipients or ())
+        try:
+            recipients(found)
+        except ValueError as exc:
+            raise r.error(where, str(exc)) from None
+        for k, source_text in self.keys.items():
+            r.dry_render(source_text, value_context, (*base, "keys", k))
+        definition = {"kind": "age", "keys": sorted(self.keys.items()), "recipients": sorted(found),
+                      "path": path, "mode": self.mode}  # fmt: skip
+        return OutputTarget(
+            kind="age",
+            path=path,
+            keys=tuple(self.keys.items()),
+            template=None,
+            template_source=None,
+            mode=int(self.mode, 8),
+            allow_tracked=self.allow_tracked,
+            allow_outside=self.allow_outside,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            real=str(real),
+            node=node,
+            recipients=found,
+        )

@@ -8,20 +8,30 @@ provably wrote (only values whose keyed digests match the record).
 - A target's ``path`` names it: ``aws_secretsmanager:[REGION:]NAME`` or ``aws_ssm:[REGION:]PREFIX``
   (neither a secret name nor a parameter name may hold ':'), so a record alone can reach it again.
 - Secrets Manager keeps keys that are not hepinfra's: a write merges into the JSON object there.
+The two outputs' schema and resolution live here too (``AwsSecretsManagerOutput``, ``AwsSsmOutput``).
 Must not: put a value in a message; create anything but the named secret or parameters.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import Field, StringConstraints, model_validator
 
 from hepinfra.aws import AwsError, code_of, failure, make_client
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.outputs.base import Written, delivered, observed, render_keys
+from hepinfra.safety.paths import shown
+from hepinfra.spec import ARGV_VARIABLES, EnvVarName, OutputSpecBase
 from hepinfra.values import ObservedOutput, OutputTarget
+
+if TYPE_CHECKING:
+    from hepinfra.resolution import Resolution
 
 PLAIN = "SecretString"  # the key name of a plain-value secret (``value:`` instead of ``keys:``)
 _TOKEN_SPACE = uuid.UUID("8d1b4c02-6a43-4e0b-9d0c-6b2f0c1e7a55")
@@ -267,3 +277,113 @@ def _raw_object(text: str) -> dict[str, Any] | None:
 def _text(value: Any) -> str:
     """A value as hepinfra digests it (its own values are strings)."""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+# --- the manifest's ``aws_secretsmanager:`` and ``aws_ssm:`` outputs ------------------------------
+
+_AWS_REGION = r"^[a-z]{2}(-[a-z0-9]+){1,4}$"
+_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+_PARAMETER_PREFIX = re.compile(r"[A-Za-z0-9_./-]{1,1000}")
+
+
+class _AwsOutput(OutputSpecBase):
+    kind: ClassVar[str]
+    remote: ClassVar[bool] = True
+    claims: ClassVar[str] = "remote"  # nothing of the project
+
+    region: Annotated[str, StringConstraints(pattern=_AWS_REGION)] | None = None  # else the default chain
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+
+    def _name_source(self) -> str:
+        raise NotImplementedError
+
+    def _check_name(self, r: Resolution, name: str, node: tuple[str | int, ...]) -> None:
+        raise NotImplementedError
+
+    def resolve(
+        self, r: Resolution, base: tuple[str | int, ...], context: dict[str, Any], value_context: dict[str, Any]
+    ) -> OutputTarget:
+        """Its secret name or parameter prefix rendered now, its values dry-run."""
+        import importlib.util
+
+        kind = self.kind
+        node = (*base, kind)
+        if importlib.util.find_spec("boto3") is None:
+            raise r.error(node, f"the {kind} output needs boto3, not installed: pip install 'hepinfra[aws]'")
+        source = self._name_source()
+        r.refuse_secrets_in_argv(source, node, what="a secret or parameter name")
+        name = r.render(source, {k: context[k] for k in ARGV_VARIABLES if k in context}, node)
+        self._check_name(r, name, node)
+        plain = self.value if isinstance(self, AwsSecretsManagerOutput) else None
+        declared_keys = getattr(self, "keys", None)
+        keys = tuple(declared_keys.items()) if declared_keys else (("SecretString", plain or ""),)
+        for k, value_source in keys:
+            where = (*base, "keys", k) if declared_keys else (*base, "value")
+            r.dry_render(value_source, value_context, where)
+        path = f"{kind}:{self.region + ':' if self.region else ''}{name}"
+        definition = {"kind": kind, "name": name, "region": self.region, "keys": sorted(keys),
+                      "kms_key_id": self.kms_key_id}  # fmt: skip
+        return OutputTarget(
+            kind=kind,  # type: ignore[arg-type]
+            path=path,
+            keys=keys,
+            template=None,
+            template_source=None,
+            mode=0o600,
+            allow_tracked=False,
+            allow_outside=False,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            node=node,
+            kms_key_id=self.kms_key_id,
+            plain=plain is not None,
+        )
+
+
+class AwsSecretsManagerOutput(_AwsOutput):
+    """One secret: a JSON object of the keys (merged with keys that are not hepinfra's), or one value."""
+
+    kind: ClassVar[str] = "aws_secretsmanager"
+    review_fields: ClassVar[tuple[str, ...]] = ("aws_secretsmanager", "region", "kms_key_id")
+
+    aws_secretsmanager: str = Field(min_length=1)  # the secret's name, a template (env, key, name, vars)
+    keys: dict[EnvVarName, str] | None = Field(default=None, min_length=1)
+    value: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AwsSecretsManagerOutput:
+        if (self.keys is None) == (self.value is None):
+            raise ValueError("give either keys: (a JSON object) or value: (a plain string), not both or neither")
+        return self
+
+    def _name_source(self) -> str:
+        return self.aws_secretsmanager
+
+    def _check_name(self, r: Resolution, name: str, node: tuple[str | int, ...]) -> None:
+        if not _SECRET_NAME.fullmatch(name):
+            raise r.error(node, f"secret name '{shown(name)}' is not valid: 1 to 512 letters, digits and /_+=.@- only")
+
+
+class AwsSsmOutput(_AwsOutput):
+    """One SecureString parameter per key: <prefix><KEY>."""
+
+    kind: ClassVar[str] = "aws_ssm"
+    review_fields: ClassVar[tuple[str, ...]] = ("aws_ssm", "region", "kms_key_id")
+
+    aws_ssm: str = Field(min_length=1)  # the name prefix, a template (env, key, name, vars)
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+
+    def _name_source(self) -> str:
+        return self.aws_ssm
+
+    def _check_name(self, r: Resolution, name: str, node: tuple[str | int, ...]) -> None:
+        longest = max(len(k) for k in (self.keys or {}))
+        if (
+            not _PARAMETER_PREFIX.fullmatch(name)
+            or ("/" in name and not name.startswith("/"))
+            or (name.lower().lstrip("/").startswith(("aws", "ssm")) or len(name) + longest > 1011)
+        ):
+            raise r.error(
+                node,
+                f"parameter prefix '{shown(name)}' is not valid: letters, digits and _.-/ only, starting with '/' "
+                "when it has one, not starting with aws or ssm (reserved), names at most 1011 characters",
+            )

@@ -11,14 +11,16 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
-from hepinfra.hepgg.models import DatabaseCredentials
 from hepinfra.safety.paths import Boundary, Refused, recheck, shown
 from hepinfra.values import ObservedOutput, OutputTarget
+
+if TYPE_CHECKING:
+    from hepinfra.hepgg.models import DatabaseCredentials
 
 
 class Sink(Protocol):

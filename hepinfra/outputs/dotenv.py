@@ -5,22 +5,31 @@ multi-line quoted values, comments, ``export``, lines it cannot parse), replacin
 removing hepinfra's entries (an entry keeps its ``export`` prefix and its line ending; new ones
 take the file's dominant line ending), quoting values with ``templates.dotenv_quote`` for the
 output's readers, and refusing a value that cannot be quoted exactly or a write that would change
-how another entry reads. Must not: show a value in an error.
+how another entry reads; and the ``dotenv:`` output's schema and resolution (``DotenvOutput``).
+Must not: show a value in an error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
 
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.outputs.base import existing_mode
+from hepinfra.spec import EnvVarName, FileOutputBase
 from hepinfra.templates import QuotingError, dotenv_quote, render_error, render_string
-from hepinfra.values import ObservedOutput, OutputTarget
+from hepinfra.values import DOTENV_READERS, DotenvReader, ObservedOutput, OutputTarget
+
+if TYPE_CHECKING:
+    from hepinfra.resolution import Resolution
 
 # python-dotenv's grammar (dotenv/parser.py), unchanged.
 _MULTILINE_WHITESPACE = re.compile(r"\s*", re.MULTILINE)
@@ -326,3 +335,46 @@ def _refuse_hidden_keys(target: OutputTarget, body: str, entries: list[Entry], m
                     f"{target.path}: line {line}: {key} sits in a part of the file that python-dotenv cannot "
                     "parse (an unterminated quote above it?); fix the file, the write was refused",
                 )
+
+
+# --- the manifest's ``dotenv:`` output ------------------------------------------------------------
+
+
+class DotenvOutput(FileOutputBase):
+    """Manage some keys inside a dotenv file, keeping every other entry."""
+
+    kind: ClassVar[str] = "dotenv"
+    claims: ClassVar[str] = "keys"  # keys inside a file, a whole file, or nothing of the project
+    remote: ClassVar[bool] = False
+
+    dotenv: str = Field(min_length=1)
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+    # the programs that read the file: every value is quoted so that each reads it back exactly
+    readers: list[DotenvReader] = Field(default=list(DOTENV_READERS), min_length=1)
+
+    def resolve(
+        self, r: Resolution, base: tuple[str | int, ...], context: dict[str, Any], value_context: dict[str, Any]
+    ) -> OutputTarget:
+        node: tuple[str | int, ...] = (*base, "dotenv")
+        path, real = r.check_path(r.render(self.dotenv, context, node), self, node)
+        for k, source in self.keys.items():
+            r.dry_render(source, value_context, (*base, "keys", k))
+        definition: dict[str, Any] = {"kind": "dotenv", "keys": sorted(self.keys.items())}
+        readers = tuple(x for x in DOTENV_READERS if x in self.readers)
+        if readers != DOTENV_READERS:  # the default leaves the digest as it always was
+            definition["readers"] = list(readers)
+        definition.update(path=path, mode=self.mode)
+        return OutputTarget(
+            kind="dotenv",
+            path=path,
+            keys=tuple(self.keys.items()),
+            template=None,
+            template_source=None,
+            mode=int(self.mode, 8),
+            allow_tracked=self.allow_tracked,
+            allow_outside=self.allow_outside,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            real=str(real),
+            node=node,
+            readers=readers,
+        )

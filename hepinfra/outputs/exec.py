@@ -7,23 +7,32 @@ minimal environment (``safety.credentials.child_environment``: an allow-list plu
 optional ``read:`` command that prints the same JSON object back for drift.
 Exit 0 means written. A failure is the first line of the command's stderr, with every value of
 this write and every registered secret masked.
+The ``exec:`` output's schema and resolution live here too (``ExecOutput``).
 Must not: put a value in argv, the environment, an exception or a log line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
 
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.outputs.base import Written, delivered, keyed_payload, observed, render_keys
+from hepinfra.spec import Duration, EnvVarName, OutputSpecBase
 from hepinfra.values import ObservedOutput, OutputTarget
+
+if TYPE_CHECKING:
+    from hepinfra.resolution import Resolution
 
 READ_LIMIT = 1024 * 1024
 
@@ -203,3 +212,55 @@ class ExecSink:
         self, target: OutputTarget, keys: tuple[str, ...], recorded: dict[str, str], digest: Digester
     ) -> str | None:
         return "hepinfra cannot remove what a command wrote; remove it where it went, if it is unused"
+
+
+# --- the manifest's ``exec:`` output --------------------------------------------------------------
+
+
+class ExecOutput(OutputSpecBase):
+    """Send the keys, as one JSON object on stdin, to a command (a secret store's CLI)."""
+
+    kind: ClassVar[str] = "exec"
+    claims: ClassVar[str] = "remote"  # keys inside a file, a whole file, or nothing of the project
+    remote: ClassVar[bool] = True  # no file of the project: observed only by a refreshing plan
+    review_fields: ClassVar[tuple[str, ...]] = ("exec", "read", "pass_env", "timeout")
+
+    exec: list[str] = Field(min_length=1)  # argv templates: env, key, name, vars; never a secret
+    keys: dict[EnvVarName, str] = Field(min_length=1)
+    read: list[str] | None = Field(default=None, min_length=1)  # prints the same JSON object back
+    timeout: Duration = 30
+    pass_env: list[EnvVarName] = []  # variables hepinfra would otherwise keep from the command
+
+    def runs(self) -> list[str]:
+        return [*self.exec, *(self.read or [])]
+
+    def resolve(
+        self, r: Resolution, base: tuple[str | int, ...], context: dict[str, Any], value_context: dict[str, Any]
+    ) -> OutputTarget:
+        """Its argv rendered now (no secret can be in it), its keys dry-run."""
+        command = r.argv(self.exec, (*base, "exec"), context, "an exec argv")
+        read = r.argv(self.read, (*base, "read"), context, "an exec argv") if self.read else ()
+        for k, source in self.keys.items():
+            r.dry_render(source, value_context, (*base, "keys", k))
+        definition = {"kind": "exec", "argv": command, "read": read, "keys": sorted(self.keys.items()),
+                      "pass_env": sorted(self.pass_env), "timeout": self.timeout}  # fmt: skip
+        scrub = r.credential_vars()
+        pass_env = r.pass_env(self.pass_env, (*base, "pass_env"))
+        return OutputTarget(
+            kind="exec",
+            path="exec:" + shlex.join(command),
+            keys=tuple(self.keys.items()),
+            template=None,
+            template_source=None,
+            mode=0o600,
+            allow_tracked=False,
+            allow_outside=False,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            node=(*base, "exec"),
+            argv=command,
+            read_argv=read,
+            timeout=self.timeout,
+            pass_env=pass_env,
+            scrub=tuple(scrub),
+            cwd=str(r.project_dir),
+        )

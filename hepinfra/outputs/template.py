@@ -1,20 +1,29 @@
 """The template sink: a Jinja2 template file rendered to a path (Kubernetes Secret, JSON, TOML...).
 
 Owns: rendering the whole file and writing it atomically, keeping a stricter mode already on it
-(``previous_keys`` does not apply: the whole file is hepinfra's). Must not: show a value in an error.
+(``previous_keys`` does not apply: the whole file is hepinfra's); and the ``template:`` output's schema
+and resolution (``TemplateOutput``). Must not: show a value in an error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
 
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.fsutil import atomic_write
 from hepinfra.outputs.base import existing_mode, observe_whole_file, remove_whole_file
+from hepinfra.spec import FileOutputBase
 from hepinfra.templates import compile_string, render_error, render_template
-from hepinfra.values import ObservedOutput, OutputTarget
+from hepinfra.values import DOTENV_READERS, ObservedOutput, OutputTarget
+
+if TYPE_CHECKING:
+    from hepinfra.resolution import Resolution
 
 
 class TemplateSink:
@@ -44,3 +53,40 @@ class TemplateSink:
 
     def retire(self, file: Path, keys: tuple[str, ...]) -> None:
         remove_whole_file(file)
+
+
+# --- the manifest's ``template:`` output ----------------------------------------------------------
+
+
+class TemplateOutput(FileOutputBase):
+    """Render a Jinja2 template file to a path."""
+
+    kind: ClassVar[str] = "template"
+    claims: ClassVar[str] = "whole"  # keys inside a file, a whole file, or nothing of the project
+    remote: ClassVar[bool] = False
+
+    template: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+
+    def resolve(
+        self, r: Resolution, base: tuple[str | int, ...], context: dict[str, Any], value_context: dict[str, Any]
+    ) -> OutputTarget:
+        node: tuple[str | int, ...] = (*base, "path")
+        path, real = r.check_path(r.render(self.path, context, node), self, node)
+        source = r.template_file(self.template, (*base, "template"), self.allow_outside)
+        r.dry_render(source, value_context, (*base, "template"), file=self.template)
+        definition = {"kind": "template", "source": source, "path": path, "mode": self.mode}
+        return OutputTarget(
+            kind="template",
+            path=path,
+            keys=(),
+            template=self.template,
+            template_source=source,
+            mode=int(self.mode, 8),
+            allow_tracked=self.allow_tracked,
+            allow_outside=self.allow_outside,
+            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            real=str(real),
+            node=node,
+            readers=DOTENV_READERS,
+        )

@@ -311,9 +311,9 @@ def test_bad_readers_are_a_manifest_error(readers: str, tmp_path: Path) -> None:
 
 
 def test_manifest_and_quoting_agree_on_the_readers() -> None:
-    from hepinfra import manifest, templates
+    from hepinfra import templates, values
 
-    assert manifest.DOTENV_READERS == templates.DOTENV_READERS
+    assert values.DOTENV_READERS == templates.DOTENV_READERS
 
 
 def test_digests_of_files_written_before_stay_valid(tmp_path: Path) -> None:

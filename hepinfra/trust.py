@@ -11,6 +11,7 @@ Must not: run anything of the pull request's, contact anything, or read a file o
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +36,11 @@ _GIT_TIMEOUT = 30
 
 
 def _git(top: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """git, never finding a bare repository by itself: a pull request can commit a directory that
+    looks like one (with the "trusted" manifest of its choosing in its refs)."""
     try:
         return subprocess.run(
-            ["git", "-C", str(top), *args],
+            ["git", "-c", "safe.bareRepository=explicit", "-C", str(top), *args],
             capture_output=True,
             timeout=_GIT_TIMEOUT,
             check=False,
@@ -49,8 +52,6 @@ def _git(top: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 def _git_environment() -> dict[str, str]:
     """git gets PATH and HOME (its safe.directory settings), never a credential."""
-    import os
-
     env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
     return {**env, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
 
@@ -79,11 +80,18 @@ def open_base(manifest_path: str | Path, ref: str) -> Base:
     for: no repository, no such revision (a shallow clone), a baseline that does not parse."""
     if not ref or ref.startswith("-") or any(c in ref for c in "\n\r\0"):
         raise UsageError(f"--base {ref[:60]!r}: not a Git revision")
-    path = Path(manifest_path).resolve()
-    found = _git(path.parent, "rev-parse", "--show-toplevel")
+    written = Path(os.path.abspath(manifest_path))
+    found = _git(written.parent, "rev-parse", "--show-toplevel")
     if found.returncode != 0:
-        raise UsageError(f"--base {ref}: {path.parent} is not inside a Git repository")
+        raise UsageError(
+            f"--base {ref}: {written.parent} is not inside a Git work tree (a directory that only looks like a bare "
+            "repository, which a pull request can commit, is never used)"
+        )
     top = Path(found.stdout.decode().strip()).resolve()
+    if not (top / ".git").exists() or (top / ".git").is_symlink():
+        raise UsageError(f"--base {ref}: {top} is not the work tree of a Git repository (it has no .git)")
+    _no_link_inside(written, top, ref)
+    path = written.resolve()
     commit = _git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if commit.returncode != 0:
         raise UsageError(
@@ -99,6 +107,25 @@ def open_base(manifest_path: str | Path, ref: str) -> Base:
     if shown.returncode == 0:
         model = _parse(shown.stdout, f"{ref}:{rel}")
     return Base(ref, sha, top, rel, model)
+
+
+def _no_link_inside(written: Path, top: Path, ref: str) -> None:
+    """No component of the manifest's path inside the repository is a symbolic link: a committed link
+    would choose which file, or which repository, counts as the base."""
+    parts = written.parts
+    for i in range(1, len(parts) + 1):
+        prefix = Path(*parts[:i])
+        if os.path.realpath(prefix) != str(top):
+            continue
+        for j in range(i + 1, len(parts) + 1):
+            inside = Path(*parts[:j])
+            if inside.is_symlink():
+                raise UsageError(
+                    f"--base {ref}: {inside} is a symbolic link inside the repository; plan --base reads the manifest "
+                    "only where the repository keeps it (give its real path with -f)"
+                )
+        return
+    raise UsageError(f"--base {ref}: the manifest {written} is outside the repository {top}")
 
 
 def _parse(raw: bytes, filename: str) -> ManifestModel:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from hepinfra.state.backend import (
 )
 from hepinfra.state.model import State
 
+STATE_LIMIT = 256 * 2**20  # bytes: a state of 1,000 databases is about 1 MiB
 POLL_FIRST = 0.002  # seconds between attempts while a live holder has the lock, doubling up to POLL
 POLL = 0.02
 GUARD_WAIT = 30.0  # the guard is held for a few syscalls; only a frozen process holds it longer
@@ -66,7 +68,34 @@ class LocalBackend:
         self._held: dict[str, tuple[str, Flock]] = {}
 
     def _file(self, env: str, suffix: str = ".json") -> Path:
+        """A file of the state directory, which is refused when it (or ``.hepinfra``) is a symbolic
+        link: a committed link would send state reads and writes outside the project."""
+        for folder in (self.directory.parent, self.directory):
+            if folder.is_symlink():
+                raise StateError(
+                    f"{folder}: is a symbolic link; the local state is kept only in a real directory of the project "
+                    "(remove the link)"
+                )
         return self.directory / f"{env}{suffix}"
+
+    def _bytes(self, path: Path) -> bytes:
+        """A state, backup or lock file: a regular file (never a link, FIFO or device), bounded."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if path.is_symlink():
+                raise StateError(f"{path}: is a symbolic link; a state file is never read through one") from None
+            raise StateError(f"{path}: cannot read state: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > STATE_LIMIT:
+                raise StateError(f"{path}: not a regular file of at most {STATE_LIMIT // 2**20} MiB; not read")
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                return fh.read(STATE_LIMIT + 1)
+        finally:
+            os.close(fd)
 
     def environments(self) -> list[str]:
         if not self.directory.is_dir():
@@ -82,11 +111,9 @@ class LocalBackend:
     def _read_file(self, env: str) -> State | None:
         path = self._file(env)
         try:
-            data = path.read_bytes()
+            data = self._bytes(path)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise StateError(f"{path}: cannot read state: {exc.strerror}") from None
         state = codec.decode(data, str(path))
         if state.environment != env:
             raise StateError(f"{path}: holds the state of environment '{state.environment}', not '{env}'")
@@ -123,7 +150,7 @@ class LocalBackend:
                 return current
             state = state.model_copy(update={"serial": max(current.serial, state.serial) + 1})
             if env not in self._backed_up:  # the version before this run's first change
-                atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
+                atomic_write(self._file(env, ".json.backup"), self._bytes(self._file(env)))
                 self._backed_up.add(env)
         else:
             state = state.model_copy(update={"serial": max(state.serial, 1)})
@@ -141,7 +168,7 @@ class LocalBackend:
 
     def _replace_guarded(self, env: str, state: State) -> State:
         if self._file(env).exists():
-            atomic_write(self._file(env, ".json.backup"), self._file(env).read_bytes())
+            atomic_write(self._file(env, ".json.backup"), self._bytes(self._file(env)))
         current = self.read(env)
         if current is not None and state.serial <= current.serial:  # kept when newer, else just past it
             state = state.model_copy(update={"serial": current.serial + 1})
@@ -156,10 +183,10 @@ class LocalBackend:
 
     def lock_holder(self, env: str) -> LockInfo | None:
         try:
-            return LockInfo.from_dict(json.loads(self._file(env, ".lock").read_bytes()))
+            return LockInfo.from_dict(json.loads(self._bytes(self._file(env, ".lock"))))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, StateError):
             return UNREADABLE
 
     def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:

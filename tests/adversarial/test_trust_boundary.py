@@ -285,7 +285,7 @@ def test_a_shallow_clone_without_the_base_is_one_clear_line(server: Server, tmp_
     outside.mkdir()
     (outside / "hepinfra.yaml").write_text(base_manifest(server.url))
     result = plan(outside / "hepinfra.yaml", "--base", "main")
-    assert result.code == 1 and "is not inside a Git repository" in result.err and result.err.count("\n") == 1
+    assert result.code == 1 and "is not inside a Git work tree" in result.err and result.err.count("\n") == 1
     result = plan(manifest, "--base", "--upload-pack=touch x")
     assert result.code == 1 and "not a Git revision" in result.err
 
@@ -349,3 +349,63 @@ def test_fuzzed_pull_requests_reach_no_new_host_read_no_new_variable_and_run_not
     assert all(Path(argv[0]).name == "git" for argv in started), started
     assert SENTINEL not in result.out + result.err
     json.dumps(chosen)  # the example, for the report
+
+
+def _fake_repository(directory: Path, manifest: str) -> None:
+    """A directory a pull request commits that looks to Git like a bare repository whose work tree is
+    itself, with the attacker's manifest committed on main and origin/main."""
+    directory.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "--bare", str(directory)], check=True)
+    git_dir = ["git", "--git-dir", str(directory)]
+    subprocess.run([*git_dir, "config", "core.bare", "false"], check=True)
+    subprocess.run([*git_dir, "config", "core.worktree", "."], check=True)
+    (directory / "hepinfra.yaml").write_text(manifest)
+    env = {"GIT_DIR": str(directory), "GIT_WORK_TREE": str(directory), "PATH": "/usr/bin:/bin", "HOME": str(directory)}
+    for args in (["add", "hepinfra.yaml"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "x"],
+                 ["update-ref", "refs/remotes/origin/main", "HEAD"]):  # fmt: skip
+        subprocess.run(["git", *args], check=True, env=env, cwd=directory)
+
+
+@pytest.mark.parametrize("shape", ["a link to the fake repository's manifest", "the manifest's directory is one"])
+def test_a_pull_request_cannot_bring_its_own_base(shape: str, server: Server, catcher: Catcher, tmp_path: Path) -> None:
+    """A committed directory that Git would take for a bare repository must not become the base."""
+    evil = (f'version: 1\nhepgg: {{url: "{catcher.url}"}}\nenvironments: {{prod: {{db_key_env: AWS_SECRET_ACCESS_KEY}}}}\n'
+            "databases: {shop: {engine: postgres}}\n")  # fmt: skip
+    if shape.startswith("a link"):
+        manifest = repo_with(tmp_path / "r", {"hepinfra.yaml": base_manifest(server.url)})
+        _fake_repository(manifest.parent / "evil", evil)
+        manifest.unlink()
+        manifest.symlink_to("evil/hepinfra.yaml")
+    else:
+        manifest = repo_with(tmp_path / "r", {"infra/hepinfra.yaml": base_manifest(server.url)}, "infra/hepinfra.yaml")
+        (manifest.parent / "hepinfra.yaml").unlink()
+        manifest.parent.rmdir()
+        _fake_repository(manifest.parent, evil)
+    for ref in ("main", "origin/main"):
+        result = plan(manifest, "--base", ref)
+        assert result.code == 1 and catcher.requests == [] and result.err.count("\n") == 1, (result.err, result.out)
+        assert SENTINEL not in result.out + result.err
+    if shape.startswith("a link"):
+        assert "is a symbolic link inside the repository" in result.err
+    else:
+        assert "is not inside a Git work tree (a directory that only looks like a bare repository" in result.err
+
+
+@pytest.mark.parametrize("what", ["a link to a file outside", "a link to a FIFO", "the folder is a link"])
+def test_a_committed_link_in_the_local_state_is_never_followed(what: str, server: Server, tmp_path: Path) -> None:
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "docker.json").write_text('{"environment": "ghp_' + "S3CRET" * 6 + '", "lineage": "x", "serial": 1}')
+    os.mkfifo(outside / "fifo")
+    manifest = repo_with(tmp_path / "r", {"hepinfra.yaml": base_manifest(server.url)})
+    state = manifest.parent / ".hepinfra/state"
+    if what == "the folder is a link":
+        (manifest.parent / ".hepinfra").symlink_to(outside)
+    else:
+        state.mkdir(parents=True)
+        (state / "prod.json").symlink_to(outside / ("fifo" if "FIFO" in what else "docker.json"))
+    result = plan(manifest, "--base", "main", "--no-refresh")  # a FIFO would block the open: it must not
+    assert result.code == 1 and "symbolic link" in result.err and "S3CRET" not in result.out + result.err
+    assert result.err.count("\n") == 1, result.err

@@ -174,9 +174,7 @@ async def make(
                 if why is not None and (refresh or target.kind not in trust.READ_REMOTELY):
                     message = f"{target.kind} output {target.path}: not read back ({why})"
                     notes.append(Diagnostic(severity="warning", env=env, address=decl.address, message=message))
-    review = tuple(
-        ReviewItem(where=r.where, what=r.what) for r in trust.review(model, base, project.manifest.project_dir)
-    )
+    review = tuple(ReviewItem(where=r.where, what=r.what) for r in trust.review(project.manifest, base))
     plan = plan.model_copy(update={"base": base.ref, "review": review, "diagnostics": (*plan.diagnostics, *notes)})
     return plan, access, states
 
@@ -205,15 +203,45 @@ def check_plan_out(path: Path, project_dir: Path) -> None:
             )
 
 
-def save_plan(plan: Plan, path: Path, rotate: Sequence[str] = ()) -> None:
-    """The plan, with the options that shaped it (``--rotate``; ``-e`` is its environments) and its
+def save_plan(
+    plan: Plan, path: Path, rotate: Sequence[str], access: dict[str, EnvAccess], states: dict[str, State | None]
+) -> None:
+    """The plan, with the options that shaped it (``--rotate``; ``-e`` is its environments), its
     manifest's path relative to the plan file's directory (the project's root, where a plan file
-    belongs): a plan file never names an absolute path or one with '..' for apply to follow."""
+    belongs: never an absolute path or one with '..' for apply to follow), and a signature per
+    environment keyed by that environment's secret (``plan_signatures``): whoever can write the file
+    but holds no key cannot change what it asks for."""
     import os
 
     where = Path(os.path.relpath(Path(plan.manifest).resolve(), path.resolve().parent)).as_posix()
-    saved = plan.model_copy(update={"manifest": where, "rotate": tuple(rotate)})
+    saved = plan.model_copy(update={"manifest": where, "rotate": tuple(rotate), "signatures": {}})
+    saved = saved.model_copy(update={"signatures": plan_signatures(saved, access, states)})
     atomic_write(path, saved.model_dump_json(indent=2).encode() + b"\n", 0o600)
+
+
+def plan_signatures(plan: Plan, access: dict[str, EnvAccess], states: dict[str, State | None]) -> dict[str, str]:
+    """env -> an HMAC of the whole plan (its signatures left out) under the environment's digest key,
+    for environments that have a secret one (a database key or HEPINFRA_STATE_KEY)."""
+    payload = json.dumps(plan.model_dump(mode="json", exclude={"signatures"}), sort_keys=True)
+    found = {}
+    for env in plan.environments:
+        state = states.get(env) or State(environment=env, lineage="none")
+        digester = access[env].digester(state) if env in access else None
+        if digester is not None and digester.secret:
+            found[env] = digester("hepinfra-plan-v1\0" + payload)
+    return found
+
+
+def check_signatures(plan: Plan, access: dict[str, EnvAccess], states: dict[str, State | None], where: str) -> None:
+    """A saved plan is applied only with the signature of every environment that has a secret key."""
+    wanted = plan_signatures(plan, access, states)
+    for env, signature in wanted.items():
+        if plan.signatures.get(env) != signature:
+            raise StalePlanError(
+                f"{where}: the plan file is not signed for environment '{env}' by a runner holding its key "
+                "(edited, or made with another key or by an older hepinfra); nothing was applied",
+                hint="make a new plan",
+            )
 
 
 def saved_manifest(plan: Plan, path: Path) -> str:
@@ -332,6 +360,7 @@ async def apply(
                 rows = await current_remote(hub, access, envs)
                 check_pins(plan, states, remote_digests(rows))
                 check_changes(plan, project.manifest, states, rows)
+                check_signatures(saved, access, states, str(options.plan_file))
                 # the file is data, not orders: plan again as it was made (-e, --rotate, refresh) and
                 # apply only if every change is the same; what is applied is the plan made now
                 from hepinfra.apply.pins import check_same

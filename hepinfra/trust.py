@@ -22,7 +22,7 @@ from hepinfra.errors import UsageError
 from hepinfra.safety.credentials import ENVIRONMENT_SETTINGS
 
 if TYPE_CHECKING:
-    from hepinfra.manifest import ManifestModel
+    from hepinfra.manifest import Manifest, ManifestModel
     from hepinfra.values import Declared, OutputTarget
 
 # The settings of an environment that name a credential variable (hepinfra.safety.credentials, the one
@@ -251,50 +251,59 @@ class ReviewLine:
     what: str
 
 
-def review(pr: ManifestModel, base: Base, project_dir: Path) -> list[ReviewLine]:
-    """Every change to what runs or where values go at apply, against the base."""
-    trusted = base.model
+def review(manifest: Manifest, base: Base) -> list[ReviewLine]:
+    """Every change to what runs or where values go at apply, against the base: the top-level blocks,
+    each environment's ``vars`` (names, paths and argv are rendered from them), each resource's
+    settings that its kind names for review and its ``environments:``, each output that is new or
+    changed and whose kind names fields for review, and every program of the repository that an
+    argv names as rendered (in every environment), new or changed since the base."""
+    from hepinfra.kinds import KINDS
+
+    pr, trusted = manifest.model, base.model
     lines: list[ReviewLine] = []
     if trusted is None:
         lines.append(ReviewLine("manifest", f"new: {base.ref} has no manifest at {base.manifest_rel}"))
-    if pr.state.model_dump() != _effective(trusted).state.model_dump():
+    effective = _effective(trusted)
+    if pr.state.model_dump() != effective.state.model_dump():
         lines.append(ReviewLine("state", f"where state is kept changes: {pr.state.where()}"))
-    if pr.hepgg.url != _effective(trusted).hepgg.url:
+    if pr.hepgg.url != effective.hepgg.url:
         lines.append(ReviewLine("hepgg.url", f"changes to {pr.hepgg.url}"))
-    if pr.defaults.model_dump() != _effective(trusted).defaults.model_dump():
+    if pr.defaults.model_dump() != effective.defaults.model_dump():
         lines.append(ReviewLine("defaults", f"changes: {_short(pr.defaults.model_dump(mode='json'))}"))
-    programs: dict[str, None] = {}
-    for section in ("databases", "ids", "uploads"):
+    for env, spec in pr.environments.items():
+        before = trusted.environments[env].vars if trusted is not None and env in trusted.environments else {}
+        changed = {k: v for k, v in spec.vars.items() if before.get(k) != v}
+        gone = sorted(k for k in before if k not in spec.vars)
+        if changed or gone:
+            what = f"set {_short(changed)}" if changed else ""
+            what += ("; " if what and gone else "") + (f"removed {', '.join(gone)}" if gone else "")
+            lines.append(ReviewLine(f"environments.{env}.vars", f"{what} (names, paths and argv render from them)"))
+    for section, kind in KINDS.items():
         for key, spec in pr.section(section).items():
             old = trusted.section(section).get(key) if trusted is not None else None
-            where = f"{section}.{key}"
-            lines += _resource_review(where, section, spec, old)
-            for out in spec.outputs:
-                for item in out.runs():
-                    programs[item] = None
-            for item in getattr(spec, "after_rotate", None) or []:
+            lines += _resource_review(f"{section}.{key}", kind, spec, old)
+    programs: dict[str, None] = {}
+    for decls in manifest.declared.values():
+        for decl in decls:
+            for item in decl.after_rotate:
                 programs[item] = None
+            for target in decl.outputs:
+                for item in (*target.argv, *target.read_argv):
+                    programs[item] = None
     for item in programs:
-        changed = _program_change(item, base, project_dir)
-        if changed:
-            lines.append(ReviewLine(f"program {_short(item, 200)}", changed))
+        changed_program = _program_change(item, base, manifest.project_dir)
+        if changed_program:
+            lines.append(ReviewLine(f"program {_short(item, 200)}", changed_program))
     return lines
 
 
-def _resource_review(where: str, section: str, spec: Any, old: Any) -> list[ReviewLine]:
+def _resource_review(where: str, kind: Any, spec: Any, old: Any) -> list[ReviewLine]:
     lines: list[ReviewLine] = []
-    if section == "databases":
-        for setting in ("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout"):
-            mine, theirs = getattr(spec, setting), getattr(old, setting) if old is not None else None
-            if mine != theirs and (mine or theirs):  # unset, empty and false read the same
-                lines.append(ReviewLine(where, f"{setting}: {_short(theirs)} -> {_short(mine)}"))
-    if section == "uploads":
-        fields = ("file", "allow_outside", "allow_ignored")
-        mine = {f: getattr(spec, f, None) for f in fields}
-        theirs = {f: getattr(old, f, None) for f in fields} if old is not None else None
-        if mine != theirs:
-            lines.append(ReviewLine(where, f"publishes {spec.file} (public and permanent)" + (
-                "" if old is None else f"; was {old.file}")))  # fmt: skip
+    for setting in (*kind.review_fields, "environments"):
+        mine, theirs = getattr(spec, setting, None), getattr(old, setting, None) if old is not None else None
+        if mine != theirs and (mine or theirs):  # unset, empty and false read the same
+            note = f" ({kind.review_note})" if kind.review_note and setting != "environments" else ""
+            lines.append(ReviewLine(where, f"{setting}: {_short(theirs)} -> {_short(mine)}{note}"))
     before = [o.model_dump(mode="json") for o in old.outputs] if old is not None else []
     for out in spec.outputs:
         dumped = out.model_dump(mode="json")

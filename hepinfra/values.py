@@ -237,6 +237,7 @@ class Plan(_Value):
     base: str | None = None  # plan --base REF: the revision whose manifest was trusted
     review: tuple[ReviewItem, ...] = ()  # plan --base: what the change would run or send where
     rotate: tuple[str, ...] = ()  # --rotate as given: a saved plan is checked by planning again with it
+    signatures: dict[str, str] = {}  # a saved plan: env -> HMAC under the environment's secret digest key
 
     @property
     def errors(self) -> list[Diagnostic]:

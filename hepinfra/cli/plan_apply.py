@@ -121,7 +121,7 @@ def plan(
         async with project.hepgg() as hub:
             return await runner.make(project, hub, selected, refresh=not no_refresh, rotate=rotate)
 
-    result, _, _ = run_async(go())
+    result, access, states = run_async(go())
     if as_json:
         click.echo(render.json_text(result), nl=False)
     elif markdown:
@@ -134,7 +134,7 @@ def plan(
                 click.echo(f"Error: {line}", err=True)
         sys.exit(EXIT_ERROR)
     if out_file:
-        runner.save_plan(result, Path(out_file), rotations)
+        runner.save_plan(result, Path(out_file), rotations, access, states)
         if not (as_json or markdown):
             click.echo(f"Saved the plan to {out_file}; apply it with: hepinfra apply {out_file}")
     if detailed_exitcode and result.has_changes:

@@ -45,6 +45,10 @@ class Kind:
     spec: type[Any] | None = None
     declare: Callable[..., dict[str, Any]] | None = None
     check: Callable[[Any, dict[str, Any]], None] | None = None
+    # plan --base: the settings of a declaration that a pull request's review lists when they change
+    # (what runs or where values go at apply), and a note on them
+    review_fields: tuple[str, ...] = ()
+    review_note: str = ""
 
     def step(self, action: Any) -> Step:
         steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS

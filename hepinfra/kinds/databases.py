@@ -333,4 +333,5 @@ KIND = Kind(
     value_noun="password",
     spec=DatabaseSpec,
     declare=declare,
+    review_fields=("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout"),
 )

@@ -198,4 +198,6 @@ KIND = Kind(
     spec=UploadSpec,
     declare=declare,
     check=check,
+    review_fields=("file", "allow_outside", "allow_ignored"),
+    review_note="an upload is public and permanent",
 )

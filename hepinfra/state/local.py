@@ -68,8 +68,7 @@ class LocalBackend:
         self._held: dict[str, tuple[str, Flock]] = {}
 
     def _file(self, env: str, suffix: str = ".json") -> Path:
-        """A file of the state directory, which is refused when it (or ``.hepinfra``) is a symbolic
-        link: a committed link would send state reads and writes outside the project."""
+        """A file of the state directory; refused when it or ``.hepinfra`` is a (committed) link."""
         for folder in (self.directory.parent, self.directory):
             if folder.is_symlink():
                 raise StateError(
@@ -77,25 +76,6 @@ class LocalBackend:
                     "(remove the link)"
                 )
         return self.directory / f"{env}{suffix}"
-
-    def _bytes(self, path: Path) -> bytes:
-        """A state, backup or lock file: a regular file (never a link, FIFO or device), bounded."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            if path.is_symlink():
-                raise StateError(f"{path}: is a symbolic link; a state file is never read through one") from None
-            raise StateError(f"{path}: cannot read state: {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > STATE_LIMIT:
-                raise StateError(f"{path}: not a regular file of at most {STATE_LIMIT // 2**20} MiB; not read")
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                return fh.read(STATE_LIMIT + 1)
-        finally:
-            os.close(fd)
 
     def environments(self) -> list[str]:
         if not self.directory.is_dir():
@@ -111,7 +91,7 @@ class LocalBackend:
     def _read_file(self, env: str) -> State | None:
         path = self._file(env)
         try:
-            data = self._bytes(path)
+            data = _bytes(path)
         except FileNotFoundError:
             return None
         state = codec.decode(data, str(path))
@@ -150,7 +130,7 @@ class LocalBackend:
                 return current
             state = state.model_copy(update={"serial": max(current.serial, state.serial) + 1})
             if env not in self._backed_up:  # the version before this run's first change
-                atomic_write(self._file(env, ".json.backup"), self._bytes(self._file(env)))
+                atomic_write(self._file(env, ".json.backup"), _bytes(self._file(env)))
                 self._backed_up.add(env)
         else:
             state = state.model_copy(update={"serial": max(state.serial, 1)})
@@ -168,7 +148,7 @@ class LocalBackend:
 
     def _replace_guarded(self, env: str, state: State) -> State:
         if self._file(env).exists():
-            atomic_write(self._file(env, ".json.backup"), self._bytes(self._file(env)))
+            atomic_write(self._file(env, ".json.backup"), _bytes(self._file(env)))
         current = self.read(env)
         if current is not None and state.serial <= current.serial:  # kept when newer, else just past it
             state = state.model_copy(update={"serial": current.serial + 1})
@@ -183,7 +163,7 @@ class LocalBackend:
 
     def lock_holder(self, env: str) -> LockInfo | None:
         try:
-            return LockInfo.from_dict(json.loads(self._bytes(self._file(env, ".lock"))))
+            return LockInfo.from_dict(json.loads(_bytes(self._file(env, ".lock"))))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, StateError):
@@ -351,3 +331,23 @@ def _holder_gone(holder: LockInfo) -> bool:
     if holder.liveness == "flock":
         return True
     return holder_process_gone(holder)
+
+
+def _bytes(path: Path) -> bytes:
+    """A state, backup or lock file: a regular file (never a link, FIFO or device), bounded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if path.is_symlink():
+            raise StateError(f"{path}: is a symbolic link; a state file is never read through one") from None
+        raise StateError(f"{path}: cannot read state: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > STATE_LIMIT:
+            raise StateError(f"{path}: not a regular file of at most {STATE_LIMIT // 2**20} MiB; not read")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(STATE_LIMIT + 1)
+    finally:
+        os.close(fd)

@@ -52,9 +52,14 @@ def test_a_noop_edited_into_a_rotation_is_refused(kind: str, tmp_path: Path, ser
     result = run(["apply", str(plan_file)], server)
     assert result.code == 1
     assert result.err == (
-        f"Error: {plan_file}: the saved plan plans to rotate {change['address']}, which a plan made now does not; "
-        "nothing was applied (edited, or the world changed since) (hint: make a new plan)\n"
+        f"Error: {plan_file}: the plan file is not signed for environment 'production' by a runner holding its key "
+        "(edited, or made with another key or by an older hepinfra); nothing was applied (hint: make a new plan)\n"
     )
+    assert rotations(server) == before and service_calls(server, "idgen") == minted
+    doc["rotate"] = [change["address"]]  # the options the file records are covered too
+    plan_file.write_text(json.dumps(doc))
+    again = run(["apply", str(plan_file)], server)
+    assert again.code == 1 and "is not signed for environment 'production'" in again.err
     assert rotations(server) == before and service_calls(server, "idgen") == minted
 
 
@@ -64,8 +69,38 @@ def test_an_edited_reason_or_output_is_refused(tmp_path: Path, server: Server) -
     change["outputs"] = change["outputs"][:1]
     plan_file.write_text(json.dumps(doc))
     result = run(["apply", str(plan_file)], server)
-    assert result.code == 1 and "(outputs differs)" in result.err
+    assert result.code == 1 and "is not signed for environment 'production'" in result.err
     assert set(rotations(server).values()) == {0}
+
+
+def test_a_plan_made_again_at_apply_must_give_the_same_change_set() -> None:
+    """What the signature cannot see: the world moved on (an action, an output, a change gone or new)."""
+    from datetime import UTC, datetime
+
+    from hepinfra.apply.pins import check_same
+    from hepinfra.errors import StalePlanError
+    from hepinfra.values import Action, Change, OutputChange, Plan
+
+    def plan(*changes: Change) -> Plan:
+        return Plan(created_at=datetime.now(UTC), manifest="m", manifest_digest="d", refreshed=True,
+                    environments={}, changes=changes)  # fmt: skip
+
+    shop = Change(address="p/databases.shop", env="p", key="shop", action=Action.ROTATE, name="s", engine="postgres",
+                  reasons=("due: last rotated 31d ago (every 30d)",),
+                  outputs=(OutputChange(path=".env", kind="dotenv", reason="with the new credentials"),))  # fmt: skip
+    later = shop.model_copy(update={"reasons": ("due: last rotated 32d ago (every 30d)",)})
+    check_same(plan(shop), plan(later), "f")  # ages are not the change set
+    for now, words in [
+        (shop.model_copy(update={"action": Action.NOOP}), "plans to rotate p/databases.shop, which a plan made now does not"),
+        (shop.model_copy(update={"outputs": ()}), "plans rotate of p/databases.shop, which a plan made now does not give "
+         "(outputs differs)"),
+    ]:  # fmt: skip
+        with pytest.raises(StalePlanError) as refused:
+            check_same(plan(shop), plan(now), "f")
+        assert words in refused.value.message
+    with pytest.raises(StalePlanError) as refused:
+        check_same(plan(), plan(shop), "f")
+    assert "plans no change of p/databases.shop, which a plan made now would rotate" in refused.value.message
 
 
 def test_the_options_that_shaped_the_plan_are_applied_again(tmp_path: Path, server: Server) -> None:

@@ -409,3 +409,27 @@ def test_a_committed_link_in_the_local_state_is_never_followed(what: str, server
     result = plan(manifest, "--base", "main", "--no-refresh")  # a FIFO would block the open: it must not
     assert result.code == 1 and "symbolic link" in result.err and "S3CRET" not in result.out + result.err
     assert result.err.count("\n") == 1, result.err
+
+
+def test_the_review_sees_changes_made_through_vars_and_the_environments_filter(server: Server, tmp_path: Path) -> None:
+    base = (
+        f'version: 1\nhepgg: {{url: "{server.url}"}}\n'
+        "environments: {prod: {vars: {tool: ./store.sh, prefix: prod/app}}, staging: {vars: {tool: ./store.sh, "
+        "prefix: st/app}}}\n"
+        "databases:\n"
+        "  shop:\n    engine: postgres\n    outputs:\n"
+        '      - exec: ["{{ vars.tool }}", put]\n        keys: {URL: "{{ db.connection_string }}"}\n'
+        "  analytics:\n    environments: [staging]\n    outputs:\n"
+        '      - exec: [./publish.sh]\n        keys: {URL: "{{ db.connection_string }}"}\n'
+    )
+    manifest = repo_with(tmp_path / "r", {"hepinfra.yaml": base, "store.sh": "#!/bin/sh\n", "publish.sh": "#!/bin/sh\n"})
+    (manifest.parent / "evil.sh").write_text("#!/bin/sh\ncat > /tmp/leak\n")
+    manifest.write_text(base.replace("tool: ./store.sh, prefix: prod/app", "tool: ./evil.sh, prefix: public/leak")
+                        .replace("environments: [staging]", "environments: [staging, prod]"))  # fmt: skip
+    result = plan(manifest, "--base", "main", "--no-refresh", "--json")
+    review = {(item["where"], item["what"]) for item in result.json()["review"]}
+    assert ("environments.prod.vars", 'set {"prefix": "public/leak", "tool": "./evil.sh"} (names, paths and argv '
+            "render from them)") in review  # fmt: skip
+    assert ("databases.analytics", 'environments: ["staging"] -> ["prod", "staging"]') in review or (
+        "databases.analytics", 'environments: ["staging"] -> ["staging", "prod"]') in review
+    assert ('program "./evil.sh"', "new file evil.sh: runs at apply") in review

@@ -27,12 +27,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, create_model, field_validator
 
 from hepinfra import yamlpos
+from hepinfra.claims import check_outputs
 from hepinfra.errors import ManifestError
 from hepinfra.resolution import Resolution
-from hepinfra.safety.paths import MANIFEST_LIMIT, Refused, read_regular, shown
+from hepinfra.safety.paths import MANIFEST_LIMIT, Refused, read_regular
 from hepinfra.spec import ENV_VAR, IDENT, MODE_HELP, EnvVarName, Ident, SpecModel
 from hepinfra.state.spec import LocalState, PostgresState, S3State, StateSpec
-from hepinfra.values import Declared, OutputTarget, clip, format_duration
+from hepinfra.values import Declared, clip, format_duration
 
 DEFAULT_FILE = "hepinfra.yaml"
 log = logging.getLogger("hepinfra.manifest")
@@ -380,7 +381,7 @@ def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = N
     for kind in _kinds().values():
         if kind.check is not None:
             kind.check(resolver, declared)
-    resolver.check_outputs(declared)
+    check_outputs(resolver, declared)
     digest = hashlib.sha256(raw + b"".join(resolver.template_bytes[k] for k in sorted(resolver.template_bytes)))
     return Manifest(file, project_dir, model, declared, digest.hexdigest())
 
@@ -477,145 +478,11 @@ class _Resolver(Resolution):
                 out.append(Declared(env=env, key=key, outputs=tuple(outputs), kind=section, **fields))
         return tuple(out)
 
-    def check_outputs(self, declared: dict[str, tuple[Declared, ...]]) -> None:
-        """Checks across every environment, on real paths (so a link cannot alias two paths):
-        no output overwrites the manifest, a template source or a non-regular file; no output
-        writes a Git-tracked file unless allowed; no two declarations write the same dotenv key,
-        or a file another writes whole. Warns about outputs Git would pick up (untracked, not
-        ignored)."""
-        from hepinfra.safety.git import GitUnavailable, GitView
-
-        git = GitView()
-        whole: dict[str, str] = {}  # real path -> the address writing it whole (template output)
-        keyed: dict[tuple[str, str], str] = {}  # (real path, dotenv key) -> the address writing it
-        by_file: dict[str, set[str]] = {}  # real path -> addresses writing it
-        checked: set[str] = set()
-        exposed: dict[Path, OutputTarget] = {}
-        remote: dict[tuple[str, ...], str] = {}  # what an AWS output writes -> the address writing it
-        from hepinfra.outputs import SPECS
-
-        for decls in declared.values():
-            for decl in decls:
-                for target in decl.outputs:
-                    if SPECS[target.kind].remote:
-                        self._claim_remote(decl, target, remote)
-                        continue  # no file of the project
-                    real = Path(target.real)
-                    if target.real not in checked:
-                        try:
-                            self.boundary.check_real(real)
-                        except Refused as exc:
-                            raise self.error(target.node, f"output path '{shown(target.path)}' {exc}") from None
-                        checked.add(target.real)
-                    try:
-                        tracked = git.is_tracked(real)
-                    except GitUnavailable as exc:
-                        raise self.error(
-                            target.node, f"cannot tell whether Git tracks '{shown(target.path)}': {exc}"
-                        ) from None
-                    if tracked and not target.allow_tracked:
-                        raise self.error(
-                            target.node,
-                            f"output path '{shown(target.path)}' is a file tracked by Git; writing a secret into it "
-                            "would commit the secret (run 'git rm --cached' on it and add it to .gitignore, or set "
-                            "allow_tracked: true)",
-                        )
-                    if not tracked and not target.allow_tracked:
-                        exposed.setdefault(real, target)
-                    self._claim(decl, target, whole, keyed, by_file)
-        try:
-            for real in git.exposed(exposed):
-                log.warning(
-                    "%s: output '%s' is not ignored by Git, so 'git add' would commit a secret; add it to .gitignore",
-                    decl_where(self, exposed[real]),
-                    shown(exposed[real].path),
-                )
-        except GitUnavailable as exc:
-            log.warning("cannot tell whether Git ignores the outputs: %s", exc)
-
-    def _claim_remote(self, decl: Declared, target: OutputTarget, claims: dict[tuple[str, ...], str]) -> None:
-        """No two declarations write one SSM parameter, one key of a secret, or a plain secret another
-        writes keys of: each apply would overwrite the other's value (regions aside: the same name
-        with and without ``region:`` may be one secret)."""
-        if target.kind not in ("aws_secretsmanager", "aws_ssm"):
-            return
-        name = target.path.split(":")[-1]
-        rival: str | None = None
-        if target.kind == "aws_ssm":
-            wanted: list[tuple[str, ...]] = [("ssm", name + key) for key, _ in target.keys]
-            checks = wanted
-        elif target.plain:
-            wanted = [("sm-plain", name)]
-            checks = [("sm-plain", name), ("sm-keyed", name)]
-        else:
-            wanted = [("sm", name, key) for key, _ in target.keys]
-            checks = [*wanted, ("sm-plain", name)]
-        for claim in checks:
-            if claim in claims:
-                rival = claims[claim]
-                what = "/".join(claim[1:])
-                raise self.error(
-                    target.node,
-                    f"{shown(target.path)}: {shown(what)} is also written by {rival}; two declarations writing one "
-                    "value would overwrite each other on every apply",
-                )
-        for claim in wanted:
-            claims[claim] = decl.address
-        if target.kind == "aws_secretsmanager" and not target.plain:
-            claims.setdefault(("sm-keyed", name), decl.address)
-
-    def _claim(
-        self,
-        decl: Declared,
-        target: OutputTarget,
-        whole: dict[str, str],
-        keyed: dict[tuple[str, str], str],
-        by_file: dict[str, set[str]],
-    ) -> None:
-        from hepinfra.outputs import SPECS
-
-        real, me = target.real, decl.address
-        others = by_file.setdefault(real, set())
-        if me in others:
-            raise self.error(
-                target.node, f"'{shown(target.path)}' is the same file as another output of {me}; merge the two outputs"
-            )
-        whole_file = SPECS[target.kind].claims == "whole"
-        if whole_file and others:
-            raise self.error(
-                target.node,
-                f"'{shown(target.path)}' is also written by {sorted(others)[0]}; a template output writes the whole "
-                "file, so the two would overwrite each other on every apply",
-            )
-        if real in whole:
-            raise self.error(
-                target.node,
-                f"'{shown(target.path)}' is written whole by the template output of {whole[real]}; the two would "
-                "overwrite each other on every apply",
-            )
-        for key, _ in target.keys:
-            owner = keyed.setdefault((real, key), me)
-            if owner != me:
-                raise self.error(
-                    (*target.node[:-1], "keys", key),
-                    f"key {key} in '{shown(target.path)}' is also written by {owner}; two declarations writing one "
-                    "key would overwrite each other's value on every apply",
-                    at_key=True,
-                )
-        if whole_file:
-            whole[real] = me
-        others.add(me)
-
 
 def _kinds() -> dict[str, Any]:
     from hepinfra.kinds import KINDS
 
     return KINDS
-
-
-def decl_where(resolver: _Resolver, target: OutputTarget) -> str:
-    line, col = resolver.values.get(target.node) or (None, None)
-    return f"{resolver.filename}:{line}:{col}" if line else resolver.filename
 
 
 def schema() -> dict[str, Any]:

@@ -76,6 +76,11 @@ class OutputSpecBase(SpecModel):
         """argv templates of the programs it runs at apply (their files are tracked for review)."""
         return []
 
+    @classmethod
+    def remote_claims(cls, target: Any) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+        """A remote output's claims: what it writes, and what no other declaration may write then."""
+        return [], []
+
 
 class FileOutputBase(OutputSpecBase):
     allow_tracked: bool = False

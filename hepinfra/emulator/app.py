@@ -105,7 +105,93 @@ def bearer(header: str | None) -> str | None:
     return value
 
 
-class Emulator:
+class ControlApi:
+    """The test aids under ``/_emulator`` (loopback only): the request log, faults, a password oracle
+    and a database's status and size. Mixed into ``Emulator``, whose state it reads."""
+
+    store: Store
+    log: deque[dict[str, Any]]
+    faults: Faults
+    script: deque[str | None]
+
+    async def get_requests(self, request: Request) -> Response:
+        since = int(request.query_params.get("since", 0))
+        return _json(200, {"ok": True, "data": {"requests": [r for r in self.log if r["seq"] > since]}})
+
+    async def clear_requests(self, request: Request) -> Response:
+        self.log.clear()
+        return _json(200, {"ok": True, "data": {}})
+
+    async def faults_endpoint(self, request: Request) -> Response:
+        if request.method == "PUT":
+            body = await request.json()
+            script = body.pop("script", None) or []
+            unknown = {k for k in script if k is not None} - set(FAULT_KINDS)
+            if unknown:
+                return db_error(400, f"unknown fault kinds {sorted(unknown)}")
+            try:
+                self.faults = parse_faults(body, base=self.faults)
+            except ValueError as exc:
+                return db_error(400, str(exc))
+            self.script.extend(script)
+        return _json(200, {"ok": True, "data": {**asdict(self.faults), "script": list(self.script)}})
+
+    async def check_password(self, request: Request) -> Response:
+        body = await request.json()
+        valid = self.store.check_password(str(body.get("dbUser", "")), str(body.get("password", "")))
+        return _json(200, {"ok": True, "data": {"valid": valid}})
+
+    async def patch_database(self, request: Request) -> Response:
+        body = await request.json()
+        status = body.get("status")
+        if status is not None and status not in ("active", "over_quota", "disabled"):
+            return db_error(400, "status must be active, over_quota or disabled")
+        size = body.get("sizeBytes")
+        if not self.store.set_database(request.path_params["id"], status=status, size_bytes=size):
+            return db_error(404, "Database not found", "NOT_FOUND")
+        return _json(200, {"ok": True, "data": {}})
+
+
+class UploaderApi:
+    """The Uploader: ``POST /upload`` (a bearer upload token, a multipart ``file`` field) and the public
+    ``GET /u/ID/NAME`` that serves it. Mixed into ``Emulator``, whose store it uses."""
+
+    store: Store
+
+    async def upload(self, request: Request) -> Response:
+        token = bearer(request.headers.get("authorization"))
+        if not token:
+            return db_error(401, "Missing bearer token")
+        account = self.store.upload_token(token)
+        if account is None:
+            return db_error(401, "Token revoked")
+        request.state.account = account.id
+        if account.status != "active" or account.uploader == "forbidden":
+            return db_error(403, "Forbidden")
+        if account.uploader == "revoked":
+            return db_error(403, "ACCESS_REQUIRED", "ACCESS_REQUIRED")
+        try:
+            form = await request.form()
+        except Exception:  # starlette raises assorted errors for a malformed multipart body
+            return db_error(400, "Request must be multipart/form-data with a file field")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return db_error(400, "No file provided in the file field")
+        data = await upload.read()
+        filename = upload.filename or "upload.bin"
+        ctype = upload.content_type or "application/octet-stream"
+        upload_id = self.store.add_upload(account.id, filename, ctype, data)
+        url = str(request.base_url).rstrip("/") + f"/u/{upload_id}/{quote(filename)}"
+        return _json(200, {"ok": True, "url": url, "id": upload_id, "size": len(data)})
+
+    async def download(self, request: Request) -> Response:
+        row = self.store.get_upload(request.path_params["id"])
+        if row is None or row["filename"] != request.path_params["filename"]:
+            return db_error(404, "File not found", "NOT_FOUND")
+        return Response(row["data"], media_type=row["content_type"])
+
+
+class Emulator(ControlApi, UploaderApi):
     """The handlers, bound to one Store and one config."""
 
     def __init__(self, store: Store, config: EmulatorConfig | None = None) -> None:
@@ -334,79 +420,10 @@ class Emulator:
 
     # --- Uploader --------------------------------------------------------------------------------
 
-    async def upload(self, request: Request) -> Response:
-        token = bearer(request.headers.get("authorization"))
-        if not token:
-            return db_error(401, "Missing bearer token")
-        account = self.store.upload_token(token)
-        if account is None:
-            return db_error(401, "Token revoked")
-        request.state.account = account.id
-        if account.status != "active" or account.uploader == "forbidden":
-            return db_error(403, "Forbidden")
-        if account.uploader == "revoked":
-            return db_error(403, "ACCESS_REQUIRED", "ACCESS_REQUIRED")
-        try:
-            form = await request.form()
-        except Exception:  # starlette raises assorted errors for a malformed multipart body
-            return db_error(400, "Request must be multipart/form-data with a file field")
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return db_error(400, "No file provided in the file field")
-        data = await upload.read()
-        filename = upload.filename or "upload.bin"
-        ctype = upload.content_type or "application/octet-stream"
-        upload_id = self.store.add_upload(account.id, filename, ctype, data)
-        url = str(request.base_url).rstrip("/") + f"/u/{upload_id}/{quote(filename)}"
-        return _json(200, {"ok": True, "url": url, "id": upload_id, "size": len(data)})
-
-    async def download(self, request: Request) -> Response:
-        row = self.store.get_upload(request.path_params["id"])
-        if row is None or row["filename"] != request.path_params["filename"]:
-            return db_error(404, "File not found", "NOT_FOUND")
-        return Response(row["data"], media_type=row["content_type"])
-
     # --- control API (test aids; not part of hep.gg) ----------------------------------------------
 
     async def index(self, request: Request) -> Response:
         return _json(200, {"ok": True, "service": "hep.gg local emulator", "docs": "docs/emulator.md"})
-
-    async def get_requests(self, request: Request) -> Response:
-        since = int(request.query_params.get("since", 0))
-        return _json(200, {"ok": True, "data": {"requests": [r for r in self.log if r["seq"] > since]}})
-
-    async def clear_requests(self, request: Request) -> Response:
-        self.log.clear()
-        return _json(200, {"ok": True, "data": {}})
-
-    async def faults_endpoint(self, request: Request) -> Response:
-        if request.method == "PUT":
-            body = await request.json()
-            script = body.pop("script", None) or []
-            unknown = {k for k in script if k is not None} - set(FAULT_KINDS)
-            if unknown:
-                return db_error(400, f"unknown fault kinds {sorted(unknown)}")
-            try:
-                self.faults = parse_faults(body, base=self.faults)
-            except ValueError as exc:
-                return db_error(400, str(exc))
-            self.script.extend(script)
-        return _json(200, {"ok": True, "data": {**asdict(self.faults), "script": list(self.script)}})
-
-    async def check_password(self, request: Request) -> Response:
-        body = await request.json()
-        valid = self.store.check_password(str(body.get("dbUser", "")), str(body.get("password", "")))
-        return _json(200, {"ok": True, "data": {"valid": valid}})
-
-    async def patch_database(self, request: Request) -> Response:
-        body = await request.json()
-        status = body.get("status")
-        if status is not None and status not in ("active", "over_quota", "disabled"):
-            return db_error(400, "status must be active, over_quota or disabled")
-        size = body.get("sizeBytes")
-        if not self.store.set_database(request.path_params["id"], status=status, size_bytes=size):
-            return db_error(404, "Database not found", "NOT_FOUND")
-        return _json(200, {"ok": True, "data": {}})
 
 
 def parse_faults(body: dict[str, Any], *, base: Faults | None = None) -> Faults:

@@ -358,6 +358,16 @@ class AwsSecretsManagerOutput(_AwsOutput):
     def _name_source(self) -> str:
         return self.aws_secretsmanager
 
+    @classmethod
+    def remote_claims(cls, target: Any) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+        """One key of a secret, or a plain secret that no one writes keys of (regions aside: the same
+        name with and without ``region:`` may be one secret)."""
+        name = target.path.split(":")[-1]
+        if target.plain:
+            return [("sm-plain", name)], [("sm-plain", name), ("sm-keyed", name)]
+        wanted = [("sm", name, key) for key, _ in target.keys]
+        return [*wanted, ("sm-keyed", name)], [*wanted, ("sm-plain", name)]
+
     def _check_name(self, r: Resolution, name: str, node: tuple[str | int, ...]) -> None:
         if not _SECRET_NAME.fullmatch(name):
             raise r.error(node, f"secret name '{shown(name)}' is not valid: 1 to 512 letters, digits and /_+=.@- only")
@@ -374,6 +384,13 @@ class AwsSsmOutput(_AwsOutput):
 
     def _name_source(self) -> str:
         return self.aws_ssm
+
+    @classmethod
+    def remote_claims(cls, target: Any) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+        """One SSM parameter per key."""
+        name = target.path.split(":")[-1]
+        wanted: list[tuple[str, ...]] = [("ssm", name + key) for key, _ in target.keys]
+        return wanted, wanted
 
     def _check_name(self, r: Resolution, name: str, node: tuple[str | int, ...]) -> None:
         longest = max(len(k) for k in (self.keys or {}))

@@ -213,7 +213,7 @@ class LocalBackend:
                     stale = _read_holder(current)
                     if not _holder_gone(stale):
                         return stale
-                held = self._publish(path, mine, replacing=current)
+                held = _publish(path, mine, replacing=current)
                 if held is None:  # an older hepinfra (it takes no guard) changed the file meanwhile
                     return self.lock_holder(env) or UNREADABLE
             finally:
@@ -225,42 +225,6 @@ class LocalBackend:
                 "cleared the lock of environment '%s' left by a process that is gone: %s", env, stale.describe()
             )
         return None
-
-    def _publish(self, path: Path, mine: LockInfo, *, replacing: int | None) -> Flock | None:
-        """Write ``mine`` to a temp file, flock it, and put it at ``path`` (atomic for any reader).
-
-        ``replacing``: the fd of the stale lock file to replace (None: there is none). Returns
-        None when ``path`` is no longer what was judged.
-        """
-        remove_stale_temps(path)  # made only under the guard, as here: any left is a killed taker's
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=self.directory)
-        held = Flock(fd, path)
-        try:
-            os.write(fd, json.dumps(mine.as_dict()).encode())
-            os.fsync(fd)
-            if not try_flock(fd):
-                raise StateError(f"{path}: cannot lock a new file in {self.directory}")
-            if replacing is not None:
-                if not is_open_at(replacing, path):
-                    held.release()
-                    os.unlink(tmp)
-                    return None
-                os.replace(tmp, path)  # the stale lock is never absent: no window for anyone
-            else:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    held.release()
-                    return None
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-        except BaseException:
-            held.release()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return held
 
     def holder_alive(self, env: str) -> bool:
         """True when the lock's holder provably runs: it keeps the flock on the lock file (and it is not
@@ -351,3 +315,40 @@ def _bytes(path: Path) -> bytes:
             return fh.read(STATE_LIMIT + 1)
     finally:
         os.close(fd)
+
+
+def _publish(path: Path, mine: LockInfo, *, replacing: int | None) -> Flock | None:
+    """Write ``mine`` to a temp file, flock it, and put it at ``path`` (atomic for any reader).
+
+    ``replacing``: the fd of the stale lock file to replace (None: there is none). Returns
+    None when ``path`` is no longer what was judged.
+    """
+    remove_stale_temps(path)  # made only under the guard, as here: any left is a killed taker's
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+    held = Flock(fd, path)
+    try:
+        os.write(fd, json.dumps(mine.as_dict()).encode())
+        os.fsync(fd)
+        if not try_flock(fd):
+            raise StateError(f"{path}: cannot lock a new file in {path.parent}")
+        if replacing is not None:
+            if not is_open_at(replacing, path):
+                held.release()
+                os.unlink(tmp)
+                return None
+            os.replace(tmp, path)  # the stale lock is never absent: no window for anyone
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                held.release()
+                return None
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+    except BaseException:
+        held.release()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return held

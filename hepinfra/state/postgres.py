@@ -125,7 +125,7 @@ class PostgresBackend(StoredBackend):
             (f'"{self.spec.schema_}".states', f'"{self.spec.schema_}".locks'),
         ).fetchone()
         if found and found[0]:
-            self._check_shape(conn)
+            _check_shape(conn, self.spec.schema_, self._place())
             return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("", "schema"),))
@@ -143,22 +143,6 @@ class PostgresBackend(StoredBackend):
                     " env text PRIMARY KEY, lock_id text NOT NULL, holder jsonb NOT NULL,"
                     " session_pid integer NOT NULL, taken_at timestamptz NOT NULL DEFAULT now())"
                 ).format(schema)
-            )
-
-    def _check_shape(self, conn: Any) -> None:
-        """Tables of these names that are not hepinfra's are refused, not misread."""
-        rows = conn.execute(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
-            "AND table_name IN ('states', 'locks')",
-            (self.spec.schema_,),
-        ).fetchall()
-        have = {(str(t), str(c), str(d)) for t, c, d in rows}
-        missing = sorted(f"{t}.{c}" for t, c, d in _SHAPE if (t, c, d) not in have)
-        if missing:
-            raise StateError(
-                f"{self._place()}: the tables states and locks there are not hepinfra's ({missing[0]} is missing or "
-                "of another type)",
-                hint="name another schema: in the state: block",
             )
 
     def _sql(self, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -312,3 +296,20 @@ def _first_line(exc: BaseException) -> str:
 
     text = str(exc).strip().splitlines()
     return redact(" ".join(text[0].split()))[:300] if text else type(exc).__name__
+
+
+def _check_shape(conn: Any, schema: str, place: str) -> None:
+    """Tables of these names that are not hepinfra's are refused, not misread."""
+    rows = conn.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name IN ('states', 'locks')",
+        (schema,),
+    ).fetchall()
+    have = {(str(t), str(c), str(d)) for t, c, d in rows}
+    missing = sorted(f"{t}.{c}" for t, c, d in _SHAPE if (t, c, d) not in have)
+    if missing:
+        raise StateError(
+            f"{place}: the tables states and locks there are not hepinfra's ({missing[0]} is missing or "
+            "of another type)",
+            hint="name another schema: in the state: block",
+        )

@@ -77,7 +77,7 @@ DOTENV_READERS: tuple[DotenvReader, ...] = ("python-dotenv", "compose", "bash")
 class OutputTarget:
     """One output of one database in one environment, paths rendered, ready for a sink."""
 
-    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
+    kind: str  # the output kind: dotenv, template, exec, aws_secretsmanager, aws_ssm, age, or a registered one
     path: str  # relative to the project directory (or absolute with allow_outside), POSIX form; exec: its name
     keys: tuple[tuple[str, str], ...]  # dotenv: (name, value template source)
     template: str | None  # template: the file's path relative to the project directory
@@ -182,7 +182,7 @@ class _Value(BaseModel):
 
 class OutputChange(_Value):
     path: str
-    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
+    kind: str  # the output kind: dotenv, template, exec, aws_secretsmanager, aws_ssm, age, or a registered one
     reason: str
 
 

@@ -53,6 +53,10 @@ class Registry(Mapping[str, T], Generic[T]):
         self._where[kind] = where
         self._made.pop(kind, None)
 
+    def unregister(self, kind: str) -> None:
+        self._where.pop(kind, None)
+        self._made.pop(kind, None)
+
 
 SINKS: Registry[Sink] = Registry(  # files of the project
     {

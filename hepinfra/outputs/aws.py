@@ -324,7 +324,7 @@ class _AwsOutput(OutputSpecBase):
         definition = {"kind": kind, "name": name, "region": self.region, "keys": sorted(keys),
                       "kms_key_id": self.kms_key_id}  # fmt: skip
         return OutputTarget(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             path=path,
             keys=keys,
             template=None,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -101,12 +102,22 @@ class StateCrypto(_Value):
         return value
 
 
+def _registered_output(kind: str) -> str:
+    """An output record names an output kind that has a sink: state that others can write never
+    reaches code by a kind it made up."""
+    from hepinfra.outputs import REMOTE_SINKS, SINKS
+
+    if kind not in SINKS and kind not in REMOTE_SINKS:
+        raise ValueError(f"'{kind[:40]}' is not an output kind")
+    return kind
+
+
 class OutputRecord(_Value):
     """What hepinfra last wrote to one output of one resource, as keyed digests."""
 
     database: str  # the resource's reference: its key for a database, ``ids.KEY`` / ``uploads.KEY`` else
     path: str
-    kind: Literal["dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"]
+    kind: Annotated[str, AfterValidator(_registered_output)]  # a registered output kind (its sink retires it)
     digest: str  # keyed digest of the managed content as written
     password_digest: str  # keyed digest of the secret it holds (password, id value, upload URL)
     definition_digest: str  # what the manifest asked for (changes when the template does)

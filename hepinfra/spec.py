@@ -7,12 +7,14 @@ Must not: know a kind or an output (they build on this), do I/O.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, WithJsonSchema
 
-from hepinfra.values import parse_duration
+from hepinfra.values import OutputTarget, parse_duration
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -86,3 +88,26 @@ class FileOutputBase(OutputSpecBase):
     allow_tracked: bool = False
     allow_outside: bool = False
     mode: Mode = "0600"
+
+    def file_target(
+        self, path: str, real: Any, node: tuple[str | int, ...], definition: dict[str, Any], **fields: Any
+    ) -> OutputTarget:
+        """The resolved target of a file of the project; ``definition`` (what is rendered, never a
+        value) gains its path and mode before it is digested."""
+        values: dict[str, Any] = {"keys": (), "template": None, "template_source": None, **fields}
+        return OutputTarget(
+            kind=self.kind,
+            path=path,
+            mode=int(self.mode, 8),
+            allow_tracked=self.allow_tracked,
+            allow_outside=self.allow_outside,
+            definition_digest=definition_digest({**definition, "path": path, "mode": self.mode}),
+            real=str(real),
+            node=node,
+            **values,
+        )
+
+
+def definition_digest(definition: dict[str, Any]) -> str:
+    """Changes when what an output would render changes (its templates, names, paths), not the secret."""
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32]

@@ -12,8 +12,6 @@ Must not: hold an identity (private key), or put a value in an exception.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -131,19 +129,5 @@ class AgeOutput(FileOutputBase):
             raise r.error(where, str(exc)) from None
         for k, source_text in self.keys.items():
             r.dry_render(source_text, value_context, (*base, "keys", k))
-        definition = {"kind": "age", "keys": sorted(self.keys.items()), "recipients": sorted(found),
-                      "path": path, "mode": self.mode}  # fmt: skip
-        return OutputTarget(
-            kind="age",
-            path=path,
-            keys=tuple(self.keys.items()),
-            template=None,
-            template_source=None,
-            mode=int(self.mode, 8),
-            allow_tracked=self.allow_tracked,
-            allow_outside=self.allow_outside,
-            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
-            real=str(real),
-            node=node,
-            recipients=found,
-        )
+        definition = {"kind": "age", "keys": sorted(self.keys.items()), "recipients": sorted(found)}
+        return self.file_target(path, real, node, definition, keys=tuple(self.keys.items()), recipients=found)

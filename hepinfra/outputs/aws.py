@@ -14,7 +14,6 @@ Must not: put a value in a message; create anything but the named secret or para
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -27,7 +26,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.outputs.base import Written, delivered, observed, render_keys
 from hepinfra.safety.paths import shown
-from hepinfra.spec import ARGV_VARIABLES, EnvVarName, OutputSpecBase
+from hepinfra.spec import ARGV_VARIABLES, EnvVarName, OutputSpecBase, definition_digest
 from hepinfra.values import ObservedOutput, OutputTarget
 
 if TYPE_CHECKING:
@@ -332,7 +331,7 @@ class _AwsOutput(OutputSpecBase):
             mode=0o600,
             allow_tracked=False,
             allow_outside=False,
-            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            definition_digest=definition_digest(definition),
             node=node,
             kms_key_id=self.kms_key_id,
             plain=plain is not None,

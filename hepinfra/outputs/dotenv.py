@@ -11,8 +11,6 @@ Must not: show a value in an error.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,18 +361,4 @@ class DotenvOutput(FileOutputBase):
         readers = tuple(x for x in DOTENV_READERS if x in self.readers)
         if readers != DOTENV_READERS:  # the default leaves the digest as it always was
             definition["readers"] = list(readers)
-        definition.update(path=path, mode=self.mode)
-        return OutputTarget(
-            kind="dotenv",
-            path=path,
-            keys=tuple(self.keys.items()),
-            template=None,
-            template_source=None,
-            mode=int(self.mode, 8),
-            allow_tracked=self.allow_tracked,
-            allow_outside=self.allow_outside,
-            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
-            real=str(real),
-            node=node,
-            readers=readers,
-        )
+        return self.file_target(path, real, node, definition, keys=tuple(self.keys.items()), readers=readers)

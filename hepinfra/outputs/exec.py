@@ -14,7 +14,6 @@ Must not: put a value in argv, the environment, an exception or a log line.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from pydantic import Field
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.outputs.base import Written, delivered, keyed_payload, observed, render_keys
-from hepinfra.spec import Duration, EnvVarName, OutputSpecBase
+from hepinfra.spec import Duration, EnvVarName, OutputSpecBase, definition_digest
 from hepinfra.values import ObservedOutput, OutputTarget
 
 if TYPE_CHECKING:
@@ -255,7 +254,7 @@ class ExecOutput(OutputSpecBase):
             mode=0o600,
             allow_tracked=False,
             allow_outside=False,
-            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
+            definition_digest=definition_digest(definition),
             node=(*base, "exec"),
             argv=command,
             read_argv=read,

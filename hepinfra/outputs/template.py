@@ -7,8 +7,6 @@ and resolution (``TemplateOutput``). Must not: show a value in an error.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -75,18 +73,5 @@ class TemplateOutput(FileOutputBase):
         path, real = r.check_path(r.render(self.path, context, node), self, node)
         source = r.template_file(self.template, (*base, "template"), self.allow_outside)
         r.dry_render(source, value_context, (*base, "template"), file=self.template)
-        definition = {"kind": "template", "source": source, "path": path, "mode": self.mode}
-        return OutputTarget(
-            kind="template",
-            path=path,
-            keys=(),
-            template=self.template,
-            template_source=source,
-            mode=int(self.mode, 8),
-            allow_tracked=self.allow_tracked,
-            allow_outside=self.allow_outside,
-            definition_digest=hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:32],
-            real=str(real),
-            node=node,
-            readers=DOTENV_READERS,
-        )
+        return self.file_target(path, real, node, {"kind": "template", "source": source}, template=self.template,
+                                template_source=source, readers=DOTENV_READERS)  # fmt: skip

@@ -93,10 +93,30 @@ HEPINFRA_GITIGNORE = b"""\
 """
 
 
+def refuse_links(directory: Path, project_dir: Path) -> None:
+    """hepinfra's own directory (``.hepinfra`` and below) is used only as real directories and files:
+    a link committed there (to a file anywhere the user can write, or a key of the committer's
+    choosing) is refused, never followed."""
+    from hepinfra.errors import UsageError
+
+    here = directory
+    while here != project_dir and project_dir in here.parents:
+        if here.is_symlink():
+            raise UsageError(f"{here}: is a symbolic link; hepinfra's own files are never used through one (remove it)")
+        here = here.parent
+    if directory.is_dir() and not directory.is_symlink():
+        for entry in directory.iterdir():
+            if entry.is_symlink():
+                raise UsageError(
+                    f"{entry}: is a symbolic link; hepinfra's own files are never used through one (remove it)"
+                )
+
+
 def ensure_hepinfra_dir(project_dir: Path) -> Path:
     """``<project>/.hepinfra`` (mode 0700), with a ``.gitignore`` written the first time, as ``.terraform``
     users expect: ``git add .`` never picks up the local credentials, locks or emulator data."""
     directory = project_dir / ".hepinfra"
+    refuse_links(directory, project_dir)
     ignore = directory / ".gitignore"
     if not ignore.exists():
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -134,6 +134,7 @@ class Manifest:
     model: ManifestModel
     declared: dict[str, tuple[Declared, ...]]  # env -> declarations
     digest: str  # sha256 of the manifest file and every template file it uses
+    sources: tuple[str, ...] = ()  # the files it reads besides itself (templates, recipients, uploads), as named
 
     @property
     def environments(self) -> list[str]:
@@ -383,7 +384,8 @@ def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = N
             kind.check(resolver, declared)
     check_outputs(resolver, declared)
     digest = hashlib.sha256(raw + b"".join(resolver.template_bytes[k] for k in sorted(resolver.template_bytes)))
-    return Manifest(file, project_dir, model, declared, digest.hexdigest())
+    sources = tuple(sorted({k.removeprefix("upload:") for k in resolver.template_bytes}))
+    return Manifest(file, project_dir, model, declared, digest.hexdigest(), sources)
 
 
 class _Resolver(Resolution):

@@ -228,7 +228,7 @@ def plan_signatures(plan: Plan, access: dict[str, EnvAccess], states: dict[str, 
         state = states.get(env) or State(environment=env, lineage="none")
         digester = access[env].digester(state) if env in access else None
         if digester is not None and digester.secret:
-            found[env] = digester("hepinfra-plan-v1\0" + payload)
+            found[env] = digester.sign("hepinfra-plan-v1\0" + payload)
     return found
 
 

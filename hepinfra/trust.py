@@ -15,7 +15,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepinfra.errors import UsageError
@@ -90,6 +90,12 @@ def open_base(manifest_path: str | Path, ref: str) -> Base:
     top = Path(found.stdout.decode().strip()).resolve()
     if not (top / ".git").exists() or (top / ".git").is_symlink():
         raise UsageError(f"--base {ref}: {top} is not the work tree of a Git repository (it has no .git)")
+    superproject = _git(top, "rev-parse", "--show-superproject-working-tree").stdout.decode().strip()
+    if superproject:  # a pull request can turn the manifest's folder into a submodule of its own repository
+        raise UsageError(
+            f"--base {ref}: {top} is a Git submodule of {superproject}; plan --base reads the base only from the "
+            "repository that holds the manifest itself, never from a submodule"
+        )
     _no_link_inside(written, top, ref)
     path = written.resolve()
     commit = _git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
@@ -294,6 +300,10 @@ def review(manifest: Manifest, base: Base) -> list[ReviewLine]:
         changed_program = _program_change(item, base, manifest.project_dir)
         if changed_program:
             lines.append(ReviewLine(f"program {_short(item, 200)}", changed_program))
+    for source in manifest.sources:  # templates, recipients files, upload sources: what outputs render
+        changed_source = _program_change(source, base, manifest.project_dir, "what is rendered or published changes")
+        if changed_source:
+            lines.append(ReviewLine(f"file {_short(source, 200)}", changed_source))
     return lines
 
 
@@ -322,26 +332,55 @@ def _short(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _program_change(item: str, base: Base, project_dir: Path) -> str | None:
-    """An argv item that names a file of the repository (relative to the project, where commands run):
-    "new" or "changed" against the base, by Git object id; None otherwise."""
+def _program_change(item: str, base: Base, project_dir: Path, what: str = "runs at apply") -> str | None:
+    """A path (an argv item, or a file an output reads) against the base, by Git object id: a new or
+    changed file of the repository; one reached through a symbolic link unless the base has the same
+    link; one outside the repository through a link. None when it is the base's, or names no file."""
     if "{{" in item or "{%" in item or not item or "\0" in item:
         return None
-    candidate = (project_dir / item) if not PurePosixPath(item).is_absolute() else Path(item)
+    written = Path(os.path.abspath(project_dir / item))
     try:
-        real = candidate.resolve()
-        if not real.is_file() or not real.is_relative_to(base.top):
+        real = written.resolve()
+    except (OSError, RuntimeError):
+        return None
+    if real != written:  # a link on the way: judged by the link itself, which a pull request can change
+        if not written.is_relative_to(base.top):
             return None
-        data = real.read_bytes() if real.stat().st_size <= 64 * 1024 * 1024 else None
-    except (OSError, ValueError, RuntimeError):
+        link = _first_link(written, base.top)
+        if link is None:
+            return None
+        rel = link.relative_to(base.top).as_posix()
+        target = os.readlink(link).encode()
+        if base.blob_id(rel) != _blob_id(target):
+            return f"{rel} is a symbolic link to {target.decode(errors='replace')[:200]} (new or changed): {what}"
+        if not real.is_relative_to(base.top):
+            return f"{rel} leads outside the repository, to {real}: {what}"
+        written = real
+    try:
+        if not written.is_file() or not written.is_relative_to(base.top):
+            return None
+        data = written.read_bytes() if written.stat().st_size <= 64 * 1024 * 1024 else None
+    except (OSError, ValueError):
         return None
     if data is None:
-        return "changed (too large to compare)"
-    rel = real.relative_to(base.top).as_posix()
-    now = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+        return f"changed (too large to compare): {what}"
+    rel = written.relative_to(base.top).as_posix()
     then = base.blob_id(rel)
     if then is None:
-        return f"new file {rel}: runs at apply"
-    if then != now:
-        return f"{rel} changed since {base.ref}: runs at apply"
+        return f"new file {rel}: {what}"
+    if then != _blob_id(data):
+        return f"{rel} changed since {base.ref}: {what}"
+    return None
+
+
+def _blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _first_link(path: Path, top: Path) -> Path | None:
+    parts = path.relative_to(top).parts
+    for i in range(1, len(parts) + 1):
+        here = top.joinpath(*parts[:i])
+        if here.is_symlink():
+            return here
     return None

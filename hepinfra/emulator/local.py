@@ -21,7 +21,7 @@ import httpx
 from hepinfra.emulator.app import EmulatorConfig, FaultsAndLog
 from hepinfra.emulator.seed import seed_from_flags
 from hepinfra.emulator.server import build_app
-from hepinfra.fsutil import ensure_hepinfra_dir
+from hepinfra.fsutil import ensure_hepinfra_dir, refuse_links
 from hepinfra.safety.redact import register
 
 LOCAL_SLOTS = 100
@@ -64,7 +64,7 @@ def _credentials(directory: Path) -> LocalCredentials:
     )
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(creds.__dict__, fh)
         fh.flush()
@@ -89,6 +89,7 @@ def open_local(
             config = replace(config, servers={**servers, **config.servers})
     ensure_hepinfra_dir(project_dir)
     directory = local_dir(project_dir)
+    refuse_links(directory, project_dir)
     creds = _credentials(directory)
     seed = seed_from_flags(
         [creds.db_key], [(creds.id_username, creds.id_token)], [creds.upload_token], slots=LOCAL_SLOTS

@@ -95,7 +95,7 @@ class AgeOutput(FileOutputBase):
     """A dotenv body encrypted to recipients with age: a file that is safe to commit."""
 
     kind: ClassVar[str] = "age"
-    review_fields: ClassVar[tuple[str, ...]] = ("age", "recipients", "recipients_file")
+    review_fields: ClassVar[tuple[str, ...]] = ("age", "recipients", "recipients_file", "keys")
     claims: ClassVar[str] = "whole"  # keys inside a file, a whole file, or nothing of the project
     remote: ClassVar[bool] = False
 

@@ -342,7 +342,7 @@ class AwsSecretsManagerOutput(_AwsOutput):
     """One secret: a JSON object of the keys (merged with keys that are not hepinfra's), or one value."""
 
     kind: ClassVar[str] = "aws_secretsmanager"
-    review_fields: ClassVar[tuple[str, ...]] = ("aws_secretsmanager", "region", "kms_key_id")
+    review_fields: ClassVar[tuple[str, ...]] = ("aws_secretsmanager", "region", "kms_key_id", "keys", "value")
 
     aws_secretsmanager: str = Field(min_length=1)  # the secret's name, a template (env, key, name, vars)
     keys: dict[EnvVarName, str] | None = Field(default=None, min_length=1)
@@ -376,7 +376,7 @@ class AwsSsmOutput(_AwsOutput):
     """One SecureString parameter per key: <prefix><KEY>."""
 
     kind: ClassVar[str] = "aws_ssm"
-    review_fields: ClassVar[tuple[str, ...]] = ("aws_ssm", "region", "kms_key_id")
+    review_fields: ClassVar[tuple[str, ...]] = ("aws_ssm", "region", "kms_key_id", "keys")
 
     aws_ssm: str = Field(min_length=1)  # the name prefix, a template (env, key, name, vars)
     keys: dict[EnvVarName, str] = Field(min_length=1)

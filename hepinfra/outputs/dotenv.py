@@ -342,6 +342,7 @@ class DotenvOutput(FileOutputBase):
     """Manage some keys inside a dotenv file, keeping every other entry."""
 
     kind: ClassVar[str] = "dotenv"
+    review_fields: ClassVar[tuple[str, ...]] = ("dotenv", "keys", "readers", "mode", "allow_tracked")
     claims: ClassVar[str] = "keys"  # keys inside a file, a whole file, or nothing of the project
     remote: ClassVar[bool] = False
 

@@ -222,7 +222,7 @@ class ExecOutput(OutputSpecBase):
     kind: ClassVar[str] = "exec"
     claims: ClassVar[str] = "remote"  # keys inside a file, a whole file, or nothing of the project
     remote: ClassVar[bool] = True  # no file of the project: observed only by a refreshing plan
-    review_fields: ClassVar[tuple[str, ...]] = ("exec", "read", "pass_env", "timeout")
+    review_fields: ClassVar[tuple[str, ...]] = ("exec", "read", "pass_env", "timeout", "keys")
 
     exec: list[str] = Field(min_length=1)  # argv templates: env, key, name, vars; never a secret
     keys: dict[EnvVarName, str] = Field(min_length=1)

@@ -60,6 +60,7 @@ class TemplateOutput(FileOutputBase):
     """Render a Jinja2 template file to a path."""
 
     kind: ClassVar[str] = "template"
+    review_fields: ClassVar[tuple[str, ...]] = ("template", "path", "mode", "allow_tracked")
     claims: ClassVar[str] = "whole"  # keys inside a file, a whole file, or nothing of the project
     remote: ClassVar[bool] = False
 

@@ -131,7 +131,10 @@ def local_key(project_dir: Path) -> str:
     """The state key of the embedded local hep.gg (``url: local``) when HEPINFRA_STATE_KEY is unset: a
     random 32-byte key in ``.hepinfra/local/state.key`` (mode 0600), made at first use. Only the
     sandbox gets one: against a real hep.gg the variable is required."""
+    from hepinfra.fsutil import refuse_links
+
     path = project_dir / ".hepinfra" / "local" / "state.key"
+    refuse_links(path.parent, project_dir)
     try:
         text = path.read_text().strip()
     except FileNotFoundError:
@@ -149,7 +152,7 @@ def local_key(project_dir: Path) -> str:
     text = base64.b64encode(os.urandom(32)).decode()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text + "\n")
         fh.flush()

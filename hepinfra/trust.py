@@ -108,7 +108,7 @@ def open_base(manifest_path: str | Path, ref: str) -> Base:
     rel = path.relative_to(top).as_posix() if path.is_relative_to(top) else None
     if rel is None:
         raise UsageError(f"--base {ref}: the manifest {path} is outside the repository {top}")
-    shown = _git(top, "show", f"{sha}:{rel}")
+    shown = _git(top, "cat-file", "blob", f"{sha}:{rel}")  # the bytes as stored: no filter, no textconv
     model = None
     if shown.returncode == 0:
         model = _parse(shown.stdout, f"{ref}:{rel}")

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hepinfra import yamlpos
 from hepinfra.errors import ManifestError
 from hepinfra.safety.paths import Boundary, Refused, shown
 from hepinfra.spec import ARGV_VARIABLES, SECRET_VARIABLES, FileOutputBase
 
-if TYPE_CHECKING:
-    from hepinfra.manifest import ManifestModel
-
 
 class Resolution:
-    """Shared by the loader's resolver and the kinds and outputs it asks."""
+    """Shared by the loader's resolver and the kinds and outputs it asks. ``model`` is the loader's
+    ``ManifestModel`` (typed loosely here: this layer sits below the loader)."""
 
     def __init__(
-        self, model: ManifestModel, project_dir: Path, filename: str, values: yamlpos.Positions, keys: yamlpos.Positions
+        self, model: Any, project_dir: Path, filename: str, values: yamlpos.Positions, keys: yamlpos.Positions
     ) -> None:
         self.model, self.project_dir, self.filename = model, project_dir, filename
         self.values, self.keys = values, keys

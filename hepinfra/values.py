@@ -16,16 +16,30 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from hepinfra import __version__
 
-if TYPE_CHECKING:
-    from hepinfra.hepgg.models import DatabaseSummary
+
+class DatabaseSummary(Protocol):
+    """What a List answer says of one database (``hepgg.models.DatabaseSummary`` has it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def status(self) -> str | None: ...
+
 
 RESOURCE_SECTIONS = ("databases", "ids", "uploads")  # the resource kinds, in plan order
+# every output kind with a sink (``hepinfra.outputs`` registers them): a state record naming another
+# kind is refused when state is read, so state that others can write never reaches code by a made-up kind
+OUTPUT_KINDS: set[str] = set()
 
 # --- durations -------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import HepinfraError, LockError, OutputError
 from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
-from hepinfra.outputs import REMOTE_SINKS, SINKS
+from hepinfra.outputs import REMOTE_SINKS, SINKS, SPECS
 from hepinfra.outputs.base import Written, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
 from hepinfra.safety.paths import Boundary, Refused, inside, shown
@@ -267,7 +267,7 @@ class OutputWriter:
             return REMOTE_SINKS[record.kind].retire(_record_target(record), keys, record.key_digests, digest)
 
     def _retire_locked(self, real: Path, record: OutputRecord, digest: Digester) -> None:
-        if record.kind in ("template", "age") and real in self._declared_keys:
+        if SPECS[record.kind].claims == "whole" and real in self._declared_keys:
             return  # another declaration writes this file now: it is theirs, not ours to remove
         sink = SINKS[record.kind]
         with flock_path(output_lock_file(self.lock_dir, real)):

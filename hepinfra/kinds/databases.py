@@ -19,11 +19,9 @@ from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due, output
 from hepinfra.outputs import OutputSpec
 from hepinfra.spec import PLATFORM_NAME, Duration, EnvVarName, Ident, SpecModel
 from hepinfra.state.model import State
-from hepinfra.values import Action, Change, Declared, Diagnostic, EnvFacts, RotateRequest
+from hepinfra.values import Action, Change, DatabaseSummary, Declared, Diagnostic, EnvFacts, RotateRequest
 
 if TYPE_CHECKING:
-    from hepinfra.hepgg.models import DatabaseSummary
-    from hepinfra.manifest import Manifest
     from hepinfra.resolution import Resolution
 
 
@@ -43,7 +41,7 @@ def _headline(change: Change) -> str:
 
 
 def reveal_candidates(
-    manifest: Manifest,
+    manifest: Any,
     states: Mapping[str, State | None],
     facts: Mapping[str, EnvFacts],
     *,

@@ -27,7 +27,6 @@ from hepinfra.values import Action, Change, Declared, Diagnostic, clip
 
 if TYPE_CHECKING:
     from hepinfra.hepgg import Hepgg
-    from hepinfra.manifest import Manifest
     from hepinfra.resolution import Resolution
 
 SECTION = "ids"
@@ -38,7 +37,7 @@ def options_digest(decl: Declared) -> str:
     return hashlib.sha256(json.dumps([decl.engine, list(decl.options)], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def id_vars(manifest: Manifest, env: str, hepgg: Hepgg) -> tuple[str, str]:
+def id_vars(manifest: Any, env: str, hepgg: Hepgg) -> tuple[str, str]:
     """The variables holding the ID Generator's username and token for ``env``."""
     from hepinfra.hepgg.config import ID_TOKEN_VAR, ID_USERNAME_VAR
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hepinfra.state.model import State
 from hepinfra.values import (
@@ -24,9 +24,6 @@ from hepinfra.values import (
     RotateRequest,
     format_duration,
 )
-
-if TYPE_CHECKING:
-    from hepinfra.manifest import Manifest
 
 
 def _age(seconds: float) -> str:
@@ -108,7 +105,7 @@ _DROPPED_STEPS = {
 class EnvInput:
     """What a kind's planner gets for one environment (all pure values)."""
 
-    manifest: Manifest
+    manifest: Any  # the loaded Manifest (the loader sits above the kinds)
     env: str
     state: State
     facts: EnvFacts

@@ -25,13 +25,12 @@ from hepinfra.values import Action, Change, Declared, Diagnostic
 
 if TYPE_CHECKING:
     from hepinfra.hepgg import Hepgg
-    from hepinfra.manifest import Manifest
     from hepinfra.resolution import Resolution
 
 SECTION = "uploads"
 
 
-def upload_var(manifest: Manifest, env: str, hepgg: Hepgg) -> str:
+def upload_var(manifest: Any, env: str, hepgg: Hepgg) -> str:
     from hepinfra.hepgg.config import UPLOAD_TOKEN_VAR
 
     return UPLOAD_TOKEN_VAR if hepgg.local else manifest.env_spec(env).upload_token_env or UPLOAD_TOKEN_VAR

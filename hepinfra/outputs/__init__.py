@@ -22,6 +22,7 @@ from hepinfra.outputs.base import RemoteSink, Sink
 from hepinfra.outputs.dotenv import DotenvOutput
 from hepinfra.outputs.exec import ExecOutput
 from hepinfra.outputs.template import TemplateOutput
+from hepinfra.values import OUTPUT_KINDS
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def __init__(self, where: Mapping[str, str]) -> None:
         self._where = dict(where)
         self._made: dict[str, T] = {}
+        OUTPUT_KINDS.update(where)
 
     def __getitem__(self, kind: str) -> T:
         if kind not in self._made:
@@ -52,10 +54,12 @@ class Registry(Mapping[str, T], Generic[T]):
         """Add a sink (``"module:Class"``): how an output kind defined outside the package joins."""
         self._where[kind] = where
         self._made.pop(kind, None)
+        OUTPUT_KINDS.add(kind)
 
     def unregister(self, kind: str) -> None:
         self._where.pop(kind, None)
         self._made.pop(kind, None)
+        OUTPUT_KINDS.discard(kind)
 
 
 SINKS: Registry[Sink] = Registry(  # files of the project

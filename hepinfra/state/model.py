@@ -105,9 +105,9 @@ class StateCrypto(_Value):
 def _registered_output(kind: str) -> str:
     """An output record names an output kind that has a sink: state that others can write never
     reaches code by a kind it made up."""
-    from hepinfra.outputs import REMOTE_SINKS, SINKS
+    from hepinfra.values import OUTPUT_KINDS
 
-    if kind not in SINKS and kind not in REMOTE_SINKS:
+    if kind not in OUTPUT_KINDS:
         raise ValueError(f"'{kind[:40]}' is not an output kind")
     return kind
 

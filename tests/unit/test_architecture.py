@@ -22,25 +22,16 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """Line numbers of imports under ``if TYPE_CHECKING:`` (never run)."""
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            lines |= {sub.lineno for sub in ast.walk(node) if isinstance(sub, ast.Import | ast.ImportFrom)}
-    return lines
-
-
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the package's modules it imports anywhere (top level or inside a function)."""
+    """Module -> the package's modules it imports anywhere: top level, inside a function, or for type
+    checking only (a layer's types come from below it too)."""
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        skip = _type_checking_only(tree)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in skip:
+            if not isinstance(node, ast.Import | ast.ImportFrom):
                 continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

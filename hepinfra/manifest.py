@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
-import re
 import types
 import typing
 from collections.abc import Callable
@@ -148,7 +147,9 @@ class Manifest:
         spec = self.env_spec(env)
         if spec.db_key_env:
             return (spec.db_key_env,)
-        return (f"HEPGG_DB_KEY_{re.sub(r'[^A-Za-z0-9]', '_', env).upper()}", "HEPGG_DB_KEY")
+        from hepinfra.safety.credentials import db_key_default
+
+        return (db_key_default(env), "HEPGG_DB_KEY")
 
 
 # --- loading ---------------------------------------------------------------------------------------

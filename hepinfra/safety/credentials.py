@@ -5,9 +5,8 @@ environment of every child process (exec outputs' commands, their ``read:`` comm
 ``after_rotate`` hooks).
 
 ``CREDENTIAL_SETTINGS`` names the manifest settings that decide where a credential is read from or
-where one may go. Other code reads this tuple (a ``plan --base`` check that a pull request cannot
-change where credentials go compares exactly these settings; ``located_settings`` lists them with
-their values):
+where one may go (``plan --base`` compares the environments' ones, ``ENVIRONMENT_SETTINGS``, with the
+base's; the rest reach commands only at apply and are listed for review):
 
 - ``db_key_env``, ``id_username_env``, ``id_token_env``, ``upload_token_env``: under
   ``environments.<env>``, the variables holding that environment's hep.gg credentials;
@@ -113,29 +112,6 @@ def credential_sources(manifest: Any) -> dict[str, str]:
 def credentials(manifest: Any) -> frozenset[str]:
     """The names of ``credential_sources``."""
     return frozenset(credential_sources(manifest))
-
-
-def located_settings(manifest: Any) -> dict[str, Any]:
-    """The manifest's ``CREDENTIAL_SETTINGS`` as declared, by dotted path (``environments.prod.db_key_env``,
-    ``state.url_env``, ``databases.shop.outputs.0.pass_env``, ``databases.shop.after_rotate_pass_env``);
-    unset ones are left out. Two manifests whose maps differ send credentials to different places."""
-    model = _model(manifest)
-    found: dict[str, Any] = {}
-    for env, spec in model.environments.items():
-        for setting in ENV_SETTINGS:
-            if getattr(spec, setting, None):
-                found[f"environments.{env}.{setting}"] = getattr(spec, setting)
-    if getattr(model.state, "backend", None) == "postgres":
-        found["state.url_env"] = model.state.url_env
-    for section in ("databases", "ids", "uploads"):
-        for key, spec in getattr(model, section).items():
-            hook = getattr(spec, "after_rotate_pass_env", None)
-            if hook:
-                found[f"{section}.{key}.after_rotate_pass_env"] = tuple(hook)
-            for i, output in enumerate(spec.outputs):
-                if getattr(output, "pass_env", None):
-                    found[f"{section}.{key}.outputs.{i}.pass_env"] = tuple(output.pass_env)
-    return found
 
 
 def refused_pass_env(name: str, sources: Mapping[str, str], field: str = "pass_env") -> str | None:

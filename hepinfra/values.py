@@ -37,9 +37,10 @@ class DatabaseSummary(Protocol):
 
 
 RESOURCE_SECTIONS = ("databases", "ids", "uploads")  # the resource kinds, in plan order
-# every output kind with a sink (``hepinfra.outputs`` registers them): a state record naming another
-# kind is refused when state is read, so state that others can write never reaches code by a made-up kind
-OUTPUT_KINDS: set[str] = set()
+# every output kind with a sink: the package's own, and any ``hepinfra.outputs.register`` adds. A state
+# record naming another kind is refused when state is read (even by a process that never loads the
+# sinks), so state that others can write never reaches code by a made-up kind
+OUTPUT_KINDS: set[str] = {"dotenv", "template", "exec", "aws_secretsmanager", "aws_ssm", "age"}
 
 # --- durations -------------------------------------------------------------------------------------
 

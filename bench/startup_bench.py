@@ -15,7 +15,7 @@ untimed warm-up each):
 * ``python -c pass``, and the import floors: the base libraries the example needs, with and
   without Starlette and SQLite (``url: local`` serves the embedded hep.gg with them), and for
   each command the floor of exactly the libraries it imports (found by one untimed run);
-* ``hepinfra --version``;
+* ``hepinfra --version``, run as the ``hepinfra`` executable runs it (``hepinfra.cli.entry``);
 * ``plan --no-refresh --detailed-exitcode`` on ``examples/hepgg.yaml`` (``url: local``), in a
   copy per tree, after one ``apply --auto-approve`` there (exit 0: no changes);
 * the same on a generated manifest of --databases databases (default 1,000; ``url: local``, one
@@ -52,7 +52,11 @@ PY = [sys.executable]  # "-s" is added in main() when the dependencies import wi
 
 
 def cli(*args: str) -> str:
-    return f"from hepinfra.cli import main; main({list(args)!r})"
+    """The command as the ``hepinfra`` executable runs it: ``hepinfra.cli.entry`` (``main`` where a
+    tree has no ``entry``, as before ``entry`` existed)."""
+    return (
+        f"import sys; sys.argv = ['hepinfra', *{list(args)!r}]; import hepinfra.cli as c; getattr(c, 'entry', c.main)()"
+    )
 
 
 def cli_unlimited_slots(*args: str) -> str:
@@ -64,6 +68,18 @@ def which_libraries(code: str) -> str:
     """``code``, printing on stderr at exit which of the floor's libraries it imported."""
     libs = [*BASE_LIBS.split(", "), "starlette", "sqlite3", "uvicorn"]
     report = f"print('LIBS', *[m for m in {libs!r} if m in sys.modules], file=sys.stderr)"
+    return f"import atexit, sys; atexit.register(lambda: {report}); {code}"
+
+
+def which_modules(code: str, tree: Path) -> str:
+    """``code``, printing on stderr at exit every module it loaded that is not the tree's own
+    hepinfra nor the standard library's: the third-party libraries as they were used (pydantic's
+    lazily-loaded internals and Starlette's submodules included, which a bare ``import`` skips)."""
+    report = (
+        "print('MODS', *sorted(n for n, m in list(sys.modules.items()) "
+        "if 'site-packages' in (getattr(m, '__file__', None) or '') and not n.startswith('hepinfra')), "
+        "file=sys.stderr)"
+    )
     return f"import atexit, sys; atexit.register(lambda: {report}); {code}"
 
 
@@ -205,6 +221,7 @@ def main() -> None:
         # which of the libraries each command imports (one untimed run each): the floor of its own libraries
         imported: dict[str, list[str]] = {}
         own: dict[str, str] = {}  # command -> the label of its own-libraries floor
+        used: dict[str, str] = {}  # plan -> the label of the floor of every third-party module it loads
         floors = {
             "python -c pass": "pass",
             "floor: base libraries": floor_libs,
@@ -220,6 +237,12 @@ def main() -> None:
             own[case.label] = f"floor: libraries of {case.label}" if libs else "python -c pass"
             if libs:
                 floors[own[case.label]] = f"import {', '.join(libs)}"
+            if case.floor != "python -c pass":  # the plans: every third-party module they load
+                _, proc = run(which_modules(case.code, trees["after"]), trees["after"], case.cwd["after"])
+                check(proc, 0, f"after: {case.label}")
+                mods = [ln for ln in proc.stderr.splitlines() if ln.startswith("MODS")][-1].split()[1:]
+                used[case.label] = f"floor: modules of {case.label}"
+                floors[used[case.label]] = f"import {', '.join([*mods, 'sqlite3'])}"
         cases = [Case(label, code, same) for label, code in floors.items()] + commands
 
         walls: dict[str, dict[str, list[float]]] = {}
@@ -239,7 +262,10 @@ def main() -> None:
             f"{' '.join(PY[1:])}; medians of {args.runs} runs (ms), wall of the whole process"
         )
         width = max(len(label) for label in ms)
-        header = f"{'command':<{width}} {'before':>7} {'after':>7} {'ratio':>6} {'after-floor':>11} {'after-own':>9}"
+        header = (
+            f"{'command':<{width}} {'before':>7} {'after':>7} {'ratio':>6} {'after-floor':>11} {'after-own':>9} "
+            f"{'after-used':>10}"
+        )
         print(header)
         print("-" * len(header))
         results: dict[str, Any] = {
@@ -255,6 +281,8 @@ def main() -> None:
             row = f"{case.label:<{width}} {b:>7.0f} {a:>7.0f} {a / b:>6.2f}"
             if case.floor:
                 row += f" {a - ms[case.floor]['after']:>11.0f} {a - ms[own[case.label]]['after']:>9.0f}"
+                if case.label in used:
+                    row += f" {a - ms[used[case.label]]['after']:>10.0f}"
             print(row)
             results[case.label] = {
                 name: {
@@ -267,7 +295,10 @@ def main() -> None:
         print(
             "\nratio: after/before. after-floor: after minus the floor the brief names (--version: python -c pass;"
             "\nplans: the base libraries + starlette, sqlite3). after-own: after minus the floor of the libraries"
-            "\nthat command imports, of: " + f"{BASE_LIBS}, starlette, sqlite3, uvicorn:"
+            "\nthat command imports, of: " + f"{BASE_LIBS}, starlette, sqlite3, uvicorn."
+            "\nafter-used: after minus importing every third-party module the plan loads (pydantic's lazily"
+            "\nloaded internals, Starlette's submodules) and sqlite3: hepinfra's own share."
+            "\nImported by each command (of the libraries above):"
         )
         for key, libs in imported.items():
             print(f"  {key:<{width + 8}} {' '.join(libs) or '-'}")

@@ -1,6 +1,6 @@
 """``python -m hepinfra`` entry point."""
 
-from hepinfra.cli import main
+from hepinfra.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

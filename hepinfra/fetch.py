@@ -23,7 +23,7 @@ from hepinfra.errors import ApiError, OutputError
 from hepinfra.hepgg import Hepgg
 from hepinfra.hepgg.config import check_credential
 from hepinfra.manifest import Manifest
-from hepinfra.outputs import REMOTE_SINKS, SINKS
+from hepinfra.outputs import REMOTE_SINKS, SINKS, retire_left
 from hepinfra.outputs.base import resolve_path
 from hepinfra.safety.redact import register
 from hepinfra.state.crypto import Cipher, cipher_for
@@ -160,8 +160,6 @@ def observe_outputs(
 def retire_facts(manifest: Manifest, env: str, state: State, secret: bool) -> dict[tuple[str, str], str]:
     """Of the outputs state records but the manifest no longer declares, those apply will leave in
     place and only list (outside the project, or no secret keys the environment's digests), and why."""
-    from hepinfra.apply.writer import retire_left
-
     declared = {(d.ref, t.path) for d in manifest.declared[env] for t in d.outputs}
     found: dict[tuple[str, str], str] = {}
     for record in state.outputs.values():

@@ -25,7 +25,7 @@ from hepinfra.digests import Digester
 from hepinfra.errors import HepinfraError, LockError, OutputError
 from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
-from hepinfra.outputs import REMOTE_SINKS, SINKS, SPECS
+from hepinfra.outputs import REMOTE_SINKS, SINKS, SPECS, retire_left
 from hepinfra.outputs.base import Written, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
 from hepinfra.safety.paths import Boundary, Refused, inside, shown
@@ -48,25 +48,6 @@ def remote_lock_name(name: str) -> Path:
 
 
 LEFT_HINT = "remove it yourself if it is no longer used"
-
-
-def retire_left(project_dir: Path, record: OutputRecord, secret: bool) -> str | None:
-    """Why (``is ...``, said after the path) retire will leave this record's output in place and only
-    list it, or None (it is deleted if hepinfra can prove it wrote it). State is writable by others,
-    so a record alone never authorises a deletion: a file outside the project (its real path; even
-    one an ``allow_outside`` output wrote) is never deleted, and nothing is where the environment's
-    digests are keyed by a public constant (``secret`` false: only uploads): anyone can compute them."""
-    if record.kind not in REMOTE_SINKS:
-        top = Path(os.path.realpath(project_dir))
-        real = Path(os.path.realpath(top / record.path))
-        if not inside(real, top):
-            return "is outside the project"
-    if not secret:
-        return (
-            "is recorded in the state of an environment without a secret key (only uploads), "
-            "so the record cannot prove hepinfra wrote it"
-        )
-    return None
 
 
 def _record_target(record: OutputRecord) -> OutputTarget:

@@ -46,6 +46,26 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_ERROR)
 
 
+def entry() -> None:
+    """The ``hepinfra`` executable (and ``python -m hepinfra``): ``main`` in a process of its own.
+
+    Start-up allocates tens of thousands of long-lived objects (modules, classes, validators) and
+    little cyclic garbage, so the collector runs less often here (a younger generation of 10,000
+    objects instead of 700), and the heap is frozen when the command has finished: the
+    interpreter's final collections then skip it. Both only change when memory is reclaimed, never
+    what runs; together they take about 0.2 s off every command on a 2-core machine
+    (``bench/startup_bench.py``). ``main`` alone, called in-process (tests), leaves the collector
+    as it is.
+    """
+    import gc
+
+    gc.set_threshold(10_000, 20, 100)
+    try:
+        main()
+    finally:
+        gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every byte written to stdout and stderr passes the redactor (``output`` alone
     writes around it, on explicit request); then run the click app."""

@@ -11,7 +11,9 @@ written or retired; its client library (boto3, pyrage) is imported only then.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar, Union
 
 from pydantic import Discriminator, Tag
@@ -22,7 +24,11 @@ from hepinfra.outputs.base import RemoteSink, Sink
 from hepinfra.outputs.dotenv import DotenvOutput
 from hepinfra.outputs.exec import ExecOutput
 from hepinfra.outputs.template import TemplateOutput
+from hepinfra.safety.paths import inside
 from hepinfra.values import OUTPUT_KINDS
+
+if TYPE_CHECKING:
+    from hepinfra.state.model import OutputRecord
 
 T = TypeVar("T")
 
@@ -125,4 +131,23 @@ if TYPE_CHECKING:
 else:
     OutputSpec = output_spec()
 
-__all__ = ["REMOTE_SINKS", "SINKS", "SPECS", "OutputSpec", "Registry", "RemoteSink", "Sink", "register"]
+__all__ = ["REMOTE_SINKS", "SINKS", "SPECS", "OutputSpec", "Registry", "RemoteSink", "Sink", "register", "retire_left"]
+
+
+def retire_left(project_dir: Path, record: OutputRecord, secret: bool) -> str | None:
+    """Why (``is ...``, said after the path) retire will leave this record's output in place and only
+    list it, or None (it is deleted if hepinfra can prove it wrote it). State is writable by others,
+    so a record alone never authorises a deletion: a file outside the project (its real path; even
+    one an ``allow_outside`` output wrote) is never deleted, and nothing is where the environment's
+    digests are keyed by a public constant (``secret`` false: only uploads): anyone can compute them."""
+    if record.kind not in REMOTE_SINKS:
+        top = Path(os.path.realpath(project_dir))
+        real = Path(os.path.realpath(top / record.path))
+        if not inside(real, top):
+            return "is outside the project"
+    if not secret:
+        return (
+            "is recorded in the state of an environment without a secret key (only uploads), "
+            "so the record cannot prove hepinfra wrote it"
+        )
+    return None

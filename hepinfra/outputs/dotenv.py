@@ -11,6 +11,7 @@ Must not: show a value in an error.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,14 +172,23 @@ def _read_text(file: Path) -> str | None:
         raise OutputError(f"{file}: cannot read dotenv file: {reason}") from None
 
 
-def _managed_raw(entries: list[Entry], keys: tuple[str, ...]) -> dict[str, str]:
-    """Each managed key's value source text, as python-dotenv sees the file (the last binding wins)."""
+def _managed_raw(entries: list[Entry], keys: tuple[str, ...] | None) -> dict[str, str]:
+    """Each managed key's value source text (``keys`` None: every key's), as python-dotenv sees the
+    file (the last binding wins)."""
     found: dict[str, str] = {}
-    wanted = set(keys)
+    wanted = set(keys) if keys is not None else None
     for entry in entries:
-        if entry.key in wanted and entry.raw is not None:
+        if entry.key is not None and (wanted is None or entry.key in wanted) and entry.raw is not None:
             found[entry.key] = entry.raw
     return found
+
+
+@functools.lru_cache(maxsize=8)
+def _bindings(text: str) -> dict[str, str]:
+    """Every key's value source text in ``text``, as python-dotenv sees it (the last binding wins).
+    Cached by content: the outputs that share one file (a thousand databases' keys in one ``.env``)
+    parse it once per plan, not once each. Callers must not change the dict."""
+    return _managed_raw(parse_entries(text), None)
 
 
 def _digest(values: dict[str, str], keys: tuple[str, ...], digest: Digester) -> str:
@@ -208,7 +218,8 @@ class DotenvSink:
             return ObservedOutput(exists=True, problem=f"unreadable ({exc.message.split(': ', 1)[-1]})")
         if text is None:
             return ObservedOutput(exists=False)
-        values = _managed_raw(parse_entries(text.removeprefix(_BOM)), keys)
+        bindings = _bindings(text.removeprefix(_BOM))
+        values = {key: bindings[key] for key in keys if key in bindings}
         if set(values) != set(keys):
             return ObservedOutput(exists=True, digest="keys-missing")
         return ObservedOutput(exists=True, digest=_digest(values, keys, digest))

@@ -117,6 +117,12 @@ class StalePlanError(PlanError):
     """A saved plan no longer matches the state or the remote it was made against."""
 
 
+class PlanChangedError(StalePlanError):
+    """``apply --expect-fingerprint``: the plan made now is not the change set that was reviewed."""
+
+    reason = "plan-changed"
+
+
 class OutputError(HepinfraError):
     """An output cannot be written safely."""
 

@@ -163,6 +163,8 @@ def retire_facts(manifest: Manifest, env: str, state: State, secret: bool) -> di
     declared = {(d.ref, t.path) for d in manifest.declared[env] for t in d.outputs}
     found: dict[tuple[str, str], str] = {}
     for record in state.outputs.values():
+        if record.kind in manifest.skipped_outputs:
+            continue
         if (record.database, record.path) not in declared:
             why = retire_left(manifest.project_dir, record, secret)
             if why is not None:

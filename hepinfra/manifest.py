@@ -13,6 +13,7 @@ manifest and the files it names.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import logging
@@ -134,6 +135,20 @@ class Manifest:
     declared: dict[str, tuple[Declared, ...]]  # env -> declarations
     digest: str  # sha256 of the manifest file and every template file it uses
     sources: tuple[str, ...] = ()  # the files it reads besides itself (templates, recipients, uploads), as named
+    skipped_outputs: frozenset[str] = frozenset()  # output kinds left out (--skip-local-outputs)
+
+    def without_outputs(self, kinds: frozenset[str]) -> Manifest:
+        """This manifest with no output of these kinds: neither observed, written nor retired (their
+        records in state are left as they are, for the machine that writes them)."""
+        if not kinds:
+            return self
+        declared = {
+            env: tuple(
+                dataclasses.replace(d, outputs=tuple(t for t in d.outputs if t.kind not in kinds)) for d in decls
+            )
+            for env, decls in self.declared.items()
+        }
+        return dataclasses.replace(self, declared=declared, skipped_outputs=self.skipped_outputs | kinds)
 
     @property
     def environments(self) -> list[str]:

@@ -10,10 +10,8 @@ digests).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 from hepinfra.kinds import KINDS
 from hepinfra.kinds.rules import EnvInput
@@ -104,41 +102,8 @@ def make_plan(
         environments=pins,
         changes=tuple(changes),
         diagnostics=tuple(diagnostics),
+        skipped_outputs=tuple(sorted(manifest.skipped_outputs)),
     )
-
-
-_QUANTITY = re.compile(r"\d+(?:\.\d+)?")
-
-
-def reason_code(reason: str) -> str:
-    """A reason without its quantities (ages, counts, sizes): what it says, not when it was said."""
-    return _QUANTITY.sub("#", reason)
-
-
-def change_set(plan: Plan, *, read_back: bool = True) -> list[dict[str, Any]]:
-    """What a plan would do, in one order, as two plans of the same change set give it: addresses,
-    actions, reason codes, output targets, retires; never times, ages, serials or the order of
-    environments. ``read_back=False`` leaves out why each output is rendered (what a refreshing plan
-    read back), keeping which outputs are."""
-    items = []
-    for c in plan.actionable:
-        outputs = sorted([o.path, o.kind, reason_code(o.reason) if read_back else ""] for o in c.outputs)
-        items.append(
-            {
-                "address": c.address,
-                "action": c.action.value,
-                "name": c.name,
-                "engine": c.engine,
-                "database_id": c.database_id,
-                "reasons": sorted(reason_code(r) for r in c.reasons) if read_back else [],
-                "outputs": outputs,
-                "retire": sorted(c.retire),
-                "retire_left": sorted(c.retire_left),
-                "finish_rotation": c.finish_rotation,
-                "rotate_after_adopt": c.rotate_after_adopt,
-            }
-        )
-    return sorted(items, key=lambda item: item["address"])
 
 
 def _with_retire_left(change: Change, facts: EnvFacts) -> Change:

@@ -124,7 +124,14 @@ def _diagnostic(diag: Diagnostic, style: Style) -> str:
 
 def document(plan: Plan) -> dict[str, Any]:
     data = plan.model_dump(mode="json")
-    data.update(summary=plan.counts(), has_changes=plan.has_changes, has_errors=bool(plan.errors))
+    from hepinfra.changeset import fingerprint
+
+    data.update(
+        summary=plan.counts(),
+        has_changes=plan.has_changes,
+        has_errors=bool(plan.errors),
+        fingerprint=fingerprint(plan),
+    )
     return data
 
 
@@ -145,6 +152,7 @@ def json_schema() -> dict[str, Any]:
         },
         has_changes={"type": "boolean"},
         has_errors={"type": "boolean"},
+        fingerprint={"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
     )
     schema["required"] = sorted(
         {
@@ -152,6 +160,7 @@ def json_schema() -> dict[str, Any]:
             "summary",
             "has_changes",
             "has_errors",
+            "fingerprint",
             "format_version",
             "hepinfra_version",
             "changes",

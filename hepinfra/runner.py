@@ -42,7 +42,9 @@ class Project:
     base: Base | None = None  # plan --base: the trusted baseline
 
     @classmethod
-    def open(cls, manifest_path: str | Path, *, base_ref: str | None = None) -> Project:
+    def open(
+        cls, manifest_path: str | Path, *, base_ref: str | None = None, skip_outputs: frozenset[str] = frozenset()
+    ) -> Project:
         """``base_ref`` (plan --base): the manifest is a pull request's; REF's manifest decides where
         credentials go. A changed hep.gg URL or state block is refused here, before anything is read
         or contacted."""
@@ -54,7 +56,7 @@ class Project:
 
             base = trust.open_base(manifest_path, base_ref)
             outside_ok = trust.outside_check(base)
-        manifest = manifest_mod.load(manifest_path, outside_ok=outside_ok)
+        manifest = manifest_mod.load(manifest_path, outside_ok=outside_ok).without_outputs(skip_outputs)
         if base is not None:
             everywhere, _ = trust.credential_changes(manifest.model, base)
             if everywhere:
@@ -306,6 +308,32 @@ def settle_seconds() -> float:
         raise UsageError(f"HEPINFRA_ROTATE_SETTLE must be a number of seconds, not {raw[:20]!r}") from None
 
 
+def check_fingerprint(plan: Plan, expected: str) -> None:
+    """``apply --expect-fingerprint``: refuse (changing nothing) a plan whose change set is not the one
+    reviewed."""
+    from hepinfra.changeset import fingerprint
+    from hepinfra.errors import PlanChangedError
+
+    found = fingerprint(plan)
+    if found != expected:
+        raise PlanChangedError(
+            f"plan-changed: the plan made now (fingerprint {found}) is not the one reviewed ({expected[:80]}); "
+            "nothing was applied",
+            hint="plan again and have the new plan reviewed",
+        )
+
+
+def saved_skips(saved: Plan) -> frozenset[str]:
+    """The output kinds a saved plan left out (``--skip-local-outputs``): only ones this hepinfra knows
+    as local, so an edited file cannot hide a remote store's output from the re-plan at apply."""
+    from hepinfra.outputs import local_kinds
+
+    unknown = set(saved.skipped_outputs) - local_kinds()
+    if unknown:
+        raise StalePlanError(f"the plan leaves out output kind '{sorted(unknown)[0]}', which is not a local one")
+    return frozenset(saved.skipped_outputs)
+
+
 @dataclass
 class ApplyOptions:
     plan_file: Path | None = None
@@ -314,6 +342,7 @@ class ApplyOptions:
     parallelism: int = 8
     lock_timeout: float = 0.0
     refresh: bool = True
+    expect_fingerprint: str | None = None  # apply only a plan with this change set (changeset.fingerprint)
 
 
 async def apply(
@@ -373,6 +402,8 @@ async def apply(
                 rotate = parse_rotate(project.manifest, envs, options.rotate)
                 plan, access, states = await make(project, hub, envs, refresh=options.refresh, rotate=rotate)
                 show_plan(plan)
+                if options.expect_fingerprint is not None:
+                    check_fingerprint(plan, options.expect_fingerprint)
             if plan.errors:
                 from hepinfra.render import error_lines
 

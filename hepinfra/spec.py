@@ -66,13 +66,16 @@ class SpecModel(BaseModel):
 class OutputSpecBase(SpecModel):
     """What every output kind's spec declares besides its fields: its ``kind`` (the key that names it in
     the manifest), whether it is ``remote`` (no file of the project: observed only by a refreshing plan),
-    what it ``claims`` ("keys" inside a file, a "whole" file, or "remote"), the fields a pull request's
+    what it ``claims`` ("keys" inside a file, a "whole" file, or "remote"), whether it is ``local`` (a
+    plaintext file for the machine that runs apply: CI runs leave it out), the fields a pull request's
     review lists when it is new or changed (``review_fields``), and ``resolve`` (-> OutputTarget)."""
 
     kind: ClassVar[str]
     remote: ClassVar[bool] = False
     claims: ClassVar[str] = "remote"
     review_fields: ClassVar[tuple[str, ...]] = ()  # empty: nothing it does at apply needs review
+    # a plaintext file for the machine that runs apply (never committed): --skip-local-outputs leaves it out
+    local: ClassVar[bool] = False
 
     def runs(self) -> list[str]:
         """argv templates of the programs it runs at apply (their files are tracked for review)."""

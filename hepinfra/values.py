@@ -253,6 +253,7 @@ class Plan(_Value):
     review: tuple[ReviewItem, ...] = ()  # plan --base: what the change would run or send where
     rotate: tuple[str, ...] = ()  # --rotate as given: a saved plan is checked by planning again with it
     signatures: dict[str, str] = {}  # a saved plan: env -> HMAC under the environment's secret digest key
+    skipped_outputs: tuple[str, ...] = ()  # --skip-local-outputs: the output kinds left out of this plan
 
     @property
     def errors(self) -> list[Diagnostic]:

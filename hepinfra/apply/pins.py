@@ -127,8 +127,8 @@ def check_changes(
 
 def check_same(saved: Plan, fresh: Plan, where: str) -> None:
     """A saved plan is applied only where planning again from the manifest, state and hep.gg gives the
-    same change set (``plan.change_set``): an edited action, reason, output or retire is refused."""
-    from hepinfra.plan import change_set
+    same change set (``changeset.change_set``): an edited action, reason, output or retire is refused."""
+    from hepinfra.changeset import change_set
 
     mine = {c["address"]: c for c in change_set(saved)}
     now = {c["address"]: c for c in change_set(fresh)}

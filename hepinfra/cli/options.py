@@ -124,3 +124,19 @@ def parse_address(manifest: Any, envs: list[str], address: str) -> tuple[str, st
         raise UsageError(f"{address}: no environment '{env}' in the manifest")
     kind, key = split_ref(rest)
     return env, kind, key
+
+
+def skip_local_option(f: Any) -> Any:
+    return click.option(
+        "--skip-local-outputs",
+        is_flag=True,
+        envvar="HEPINFRA_SKIP_LOCAL_OUTPUTS",
+        help="Leave out outputs that are plaintext files for this machine (dotenv, template): neither read, "
+        "written nor retired. For CI runners that are thrown away. Also HEPINFRA_SKIP_LOCAL_OUTPUTS=1.",
+    )(f)
+
+
+def skipped(skip_local_outputs: bool) -> frozenset[str]:
+    from hepinfra.outputs import local_kinds
+
+    return local_kinds() if skip_local_outputs else frozenset()

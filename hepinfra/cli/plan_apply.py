@@ -16,6 +16,8 @@ from hepinfra.cli.options import (
     manifest_option,
     parse_timeout,
     run_async,
+    skip_local_option,
+    skipped,
     use_colour,
 )
 from hepinfra.errors import UsageError
@@ -74,6 +76,7 @@ def schema(plan_schema: bool) -> None:
     "selected environment.",
 )
 @click.option("--show-unchanged", is_flag=True, help="List up-to-date resources too (text output).")
+@skip_local_option
 @click.option(
     "--base",
     "base_ref",
@@ -93,6 +96,7 @@ def plan(
     no_refresh: bool,
     rotations: tuple[str, ...],
     show_unchanged: bool,
+    skip_local_outputs: bool,
     base_ref: str | None,
 ) -> None:
     """Show what apply would do: diff the manifest against state and hep.gg."""
@@ -111,7 +115,7 @@ def plan(
             "variables and commands); use --base origin/BRANCH",
             err=True,
         )
-    project = runner.Project.open(manifest_file, base_ref=base_ref)
+    project = runner.Project.open(manifest_file, base_ref=base_ref, skip_outputs=skipped(skip_local_outputs))
     selected = runner.select_environments(project.manifest, envs)
     rotate = runner.parse_rotate(project.manifest, selected, rotations)
     if out_file:
@@ -209,6 +213,8 @@ def _apply_command(
     as_json: bool,
     lock_timeout: str,
     no_refresh: bool,
+    skip_local_outputs: bool = False,
+    expect_fingerprint: str | None = None,
 ) -> None:
     import json
     import statistics
@@ -218,11 +224,17 @@ def _apply_command(
 
     if plan_file and (envs or rotations):
         raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
+    if plan_file and expect_fingerprint:
+        raise UsageError("--expect-fingerprint is for a plan made at apply; a saved PLANFILE is checked by itself")
     source = click.get_current_context().get_parameter_source("manifest_file")
-    if plan_file and source is click.core.ParameterSource.DEFAULT:
-        # the manifest the plan was made from: a path inside the current directory, never absolute or '..'
-        manifest_file = runner.saved_manifest(runner.load_plan(Path(plan_file)), Path(plan_file))
-    project = runner.Project.open(manifest_file)
+    skip = skipped(skip_local_outputs)
+    if plan_file:
+        saved = runner.load_plan(Path(plan_file))
+        if source is click.core.ParameterSource.DEFAULT:
+            # the manifest the plan was made from: a path inside the current directory, never absolute or '..'
+            manifest_file = runner.saved_manifest(saved, Path(plan_file))
+        skip = runner.saved_skips(saved)  # as the plan was made: it is planned again so at apply
+    project = runner.Project.open(manifest_file, skip_outputs=skip)
     printer = EventPrinter(as_json)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if not plan_file and not auto_approve and not interactive:
@@ -255,6 +267,7 @@ def _apply_command(
         parallelism=parallelism,
         lock_timeout=parse_timeout(lock_timeout),
         refresh=not no_refresh,
+        expect_fingerprint=expect_fingerprint,
     )
     if plan_file:
         printer.start(0)
@@ -329,6 +342,7 @@ def apply_options(f: Any) -> Any:
             click.option("--json", "as_json", is_flag=True, help="One JSON event per line (for CI)."),
             lock_timeout_option,
             click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
+            skip_local_option,
         ]
     ):
         f = decorator(f)  # type: ignore[operator]
@@ -345,6 +359,12 @@ def apply_options(f: Any) -> Any:
     metavar="ADDR",
     help="Also rotate this resource: ENV/KIND.NAME, KIND.NAME or a database's NAME (repeatable).",
 )
+@click.option(
+    "--expect-fingerprint",
+    metavar="FP",
+    help="Apply only if the plan made now has this fingerprint (plan --json's 'fingerprint': the change set a "
+    "pull request's plan showed); otherwise change nothing and fail with plan-changed.",
+)
 def apply(
     plan_file: str | None,
     manifest_file: str,
@@ -354,11 +374,23 @@ def apply(
     as_json: bool,
     lock_timeout: str,
     no_refresh: bool,
+    skip_local_outputs: bool,
     rotations: tuple[str, ...],
+    expect_fingerprint: str | None,
 ) -> None:
     """Make hep.gg and the outputs match the manifest (or apply a saved PLANFILE exactly)."""
     _apply_command(
-        manifest_file, plan_file, envs, auto_approve, rotations, parallelism, as_json, lock_timeout, no_refresh
+        manifest_file,
+        plan_file,
+        envs,
+        auto_approve,
+        rotations,
+        parallelism,
+        as_json,
+        lock_timeout,
+        no_refresh,
+        skip_local_outputs,
+        expect_fingerprint,
     )
 
 
@@ -374,7 +406,19 @@ def rotate(
     as_json: bool,
     lock_timeout: str,
     no_refresh: bool,
+    skip_local_outputs: bool,
 ) -> None:
     """Rotate now (plan + apply with --rotate ADDR...): a database's password (ENV/databases.NAME or NAME),
     an id's value (ids.NAME), an upload (uploads.NAME: uploaded again)."""
-    _apply_command(manifest_file, None, envs, auto_approve, addresses, parallelism, as_json, lock_timeout, no_refresh)
+    _apply_command(
+        manifest_file,
+        None,
+        envs,
+        auto_approve,
+        addresses,
+        parallelism,
+        as_json,
+        lock_timeout,
+        no_refresh,
+        skip_local_outputs,
+    )

@@ -121,7 +121,10 @@ class EnvInput:
         """Paths with an output record of ``ref`` (indexed once: O(N) per environment)."""
         if self._records is None:
             self._records = {}
+            skipped = self.manifest.skipped_outputs
             for record in self.state.outputs.values():
+                if record.kind in skipped:
+                    continue  # left out of this run (--skip-local-outputs): not retired either
                 self._records.setdefault(record.database, []).append(record.path)
         return self._records.get(ref, [])
 

@@ -105,6 +105,12 @@ def remote_kinds() -> frozenset[str]:
     return frozenset(kind for kind, spec in SPECS.items() if spec.remote)
 
 
+def local_kinds() -> frozenset[str]:
+    """Output kinds that are plaintext files for the machine that runs apply (``dotenv``, ``template``):
+    what ``--skip-local-outputs`` leaves out of a CI run, whose runner is thrown away."""
+    return frozenset(kind for kind, spec in SPECS.items() if getattr(spec, "local", False))
+
+
 def output_spec() -> Any:
     """The manifest's type of one output: a union of every registered spec, told apart by its kind key."""
     members = [Annotated[spec, Tag(kind)] for kind, spec in SPECS.items()]

@@ -356,6 +356,7 @@ class DotenvOutput(FileOutputBase):
     review_fields: ClassVar[tuple[str, ...]] = ("dotenv", "keys", "readers", "mode", "allow_tracked")
     claims: ClassVar[str] = "keys"  # keys inside a file, a whole file, or nothing of the project
     remote: ClassVar[bool] = False
+    local: ClassVar[bool] = True  # plaintext for this machine: a CI runner's copy is thrown away
 
     dotenv: str = Field(min_length=1)
     keys: dict[EnvVarName, str] = Field(min_length=1)

@@ -63,6 +63,7 @@ class TemplateOutput(FileOutputBase):
     review_fields: ClassVar[tuple[str, ...]] = ("template", "path", "mode", "allow_tracked")
     claims: ClassVar[str] = "whole"  # keys inside a file, a whole file, or nothing of the project
     remote: ClassVar[bool] = False
+    local: ClassVar[bool] = True  # plaintext for this machine: a CI runner's copy is thrown away
 
     template: str = Field(min_length=1)
     path: str = Field(min_length=1)

@@ -38,6 +38,7 @@ COMMANDS = {
     "run": "hepinfra.cli.output_run:run",
     "state": "hepinfra.cli.state:state",
     "emulator": "hepinfra.cli.emulator:emulator",
+    "github": "hepinfra.cli.github:github",
 }
 
 

@@ -1,0 +1,99 @@
+"""``hepinfra github plan|apply|drift``: the commands behind the repository's ``action.yml`` (see
+``hepinfra.github.jobs``). Inputs come from the command line and the job's environment
+(``GITHUB_TOKEN``, ``GITHUB_EVENT_PATH``, ``GITHUB_OUTPUT``, ...); the token never from an argument."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from hepinfra.cli.options import EXIT_ERROR, manifest_option
+
+
+def _job_options(f: Any) -> Any:
+    for decorator in reversed(
+        [
+            manifest_option,
+            click.option(
+                "-e",
+                "--env",
+                "envs",
+                multiple=True,
+                help="Limit to this environment (repeatable; a space- or comma-separated list is split).",
+            ),
+            click.option(
+                "--comment",
+                type=click.Choice(["update", "new", "off"]),
+                default="update",
+                show_default=True,
+                help="update: one comment per pull request and manifest, edited in place; new: a comment per run.",
+            ),
+            click.option(
+                "--on-unreviewed",
+                type=click.Choice(["fail", "apply"]),
+                default="fail",
+                show_default=True,
+                help="apply, on a push that merged no reviewed plan: fail, or apply the plan made now.",
+            ),
+            click.option(
+                "--local-outputs",
+                type=click.Choice(["skip", "keep"]),
+                default="skip",
+                show_default=True,
+                help="skip: leave dotenv and template outputs out (the runner is thrown away); keep: plan them.",
+            ),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+@click.group()
+def github() -> None:
+    """Run in a GitHub Actions job (action.yml): plan comments, apply on merge, drift issues."""
+
+
+def _run(which: str, manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local: str) -> None:
+    from hepinfra.github.api import GitHub
+    from hepinfra.github.jobs import Job
+
+    split = tuple(e for value in envs for e in value.replace(",", " ").split())
+    job = Job.from_env(manifest_file, split, comment, on_unreviewed, local == "skip")
+
+    def log(line: str) -> None:
+        click.echo(line.rstrip("\n"))
+
+    with GitHub.from_env() as gh:
+        if which == "plan":
+            from hepinfra.github.jobs import plan_job as run
+        elif which == "apply":
+            from hepinfra.github.jobs import apply_job as run
+        else:
+            from hepinfra.github.drift import drift_job as run
+        code = run(job, gh, log)
+    if code:
+        sys.exit(EXIT_ERROR)
+
+
+@github.command("plan")
+@_job_options
+def plan(manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str) -> None:
+    """pull_request: plan against the base commit and keep ONE comment on the pull request up to date."""
+    _run("plan", manifest_file, envs, comment, on_unreviewed, local_outputs)
+
+
+@github.command("apply")
+@_job_options
+def apply(manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str) -> None:
+    """push (merge): apply only the change set reviewed on the merged pull request; workflow_dispatch: the
+    fingerprint given."""
+    _run("apply", manifest_file, envs, comment, on_unreviewed, local_outputs)
+
+
+@github.command("drift")
+@_job_options
+def drift(manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str) -> None:
+    """schedule: a refreshing plan per environment; ONE issue per environment lists its drift."""
+    _run("drift", manifest_file, envs, comment, on_unreviewed, local_outputs)

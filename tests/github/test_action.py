@@ -1,0 +1,365 @@
+"""The GitHub Action as GitHub runs it (tests/github/harness.py reads action.yml and runs its steps),
+against a fake GitHub REST API on loopback that records every request (tests/github/fake_api.py)
+and a local hep.gg: one comment per pull request, edited; comments within GitHub's limit; apply on
+merge of the reviewed change set only; drift issues; plans on fresh runners."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ENV, Server, record_artifact
+from tests.conftest import run as conftest_run
+from tests.github.fake_api import LIMIT, FakeGitHub, serve
+from tests.github.harness import REPO, run_action
+
+TOKEN = "ghs_" + "Q7" * 18  # the job's GITHUB_TOKEN (a secret: scanned for)
+MANIFEST = """
+version: 1
+environments: {prod: {}}
+databases:
+  shop:
+    outputs:
+      - dotenv: .env
+        keys: {SHOP_URL: "{{ db.connection_string }}"}
+"""
+
+
+@pytest.fixture(scope="session")
+def runner_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One RUNNER_TEMP for the session: the install step's virtual environment is made once (GitHub
+    makes it once per job)."""
+    return tmp_path_factory.mktemp("runner-temp")
+
+
+@pytest.fixture
+def gh() -> Iterator[FakeGitHub]:
+    fake = FakeGitHub(token=TOKEN)
+    server, _ = serve(fake)
+    yield fake
+    server.shutdown()
+    for request in fake.requests:
+        record_artifact(f"fake GitHub {request['method']} {request['path']}", json.dumps(request))
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def repo(root: Path, manifest: str, files: dict[str, str] | None = None) -> tuple[Path, str]:
+    """A repository on ``main`` with the manifest committed: (work tree, commit)."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    commit(root, manifest, files, "base")
+    return root, git(root, "rev-parse", "HEAD")
+
+
+def commit(root: Path, manifest: str, files: dict[str, str] | None, message: str) -> str:
+    (root / "hepinfra.yaml").write_text(textwrap.dedent(manifest))
+    (root / ".gitignore").write_text(".hepinfra/\n.env\n")
+    for name, text in (files or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    return git(root, "rev-parse", "HEAD")
+
+
+def job_env(server: Server, gh: FakeGitHub, state_dir: Path) -> dict[str, str]:
+    return {
+        **ENV,
+        "HEPGG_URL": server.url,
+        "HEPGG_ID_URL": server.url,
+        "GITHUB_REPOSITORY": "acme/infra",
+        "GITHUB_API_URL": gh.url,
+        "GITHUB_TOKEN_FOR_ACTION": TOKEN,
+    }
+
+
+def pr_event(number: int, base: str, head: str) -> dict[str, Any]:
+    return {"pull_request": {"number": number, "base": {"sha": base, "ref": "main"}, "head": {"sha": head}}}
+
+
+def run(
+    command: str, root: Path, server: Server, gh: FakeGitHub, runner_temp: Path, event_name: str, event: dict[str, Any],
+    sha: str = "", **inputs: str,
+) -> Any:  # fmt: skip
+    return run_action(
+        inputs={"command": command, **inputs},
+        event_name=event_name,
+        event=event,
+        workspace=root,
+        runner_temp=runner_temp,
+        env=job_env(server, gh, root),
+        sha=sha,
+    )
+
+
+def plan_comments(gh: FakeGitHub, number: int) -> list[dict[str, Any]]:
+    return [c for c in gh.comments.get(number, []) if "hepinfra:plan" in c["body"]]
+
+
+def fingerprint_in(body: str) -> str:
+    found = re.search(r"<!-- hepinfra:fingerprint (sha256:[0-9a-f]{64}) -->", body)
+    assert found, body[:500]
+    return found.group(1)
+
+
+# --- the action file itself ------------------------------------------------------------------------
+
+
+def test_inputs_reach_the_scripts_only_through_env() -> None:
+    action = yaml.safe_load((REPO / "action.yml").read_text())
+    assert action["runs"]["using"] == "composite"
+    for step in action["runs"]["steps"]:
+        assert "${{" not in step["run"], step["run"]
+        assert step["shell"] == "bash"
+    install = (REPO / "ci" / "action-install.sh").read_text()
+    assert "--require-hashes" in install and "-I" in install
+    lock = (REPO / "ci" / "action-requirements.txt").read_text()
+    pins = [line for line in lock.splitlines() if re.match(r"^[a-z0-9]", line)]
+    assert pins and all("==" in p for p in pins)
+    assert lock.count("--hash=sha256:") >= len(pins)
+
+
+# --- pull requests -----------------------------------------------------------------------------------
+
+
+def test_two_pushes_leave_one_comment_edited_and_never_touch_anothers(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    gh.add_comment(7, "<!-- hepinfra:plan hepinfra.yaml --> quoted by a human", "mallory")
+    head = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
+    first = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(7, base, head))
+    assert first.code == 0, first.logs
+    assert first.outputs["changes"] == "true"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", first.outputs["fingerprint"])
+    mine = plan_comments(gh, 7)
+    assert len(mine) == 2 and mine[0]["user"]["login"] == "mallory"
+    assert "prod/databases.orders" in mine[1]["body"]
+    assert fingerprint_in(mine[1]["body"]) == first.outputs["fingerprint"]
+
+    head = commit(root, MANIFEST + "  orders: {}\n  users: {}\n", None, "add users")
+    second = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(7, base, head))
+    assert second.code == 0, second.logs
+    after = plan_comments(gh, 7)
+    assert len(after) == 2  # the same comment, edited; mallory's untouched
+    assert after[0]["body"].endswith("quoted by a human")
+    assert "prod/databases.users" in after[1]["body"]
+    assert fingerprint_in(after[1]["body"]) == second.outputs["fingerprint"] != first.outputs["fingerprint"]
+    assert [r["method"] for r in gh.requests if "/comments" in r["path"]].count("POST") == 1
+    assert "prod/databases.users" in second.summaries
+
+
+def test_an_error_is_written_to_the_same_comment(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    head = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
+    ok = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(8, base, head))
+    assert ok.code == 0, ok.logs
+    head = commit(root, MANIFEST + "  orders: {engine: oracle}\n", None, "broken")
+    bad = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(8, base, head))
+    assert bad.code == 1
+    assert bad.outputs["failure-reason"] == "error"
+    comments = plan_comments(gh, 8)
+    assert len(comments) == 1 and "hepinfra plan failed" in comments[0]["body"]
+    assert "hepinfra.yaml" in comments[0]["body"]
+
+
+@pytest.mark.parametrize("count", [300, 700])
+def test_a_big_plan_fits_one_comment_with_its_fingerprint(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path, count: int
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    many = MANIFEST + "".join(
+        f"  service-with-a-long-name-{i:03d}:\n    name: a-rather-long-platform-name-for-service-{i:03d}\n"
+        for i in range(count)
+    )
+    head = commit(root, many, None, f"{count} databases")
+    result = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(9, base, head))
+    assert result.code == 0, result.logs[-3000:]
+    (comment,) = plan_comments(gh, 9)
+    body = comment["body"]
+    assert len(body) <= LIMIT
+    assert fingerprint_in(body) == result.outputs["fingerprint"]
+    assert "service-with-a-long-name-000" in body
+    rows = [line for line in body.splitlines() if line.startswith("| `")]
+    assert all(line.endswith("|") for line in rows)  # whole rows only: cut at a resource boundary
+    if count == 700:  # past GitHub's limit: cut, with a notice saying how many are not shown
+        assert f"**{count + 1 - len(rows)} more change(s) are not shown here**" in body
+        assert 0 < len(rows) < count
+    else:
+        assert len(rows) == count + 1 and "not shown here" not in body
+    assert all(f"service-with-a-long-name-{i:03d}" in result.summaries for i in range(count))
+
+
+# --- merge ---------------------------------------------------------------------------------------------
+
+
+def merge(gh: FakeGitHub, root: Path, number: int, message: str = "merge") -> str:
+    sha = git(root, "rev-parse", "HEAD")
+    gh.pulls_by_commit[sha] = [{"number": number, "merge_commit_sha": sha, "merged_at": "2026-12-03T00:00:00Z"}]
+    return sha
+
+
+def test_merge_applies_the_reviewed_change_set_only(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    head = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
+    planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(11, base, head))
+    assert planned.code == 0, planned.logs
+    sha = merge(gh, root, 11)
+    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    assert applied.code == 0, applied.logs
+    assert applied.outputs["changes"] == "true"
+    posted = [c["body"] for c in gh.comments[11] if "hepinfra:apply" in c["body"]]
+    assert posted and "2 succeeded, 0 failed" in posted[-1]
+
+    # the next pull request is reviewed, then main changes before the merge: nothing is applied
+    head = commit(root, MANIFEST + "  orders: {}\n  users: {}\n", None, "add users")
+    planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(12, sha, head))
+    assert planned.code == 0, planned.logs
+    commit(root, MANIFEST + "  orders: {}\n  users: {}\n  audit: {}\n", None, "sneaked in before the merge")
+    sha = merge(gh, root, 12)
+    changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    assert changed.code == 1
+    assert changed.outputs["failure-reason"] == "plan-changed"
+    note = [c["body"] for c in gh.comments[12] if "not applied, the plan changed" in c["body"]]
+    assert note and "prod/databases.audit" in note[0]
+    new_fp = re.findall(r"sha256:[0-9a-f]{64}", note[0])[-1]
+    # a maintainer approves the new plan by hand
+    dispatched = run(
+        "apply", root, server, gh, runner_temp, "workflow_dispatch", {"inputs": {"fingerprint": new_fp}}, sha=sha
+    )
+    assert dispatched.code == 0, dispatched.logs
+    assert dispatched.outputs["changes"] == "true"
+
+
+def test_a_push_that_merged_no_pull_request_is_not_applied(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, _ = repo(tmp_path / "ws", MANIFEST)
+    sha = commit(root, MANIFEST + "  orders: {}\n", None, "pushed straight to main")
+    refused = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    assert refused.code == 1 and refused.outputs["failure-reason"] == "unreviewed"
+    assert not any(r["method"] in ("POST", "PATCH") for r in gh.requests)
+
+
+def test_an_out_of_band_rotation_after_review_is_plan_changed(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    manifest = MANIFEST.replace("      - dotenv: .env", "      - exec: [python3, sink.py]").replace(
+        "keys: {SHOP_URL", "read: [python3, read.py]\n        keys: {SHOP_URL"
+    )
+    sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
+    read = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
+    root, base = repo(tmp_path / "ws", manifest, {"sink.py": sink, "read.py": read})
+    first = run("apply", root, server, gh, runner_temp, "push", {"after": base}, sha=base, **{"on-unreviewed": "apply"})
+    assert first.code == 0, first.logs
+    head = commit(root, manifest + "  orders: {}\n", None, "add orders")
+    planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(13, base, head))
+    assert planned.code == 0, planned.logs
+
+    async def rotate_in_the_dashboard() -> None:
+        async with server.hepgg() as hub:
+            (row,) = [d for d in await hub.databases().list() if d.name.startswith("shop")]
+            await hub.databases().rotate(row.id)
+
+    conftest_run(rotate_in_the_dashboard())
+    sha = merge(gh, root, 13)
+    changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    assert changed.code == 1 and changed.outputs["failure-reason"] == "plan-changed", changed.logs
+
+
+# --- drift ---------------------------------------------------------------------------------------------
+
+
+def test_drift_opens_updates_closes_and_reopens_one_issue(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    manifest = MANIFEST.replace("      - dotenv: .env", "      - exec: [python3, sink.py]").replace(
+        "keys: {SHOP_URL", "read: [python3, read.py]\n        keys: {SHOP_URL"
+    )
+    sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
+    read = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
+    root, sha = repo(tmp_path / "ws", manifest, {"sink.py": sink, "read.py": read})
+    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha, **{"on-unreviewed": "apply"})
+    assert applied.code == 0, applied.logs
+    clean = run("drift", root, server, gh, runner_temp, "schedule", {})
+    assert clean.code == 0 and clean.outputs["changes"] == "false" and gh.issues == []
+
+    (root / ".stored").write_text(json.dumps({"SHOP_URL": "postgresql://edited@example/x"}))
+    opened = run("drift", root, server, gh, runner_temp, "schedule", {})
+    assert opened.code == 0, opened.logs
+    assert opened.outputs["changes"] == "true"
+    (issue,) = gh.issues
+    assert issue["state"] == "open" and "output-edited" in issue["body"]
+
+    again = run("drift", root, server, gh, runner_temp, "schedule", {})
+    assert again.code == 0 and len(gh.issues) == 1  # updated, not duplicated
+
+    fixed = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha, **{"on-unreviewed": "apply"})
+    assert fixed.code == 0, fixed.logs
+    closed = run("drift", root, server, gh, runner_temp, "schedule", {})
+    assert closed.code == 0 and gh.issues[0]["state"] == "closed"
+
+    (root / ".stored").unlink()
+    reopened = run("drift", root, server, gh, runner_temp, "schedule", {})
+    assert reopened.code == 0 and len(gh.issues) == 1 and gh.issues[0]["state"] == "open"
+
+
+# --- fresh runners ---------------------------------------------------------------------------------------
+
+
+def test_a_plan_on_a_fresh_runner_after_an_apply_on_main_has_no_changes(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    import pyrage
+
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    manifest = MANIFEST + textwrap.indent(
+        textwrap.dedent(
+            f"""\
+            - age: secrets/prod.env.age
+              recipients: ["{recipient}"]
+              keys: {{SHOP_URL: "{{{{ db.connection_string }}}}"}}
+            - exec: [python3, sink.py]
+              keys: {{SHOP_URL: "{{{{ db.connection_string }}}}"}}
+            """
+        ),
+        "      ",
+    )
+    sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
+    root, sha = repo(tmp_path / "main-runner", manifest, {"sink.py": sink})
+    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha, **{"on-unreviewed": "apply"})
+    assert applied.code == 0, applied.logs
+    assert not (root / ".env").exists()  # a local output: left out on a runner
+    git(root, "add", "secrets/prod.env.age")  # the GitOps repository keeps the age file
+    after = git(root, "commit", "-q", "-m", "age file written by the apply") or git(root, "rev-parse", "HEAD")
+    assert after is not None
+    fresh = tmp_path / "fresh-runner"
+    subprocess.run(["git", "clone", "-q", str(root), str(fresh)], check=True)
+    shutil.copytree(root / ".hepinfra", fresh / ".hepinfra")  # the shared state (S3/PostgreSQL in real life)
+    head = commit(fresh, manifest.replace("version: 1", "version: 1  # a comment"), None, "touch")
+    base = git(fresh, "rev-parse", "HEAD~1")
+    plan = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(21, base, head))
+    assert plan.code == 0, plan.logs
+    assert plan.outputs["changes"] == "false", plan.logs

@@ -62,3 +62,17 @@ def fingerprint(plan: Plan) -> str:
         item["reasons"] = codes.get(item["address"], [])
     body = json.dumps(items, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def check_fingerprint(plan: Plan, expected: str) -> None:
+    """``apply --expect-fingerprint``: refuse (changing nothing) a plan whose change set is not the one
+    reviewed."""
+    from hepinfra.errors import PlanChangedError
+
+    found = fingerprint(plan)
+    if found != expected:
+        raise PlanChangedError(
+            f"plan-changed: the plan made now (fingerprint {found}) is not the one reviewed ({expected[:80]}); "
+            "nothing was applied",
+            hint="plan again and have the new plan reviewed",
+        )

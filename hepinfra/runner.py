@@ -308,21 +308,6 @@ def settle_seconds() -> float:
         raise UsageError(f"HEPINFRA_ROTATE_SETTLE must be a number of seconds, not {raw[:20]!r}") from None
 
 
-def check_fingerprint(plan: Plan, expected: str) -> None:
-    """``apply --expect-fingerprint``: refuse (changing nothing) a plan whose change set is not the one
-    reviewed."""
-    from hepinfra.changeset import fingerprint
-    from hepinfra.errors import PlanChangedError
-
-    found = fingerprint(plan)
-    if found != expected:
-        raise PlanChangedError(
-            f"plan-changed: the plan made now (fingerprint {found}) is not the one reviewed ({expected[:80]}); "
-            "nothing was applied",
-            hint="plan again and have the new plan reviewed",
-        )
-
-
 def saved_skips(saved: Plan) -> frozenset[str]:
     """The output kinds a saved plan left out (``--skip-local-outputs``): only ones this hepinfra knows
     as local, so an edited file cannot hide a remote store's output from the re-plan at apply."""
@@ -403,6 +388,8 @@ async def apply(
                 plan, access, states = await make(project, hub, envs, refresh=options.refresh, rotate=rotate)
                 show_plan(plan)
                 if options.expect_fingerprint is not None:
+                    from hepinfra.changeset import check_fingerprint
+
                     check_fingerprint(plan, options.expect_fingerprint)
             if plan.errors:
                 from hepinfra.render import error_lines

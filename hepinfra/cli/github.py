@@ -56,14 +56,30 @@ def github() -> None:
 
 
 def _run(which: str, manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local: str) -> None:
-    from hepinfra.github.api import GitHub
     from hepinfra.github.jobs import Job
 
     split = tuple(e for value in envs for e in value.replace(",", " ").split())
     job = Job.from_env(manifest_file, split, comment, on_unreviewed, local == "skip")
 
+    import secrets
+
     def log(line: str) -> None:
         click.echo(line.rstrip("\n"))
+
+    # what the job prints holds text of the pull request (names, paths, argv): GitHub must not read
+    # a workflow command (::set-output::, ::add-mask::, ...) in it
+    token = secrets.token_hex(16)
+    click.echo(f"::stop-commands::{token}")
+    try:
+        code = _job(which, job, log)
+    finally:
+        click.echo(f"::{token}::")
+    if code:
+        sys.exit(EXIT_ERROR)
+
+
+def _job(which: str, job: Any, log: Any) -> int:
+    from hepinfra.github.api import GitHub
 
     with GitHub.from_env() as gh:
         if which == "plan":
@@ -72,9 +88,8 @@ def _run(which: str, manifest_file: str, envs: tuple[str, ...], comment: str, on
             from hepinfra.github.jobs import apply_job as run
         else:
             from hepinfra.github.drift import drift_job as run
-        code = run(job, gh, log)
-    if code:
-        sys.exit(EXIT_ERROR)
+        code: int = run(job, gh, log)
+    return code
 
 
 @github.command("plan")

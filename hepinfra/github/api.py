@@ -31,7 +31,11 @@ class GitHub:
 
         if not _REPO.match(repository):
             raise UsageError(f"GITHUB_REPOSITORY must be OWNER/NAME, not {repository[:80]!r}")
-        if not api_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(api_url)
+        loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.username is not None or parts.password is not None or not (parts.scheme == "https" or loopback):
             raise UsageError("GITHUB_API_URL must be an https:// URL (or http:// on loopback, for tests)")
         register(token)
         self.api = api_url.rstrip("/")

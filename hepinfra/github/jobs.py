@@ -173,13 +173,12 @@ def reviewed_fingerprint(gh: GitHub, number: int, marker: str) -> str | None:
     """The fingerprint in hepinfra's plan comment on pull request ``number`` (by this token's
     identity), or None."""
     me = gh.login()
-    found = None
-    for comment in gh.comments(number):
+    for comment in gh.comments(number):  # the first one: the comment upsert_comment keeps up to date
         body = str(comment.get("body") or "")
         if (comment.get("user") or {}).get("login") == me and marker in body:
             match = _FINGERPRINT.search(body)
-            found = match.group(1) if match else None
-    return found
+            return match.group(1) if match else None
+    return None
 
 
 # --- plan ----------------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     from hepinfra.changeset import fingerprint
 
     pr = job.event.get("pull_request")
-    if not isinstance(pr, dict) or not isinstance(pr.get("number"), int):
+    if not isinstance(pr, dict) or type(pr.get("number")) is not int or not isinstance(pr.get("base"), dict):
         raise UsageError(f"hepinfra github plan runs on pull_request events, not {job.event_name or 'this event'}")
     number = pr["number"]
     base = str((pr.get("base") or {}).get("sha") or "")
@@ -232,19 +231,19 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
         ensure_commit(base)
         plan = _plan(job, base=base)
     except HepinfraError as exc:
-        upsert_comment(gh, number, job.marker, error_comment(job.marker, "plan", exc), job.comment)
         step_summary(f"### hepinfra plan failed\n\n{redact(str(exc))}\n")
         set_output("failure-reason", "error")
         log(f"Error: {exc}")
+        upsert_comment(gh, number, job.marker, error_comment(job.marker, "plan", exc), job.comment)
         return 1
     fp = fingerprint(plan)
     markdown = render.markdown(plan)
     step_summary(markdown + f"\nFingerprint: `{fp}`\n")
-    upsert_comment(gh, number, job.marker, plan_comment(job, plan, fp, markdown), job.comment)
     set_output("changes", "true" if plan.has_changes else "false")
     set_output("fingerprint", fp)
     log(render.text(plan, colour=False))
     log(f"Fingerprint: {fp}")
+    upsert_comment(gh, number, job.marker, plan_comment(job, plan, fp, markdown), job.comment)
     if plan.errors:
         set_output("failure-reason", "plan-errors")
         return 1
@@ -254,10 +253,18 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
 # --- apply ---------------------------------------------------------------------------------------
 
 
-def merged_pull(gh: GitHub, sha: str) -> dict[str, Any] | None:
-    """The pull request whose merge commit is ``sha`` (a push of a merge), or None."""
+def merged_pull(gh: GitHub, sha: str, branch: str | None) -> dict[str, Any] | None:
+    """The pull request whose merge commit is ``sha`` (a push of a merge) into ``branch`` (the pushed
+    branch: a pull request reviewed for another branch does not count), or None."""
     for pull in gh.pulls_of_commit(sha):
-        if pull.get("merge_commit_sha") == sha and pull.get("merged_at") and isinstance(pull.get("number"), int):
+        raw = pull.get("base")
+        base: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if (
+            pull.get("merge_commit_sha") == sha
+            and pull.get("merged_at")
+            and type(pull.get("number")) is int
+            and (branch is None or base.get("ref") == branch)
+        ):
             return pull
     return None
 
@@ -266,7 +273,8 @@ def apply_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     expected: str | None
     number: int | None = None
     if job.event_name == "workflow_dispatch":
-        inputs = job.event.get("inputs") or {}
+        inputs = job.event.get("inputs")
+        inputs = inputs if isinstance(inputs, dict) else {}
         expected = str(inputs.get("fingerprint") or "").strip()
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected):
             raise UsageError("workflow_dispatch needs the input 'fingerprint' (sha256:… from a plan you approve)")
@@ -274,7 +282,9 @@ def apply_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
         number = int(raw_number) if raw_number.isdigit() else None
     else:
         sha = str(job.event.get("after") or job.sha)
-        pull = merged_pull(gh, sha) if _SHA.match(sha) else None
+        ref = str(job.event.get("ref") or os.environ.get("GITHUB_REF", ""))
+        branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
+        pull = merged_pull(gh, sha, branch) if _SHA.match(sha) else None
         expected = None
         if pull is not None:
             number = pull["number"]

@@ -215,7 +215,9 @@ def test_a_big_plan_fits_one_comment_with_its_fingerprint(
 
 def merge(gh: FakeGitHub, root: Path, number: int, message: str = "merge") -> str:
     sha = git(root, "rev-parse", "HEAD")
-    gh.pulls_by_commit[sha] = [{"number": number, "merge_commit_sha": sha, "merged_at": "2026-12-03T00:00:00Z"}]
+    gh.pulls_by_commit[sha] = [
+        {"number": number, "merge_commit_sha": sha, "merged_at": "2026-12-03T00:00:00Z", "base": {"ref": "main"}}
+    ]
     return sha
 
 
@@ -227,7 +229,7 @@ def test_merge_applies_the_reviewed_change_set_only(
     planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(11, base, head))
     assert planned.code == 0, planned.logs
     sha = merge(gh, root, 11)
-    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert applied.code == 0, applied.logs
     assert applied.outputs["changes"] == "true"
     posted = [c["body"] for c in gh.comments[11] if "hepinfra:apply" in c["body"]]
@@ -239,7 +241,7 @@ def test_merge_applies_the_reviewed_change_set_only(
     assert planned.code == 0, planned.logs
     commit(root, MANIFEST + "  orders: {}\n  users: {}\n  audit: {}\n", None, "sneaked in before the merge")
     sha = merge(gh, root, 12)
-    changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert changed.code == 1
     assert changed.outputs["failure-reason"] == "plan-changed"
     note = [c["body"] for c in gh.comments[12] if "not applied, the plan changed" in c["body"]]
@@ -258,7 +260,7 @@ def test_a_push_that_merged_no_pull_request_is_not_applied(
 ) -> None:
     root, _ = repo(tmp_path / "ws", MANIFEST)
     sha = commit(root, MANIFEST + "  orders: {}\n", None, "pushed straight to main")
-    refused = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    refused = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert refused.code == 1 and refused.outputs["failure-reason"] == "unreviewed"
     assert not any(r["method"] in ("POST", "PATCH") for r in gh.requests)
 
@@ -285,7 +287,7 @@ def test_an_out_of_band_rotation_after_review_is_plan_changed(
 
     conftest_run(rotate_in_the_dashboard())
     sha = merge(gh, root, 13)
-    changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha)
+    changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert changed.code == 1 and changed.outputs["failure-reason"] == "plan-changed", changed.logs
 
 
@@ -301,7 +303,17 @@ def test_drift_opens_updates_closes_and_reopens_one_issue(
     sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
     read = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
     root, sha = repo(tmp_path / "ws", manifest, {"sink.py": sink, "read.py": read})
-    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha, **{"on-unreviewed": "apply"})
+    applied = run(
+        "apply",
+        root,
+        server,
+        gh,
+        runner_temp,
+        "push",
+        {"after": sha, "ref": "refs/heads/main"},
+        sha=sha,
+        **{"on-unreviewed": "apply"},
+    )
     assert applied.code == 0, applied.logs
     clean = run("drift", root, server, gh, runner_temp, "schedule", {})
     assert clean.code == 0 and clean.outputs["changes"] == "false" and gh.issues == []
@@ -316,7 +328,17 @@ def test_drift_opens_updates_closes_and_reopens_one_issue(
     again = run("drift", root, server, gh, runner_temp, "schedule", {})
     assert again.code == 0 and len(gh.issues) == 1  # updated, not duplicated
 
-    fixed = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha, **{"on-unreviewed": "apply"})
+    fixed = run(
+        "apply",
+        root,
+        server,
+        gh,
+        runner_temp,
+        "push",
+        {"after": sha, "ref": "refs/heads/main"},
+        sha=sha,
+        **{"on-unreviewed": "apply"},
+    )
     assert fixed.code == 0, fixed.logs
     closed = run("drift", root, server, gh, runner_temp, "schedule", {})
     assert closed.code == 0 and gh.issues[0]["state"] == "closed"
@@ -349,12 +371,21 @@ def test_a_plan_on_a_fresh_runner_after_an_apply_on_main_has_no_changes(
     )
     sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
     root, sha = repo(tmp_path / "main-runner", manifest, {"sink.py": sink})
-    applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha}, sha=sha, **{"on-unreviewed": "apply"})
+    applied = run(
+        "apply",
+        root,
+        server,
+        gh,
+        runner_temp,
+        "push",
+        {"after": sha, "ref": "refs/heads/main"},
+        sha=sha,
+        **{"on-unreviewed": "apply"},
+    )
     assert applied.code == 0, applied.logs
     assert not (root / ".env").exists()  # a local output: left out on a runner
     git(root, "add", "secrets/prod.env.age")  # the GitOps repository keeps the age file
-    after = git(root, "commit", "-q", "-m", "age file written by the apply") or git(root, "rev-parse", "HEAD")
-    assert after is not None
+    git(root, "commit", "-q", "-m", "age file written by the apply")
     fresh = tmp_path / "fresh-runner"
     subprocess.run(["git", "clone", "-q", str(root), str(fresh)], check=True)
     shutil.copytree(root / ".hepinfra", fresh / ".hepinfra")  # the shared state (S3/PostgreSQL in real life)
@@ -363,3 +394,33 @@ def test_a_plan_on_a_fresh_runner_after_an_apply_on_main_has_no_changes(
     plan = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(21, base, head))
     assert plan.code == 0, plan.logs
     assert plan.outputs["changes"] == "false", plan.logs
+
+
+def test_a_pull_request_merged_into_another_branch_is_not_a_review_of_main(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    head = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
+    planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(31, base, head))
+    assert planned.code == 0, planned.logs
+    sha = git(root, "rev-parse", "HEAD")
+    gh.pulls_by_commit[sha] = [
+        {"number": 31, "merge_commit_sha": sha, "merged_at": "2026-12-03T00:00:00Z", "base": {"ref": "feature"}}
+    ]
+    pushed = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
+    assert pushed.code == 1 and pushed.outputs["failure-reason"] == "unreviewed"
+
+
+def test_workflow_commands_in_a_pull_request_are_not_obeyed(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    head = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
+    result = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(32, base, head))
+    assert result.code == 0, result.logs
+    lines = result.logs.splitlines()
+    start = [i for i, line in enumerate(lines) if line.startswith("::stop-commands::")]
+    assert len(start) == 1
+    token = lines[start[0]].split("::")[2]
+    assert len(token) == 32 and lines.count(f"::{token}::") == 1
+    assert all(not line.startswith("::") for line in lines[start[0] + 1 : lines.index(f"::{token}::")])

@@ -1,6 +1,12 @@
 """``output`` and ``run``: values on explicit request (the one place a secret is printed), and a
 command run with them in its environment (never its arguments), without hepinfra's own credentials
-(``safety.credentials.run_environment``) unless ``--pass-env`` names one."""
+(``safety.credentials.run_environment``) unless ``--pass-env`` names one.
+
+In GitHub Actions (``GITHUB_ACTIONS=true``) both first write ``::add-mask::`` for every form of
+every value they hand over, to stderr (``hepinfra.github.mask``). ``output --format github-env``
+and ``github-output`` append the values to the files ``$GITHUB_ENV`` / ``$GITHUB_OUTPUT`` name, in
+GitHub's heredoc form, and always mask first (they only make sense in a step), whatever
+``GITHUB_ACTIONS`` says."""
 
 from __future__ import annotations
 
@@ -15,31 +21,52 @@ from hepinfra.errors import UsageError
 # --- output / run --------------------------------------------------------------------------------
 
 
+FILE_FORMATS = {"github-env": "GITHUB_ENV", "github-output": "GITHUB_OUTPUT"}
+FORMAT_OF = {variable: fmt for fmt, variable in FILE_FORMATS.items()}
+
+
 @click.command()
 @manifest_option
 @click.argument("address")
-@click.option("--format", "fmt", type=click.Choice(["dotenv", "json", "shell"]), default="dotenv", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["dotenv", "json", "shell", *FILE_FORMATS]),
+    default="dotenv",
+    show_default=True,
+    help="github-env / github-output append to the file $GITHUB_ENV / $GITHUB_OUTPUT names (heredoc "
+    "form) and print no value.",
+)
 def output(manifest_file: str, address: str, fmt: str) -> None:
     """Print one resource's values (ENV/databases.KEY, ENV/ids.KEY, ENV/uploads.KEY), secrets included:
-    only on explicit request, never logged."""
+    only on explicit request, never logged.
+
+    With GITHUB_ACTIONS=true, an ::add-mask:: line for every form of every value goes to stderr
+    first (stdout keeps exactly the values); github-env and github-output always mask."""
     import json
     import shlex
 
     from hepinfra import runner
+    from hepinfra.github import mask
     from hepinfra.templates import dotenv_quote
 
+    target = _file_command_target(FILE_FORMATS[fmt]) if fmt in FILE_FORMATS else None
     project = runner.Project.open(manifest_file)
     env, kind, key = parse_address(project.manifest, project.manifest.environments, address)
     found = [d for d in project.manifest.declared[env] if (d.kind, d.key) == (kind, key)]
     if not found:
         raise UsageError(f"{address}: no {kind.removesuffix('s')} '{key}' is declared in environment '{env}'")
     values = run_async(runner.resource_values(project, env, [(kind, key)]))[found[0].ref]
-    out = raw_stdout()
+    if target is not None:
+        payload = _file_command_payload(values)  # refuses a name the file format cannot carry, before any mask
+        mask.emit(values)
+        _append_file_command(target, FILE_FORMATS[fmt], payload)
+        click.echo(f"{address}: wrote {', '.join(values)} to ${FILE_FORMATS[fmt]}", err=True)
+        return
     if fmt == "json":
-        click.echo(json.dumps(values, indent=2, sort_keys=True), file=out)
+        printed = [json.dumps(values, indent=2, sort_keys=True)]
     elif fmt == "shell":
-        for name, value in values.items():
-            click.echo(f"export {name}={shlex.quote(value)}", file=out)
+        printed = [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
     else:
         from hepinfra.errors import OutputError
         from hepinfra.templates import QuotingError
@@ -52,7 +79,80 @@ def output(manifest_file: str, address: str, fmt: str) -> None:
                 raise OutputError(
                     f"{name}: cannot be printed as dotenv: {exc}", hint="use --format json or shell"
                 ) from None
-        click.echo("\n".join(lines), file=out)
+        printed = ["\n".join(lines)]
+    if mask.in_actions(os.environ):
+        mask.emit(values)  # only now: nothing is masked for values that are never printed
+    out = raw_stdout()
+    for text in printed:
+        click.echo(text, file=out)
+
+
+# --- GitHub's file commands ($GITHUB_ENV, $GITHUB_OUTPUT) ----------------------------------------
+
+
+def _file_command_target(variable: str) -> str:
+    """The path ``$VARIABLE`` names, refused at once (before anything is read) when unset, a
+    symbolic link or not a regular file. ``_append_file_command`` checks again on the open file."""
+    import stat
+
+    path = os.environ.get(variable, "")
+    if not path:
+        raise UsageError(f"${variable} is not set: --format {FORMAT_OF[variable]} appends to the file it names")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return path  # created by the append (the runner creates it; a local try may not have)
+    except OSError as exc:
+        raise UsageError(f"${variable}: cannot use {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(f"${variable}: {path} is a symbolic link; refusing to write through it")
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"${variable}: {path} is not a regular file; refusing to write to it")
+    return path
+
+
+def _file_command_payload(values: dict[str, str]) -> bytes:
+    """``NAME<<DELIM``, the value, ``DELIM`` for each value: the runner's heredoc form (its
+    ``FileCommandManager``: the value is everything between the two lines, whatever it holds).
+    DELIM is ``ghadelimiter_`` and a random UUID, fresh for each value and absent from it."""
+    import uuid
+
+    entries = []
+    for name, value in values.items():
+        if not name or any(c in name for c in "=<\r\n"):  # the runner would read another name, or none
+            raise UsageError(f"{name!r}: not a name GitHub's file commands can carry")
+        delimiter = f"ghadelimiter_{uuid.uuid4()}"
+        while delimiter in value:
+            delimiter = f"ghadelimiter_{uuid.uuid4()}"
+        entries.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+    return "".join(entries).encode("utf-8", "surrogateescape")
+
+
+def _append_file_command(path: str, variable: str, payload: bytes) -> None:
+    """Append ``payload`` to ``path`` with O_APPEND|O_NOFOLLOW: a link is never followed, and a
+    FIFO or device (opened without blocking) is refused before a byte is written."""
+    import errno
+    import stat
+
+    from hepinfra.errors import OutputError
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"${variable}: {path} is a symbolic link; refusing to write through it") from None
+        raise OutputError(f"${variable}: cannot open {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"${variable}: {path} is not a regular file; refusing to write to it")
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise OutputError(f"${variable}: cannot write {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -74,10 +174,14 @@ def run(manifest_file: str, env: str, pass_env: tuple[str, ...], command: tuple[
     COMMAND keeps your environment except hepinfra's credentials: HEPGG_*, HEPINFRA_STATE_*,
     HEPINFRA_LOCAL_* and the variables the manifest's db_key_env, id_username_env, id_token_env,
     upload_token_env and the state block's url_env name (with the postgres state backend, libpq's
-    PGPASSWORD, PGPASSFILE and PGSERVICEFILE too); --pass-env NAME keeps one."""
+    PGPASSWORD, PGPASSFILE and PGSERVICEFILE too); --pass-env NAME keeps one.
+
+    With GITHUB_ACTIONS=true, an ::add-mask:: line for every form of every value goes to stderr
+    before COMMAND starts, so GitHub masks whatever COMMAND prints."""
     import shutil
 
     from hepinfra import runner
+    from hepinfra.github import mask
     from hepinfra.safety.credentials import run_environment
 
     project = runner.Project.open(manifest_file)
@@ -89,6 +193,8 @@ def run(manifest_file: str, env: str, pass_env: tuple[str, ...], command: tuple[
     program = shutil.which(command[0])
     if program is None:
         raise UsageError(f"command not found: {command[0]}")
-    sys.stdout.flush()
     environ = run_environment(project.manifest, os.environ, pass_env)
+    if mask.in_actions(os.environ):
+        mask.emit(values)  # before COMMAND starts: GitHub then masks whatever it prints
+    sys.stdout.flush()
     os.execve(program, list(command), {**environ, **values})  # noqa: S606 (no shell, by design)

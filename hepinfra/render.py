@@ -29,6 +29,12 @@ def _plain(text: str, **_: Any) -> str:
     return text
 
 
+def skipped_line(plan: Plan) -> str:
+    """What ``--skip-local-outputs`` left out: a reviewer must know those files are not written."""
+    kinds = ", ".join(plan.skipped_outputs)
+    return f"Left out (--skip-local-outputs): {kinds} outputs are neither read nor written by this run."
+
+
 def summary_line(plan: Plan) -> str:
     c = plan.counts()
     return (
@@ -56,6 +62,8 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
             bold=True,
         )
     )
+    if plan.skipped_outputs:
+        lines.append(skipped_line(plan))
     lines.append("")
     shown = [c for c in plan.changes if show_noop or c.action is not Action.NOOP]
     for change in shown:
@@ -184,6 +192,8 @@ def markdown(plan: Plan) -> str:
         f"{', '.join(f'`{e}`' for e in plan.environments) or 'none'}"
         f"{'' if plan.refreshed else ' (not refreshed)'}.\n"
     )
+    if plan.skipped_outputs:
+        lines.append(f"_{skipped_line(plan)}_\n")
     if plan.actionable:
         lines.append("| | address | action | why |")
         lines.append("|---|---|---|---|")

@@ -92,23 +92,23 @@ def _job(which: str, job: Any, log: Any) -> int:
     return code
 
 
-@github.command("plan")
-@_job_options
-def plan(manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str) -> None:
-    """pull_request: plan against the base commit and keep ONE comment on the pull request up to date."""
-    _run("plan", manifest_file, envs, comment, on_unreviewed, local_outputs)
+_HELP = {
+    "plan": "pull_request: plan against the base commit and keep ONE comment on the pull request up to date.",
+    "apply": "push (merge): apply only the change set reviewed on the merged pull request; workflow_dispatch: "
+    "the fingerprint given.",
+    "drift": "schedule: a refreshing plan per environment; ONE issue per environment lists its drift.",
+}
 
 
-@github.command("apply")
-@_job_options
-def apply(manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str) -> None:
-    """push (merge): apply only the change set reviewed on the merged pull request; workflow_dispatch: the
-    fingerprint given."""
-    _run("apply", manifest_file, envs, comment, on_unreviewed, local_outputs)
+def _command(which: str) -> click.Command:
+    def command(
+        manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str
+    ) -> None:
+        _run(which, manifest_file, envs, comment, on_unreviewed, local_outputs)
+
+    command.__doc__ = _HELP[which]
+    return github.command(which)(_job_options(command))
 
 
-@github.command("drift")
-@_job_options
-def drift(manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str) -> None:
-    """schedule: a refreshing plan per environment; ONE issue per environment lists its drift."""
-    _run("drift", manifest_file, envs, comment, on_unreviewed, local_outputs)
+for _which in _HELP:
+    _command(_which)

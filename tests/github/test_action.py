@@ -32,6 +32,12 @@ databases:
       - dotenv: .env
         keys: {SHOP_URL: "{{ db.connection_string }}"}
 """
+# an exec output (a secret store through a CLI) that can be read back: .stored stands for the store
+EXEC_MANIFEST = MANIFEST.replace("      - dotenv: .env", "      - exec: [python3, sink.py]").replace(
+    "keys: {SHOP_URL", "read: [python3, read.py]\n        keys: {SHOP_URL"
+)
+EXEC_SINK = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
+EXEC_READ = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
 
 
 @pytest.fixture(scope="session")
@@ -268,11 +274,7 @@ def test_a_push_that_merged_no_pull_request_is_not_applied(
 def test_an_out_of_band_rotation_after_review_is_plan_changed(
     tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
 ) -> None:
-    manifest = MANIFEST.replace("      - dotenv: .env", "      - exec: [python3, sink.py]").replace(
-        "keys: {SHOP_URL", "read: [python3, read.py]\n        keys: {SHOP_URL"
-    )
-    sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
-    read = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
+    manifest, sink, read = EXEC_MANIFEST, EXEC_SINK, EXEC_READ
     root, base = repo(tmp_path / "ws", manifest, {"sink.py": sink, "read.py": read})
     first = run("apply", root, server, gh, runner_temp, "push", {"after": base}, sha=base, **{"on-unreviewed": "apply"})
     assert first.code == 0, first.logs
@@ -297,11 +299,7 @@ def test_an_out_of_band_rotation_after_review_is_plan_changed(
 def test_drift_opens_updates_closes_and_reopens_one_issue(
     tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
 ) -> None:
-    manifest = MANIFEST.replace("      - dotenv: .env", "      - exec: [python3, sink.py]").replace(
-        "keys: {SHOP_URL", "read: [python3, read.py]\n        keys: {SHOP_URL"
-    )
-    sink = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
-    read = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
+    manifest, sink, read = EXEC_MANIFEST, EXEC_SINK, EXEC_READ
     root, sha = repo(tmp_path / "ws", manifest, {"sink.py": sink, "read.py": read})
     applied = run(
         "apply",
@@ -394,6 +392,8 @@ def test_a_plan_on_a_fresh_runner_after_an_apply_on_main_has_no_changes(
     plan = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(21, base, head))
     assert plan.code == 0, plan.logs
     assert plan.outputs["changes"] == "false", plan.logs
+    (comment,) = plan_comments(gh, 21)
+    assert "Left out (--skip-local-outputs): dotenv, template outputs" in comment["body"]
 
 
 def test_a_pull_request_merged_into_another_branch_is_not_a_review_of_main(

@@ -44,6 +44,7 @@ def change_set(plan: Plan, *, read_back: bool = True) -> list[dict[str, Any]]:
                 "retire_left": sorted(c.retire_left),
                 "finish_rotation": c.finish_rotation,
                 "rotate_after_adopt": c.rotate_after_adopt,
+                **({"moved_to": c.moved_to} if c.moved_to is not None else {}),
             }
         )
     return sorted(items, key=lambda item: item["address"])
@@ -62,6 +63,9 @@ def fingerprint(plan: Plan) -> str:
         item["reasons"] = codes.get(item["address"], [])
     body = json.dumps(items, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+NO_CHANGES = "sha256:" + hashlib.sha256(b"[]").hexdigest()  # the fingerprint of a plan with no changes
 
 
 def check_fingerprint(plan: Plan, expected: str) -> None:

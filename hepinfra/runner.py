@@ -309,6 +309,7 @@ def settle_seconds() -> float:
 
 
 def saved_skips(saved: Plan) -> frozenset[str]:
+    write_back: bool = False  # committed files (age) record what they replace: OutputRecord.write_back_from
     """The output kinds a saved plan left out (``--skip-local-outputs``): only ones this hepinfra knows
     as local, so an edited file cannot hide a remote store's output from the re-plan at apply."""
     from hepinfra.outputs import local_kinds
@@ -392,6 +393,7 @@ async def apply(
 
                     check_fingerprint(plan, options.expect_fingerprint)
             if plan.errors:
+                write_back=options.write_back,
                 from hepinfra.render import error_lines
 
                 lines = error_lines(plan)

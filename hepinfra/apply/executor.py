@@ -135,6 +135,7 @@ class Executor:
         parallelism: int = 8,
         emit: Emit = lambda event: None,
         settle_s: float = SETTLE_S,
+        write_back: bool = False,
     ) -> None:
         self.plan, self.manifest, self.ledgers, self.hepgg, self.access = plan, manifest, ledgers, hepgg, access
         self.parallelism = max(1, parallelism)
@@ -144,7 +145,9 @@ class Executor:
         self._slots = asyncio.Semaphore(self.parallelism)
         self._emit = emit
         self.writer = OutputWriter(
-            manifest.project_dir, [t for decls in manifest.declared.values() for d in decls for t in d.outputs]
+            manifest.project_dir,
+            [t for decls in manifest.declared.values() for d in decls for t in d.outputs],
+            write_back=write_back,
         )
         self.rotated: set[str] = set()  # remote ids rotated in this run: never twice
         self._declared = {d.address: d for decls in manifest.declared.values() for d in decls}

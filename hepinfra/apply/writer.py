@@ -25,12 +25,12 @@ from hepinfra.digests import Digester
 from hepinfra.errors import HepinfraError, LockError, OutputError
 from hepinfra.fsutil import remove_stale_temps_of
 from hepinfra.locking import flock_path, output_lock_file, shared_lock_dir
-from hepinfra.outputs import REMOTE_SINKS, SINKS, SPECS, retire_left
-from hepinfra.outputs.base import Written, resolve_path
+from hepinfra.outputs import REMOTE_SINKS, SINKS, SPECS, local_kinds, retire_left
+from hepinfra.outputs.base import Written, observe_whole_file, resolve_path
 from hepinfra.safety.git import GitUnavailable, GitView
 from hepinfra.safety.paths import Boundary, Refused, inside, shown
 from hepinfra.safety.redact import redact
-from hepinfra.state.model import OutputRecord, State
+from hepinfra.state.model import WRITE_BACK_ABSENT, OutputRecord, State
 from hepinfra.values import Declared, OutputTarget
 
 log = logging.getLogger("hepinfra.outputs")
@@ -89,8 +89,10 @@ def failure_message(exc: BaseException) -> str:
 
 
 class OutputWriter:
-    def __init__(self, project_dir: Path, declared: list[OutputTarget]) -> None:
+    def __init__(self, project_dir: Path, declared: list[OutputTarget], *, write_back: bool = False) -> None:
         self.project_dir = project_dir
+        # apply --write-back: files that are committed (not local: age) record what they replaced
+        self.write_back = frozenset(SINKS) - local_kinds() if write_back else frozenset()
         # every dotenv key some declaration (any environment) writes, per real path: a key that moved to
         # another output of the same file is never removed as "no longer declared", whichever writes first
         self._declared_keys: dict[Path, set[str]] = {}
@@ -134,6 +136,7 @@ class OutputWriter:
         records: dict[str, OutputRecord] = {}
         failures: list[Failure] = []
         for target in targets:
+            replaced: str | None = None
             output_id = State.output_id(decl.ref, target.path)
             previous = state.outputs.get(output_id)
             key_digests: dict[str, str] = {}
@@ -149,7 +152,7 @@ class OutputWriter:
                     real = resolve_path(self.project_dir, target)
                     previous_keys = self._removable(real, previous.keys if previous is not None else ())
                     async with self._lock(real):  # fsync off the event loop, so other changes go on meanwhile
-                        result = await asyncio.to_thread(
+                        result, replaced = await asyncio.to_thread(
                             self._write_locked, real, target, context, digest, previous_keys
                         )
                     self.touched_dirs.add(real.parent)
@@ -169,6 +172,7 @@ class OutputWriter:
                 definition_digest=target.definition_digest,
                 keys=tuple(k for k, _ in target.keys),
                 key_digests=key_digests,
+                write_back_from=replaced,
                 written_at=datetime.now(UTC),
             )
         return records, failures
@@ -190,9 +194,14 @@ class OutputWriter:
         context: dict[str, Any],
         digest: Digester,
         previous_keys: tuple[str, ...],
-    ) -> str | Written:
+    ) -> tuple[str | Written, str | None]:
+        """What the sink wrote, and (apply --write-back) the keyed digest of the file it replaced."""
         with flock_path(output_lock_file(self.lock_dir, real)):
-            return SINKS[target.kind].write(real, target, context, digest, previous_keys=previous_keys)
+            replaced = None
+            if target.kind in self.write_back:
+                before = observe_whole_file(real, digest)
+                replaced = before.digest if before.exists and before.digest else WRITE_BACK_ABSENT
+            return SINKS[target.kind].write(real, target, context, digest, previous_keys=previous_keys), replaced
 
     async def retire(self, records: list[OutputRecord], digest: Digester) -> list[Failure]:
         """Remove hepinfra's part of outputs no longer declared (their keys, or their file).

@@ -44,6 +44,14 @@ def _job_options(f: Any) -> Any:
                 show_default=True,
                 help="skip: leave dotenv and template outputs out (the runner is thrown away); keep: plan them.",
             ),
+            click.option(
+                "--write-back",
+                type=click.Choice(["off", "pr"]),
+                default="off",
+                show_default=True,
+                help="apply: pr: commit the committed outputs the apply wrote (age files) on a branch and open a "
+                "pull request with them; plans treat the files it replaces as a pending write-back.",
+            ),
         ]
     ):
         f = decorator(f)
@@ -55,11 +63,13 @@ def github() -> None:
     """Run in a GitHub Actions job (action.yml): plan comments, apply on merge, drift issues."""
 
 
-def _run(which: str, manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local: str) -> None:
+def _run(
+    which: str, manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local: str, write_back: str
+) -> None:
     from hepinfra.github.jobs import Job
 
     split = tuple(e for value in envs for e in value.replace(",", " ").split())
-    job = Job.from_env(manifest_file, split, comment, on_unreviewed, local == "skip")
+    job = Job.from_env(manifest_file, split, comment, on_unreviewed, local == "skip", write_back)
 
     import secrets
 
@@ -102,9 +112,9 @@ _HELP = {
 
 def _command(which: str) -> click.Command:
     def command(
-        manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str
+        manifest_file: str, envs: tuple[str, ...], comment: str, on_unreviewed: str, local_outputs: str, write_back: str
     ) -> None:
-        _run(which, manifest_file, envs, comment, on_unreviewed, local_outputs)
+        _run(which, manifest_file, envs, comment, on_unreviewed, local_outputs, write_back)
 
     command.__doc__ = _HELP[which]
     return github.command(which)(_job_options(command))

@@ -215,6 +215,7 @@ def _apply_command(
     no_refresh: bool,
     skip_local_outputs: bool = False,
     expect_fingerprint: str | None = None,
+    write_back: bool = False,
 ) -> None:
     import json
     import statistics
@@ -268,6 +269,7 @@ def _apply_command(
         lock_timeout=parse_timeout(lock_timeout),
         refresh=not no_refresh,
         expect_fingerprint=expect_fingerprint,
+        write_back=write_back,
     )
     if plan_file:
         printer.start(0)
@@ -343,6 +345,14 @@ def apply_options(f: Any) -> Any:
             lock_timeout_option,
             click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
             skip_local_option,
+            click.option(
+                "--write-back",
+                is_flag=True,
+                envvar="HEPINFRA_WRITE_BACK",
+                help="The files this apply writes that are committed (age) reach the repository later, through a "
+                "write-back pull request: until then a checkout holding the file they replaced is not a change. "
+                "Also HEPINFRA_WRITE_BACK=1.",
+            ),
         ]
     ):
         f = decorator(f)  # type: ignore[operator]
@@ -375,6 +385,7 @@ def apply(
     lock_timeout: str,
     no_refresh: bool,
     skip_local_outputs: bool,
+    write_back: bool,
     rotations: tuple[str, ...],
     expect_fingerprint: str | None,
 ) -> None:
@@ -391,6 +402,7 @@ def apply(
         no_refresh,
         skip_local_outputs,
         expect_fingerprint,
+        write_back,
     )
 
 
@@ -407,6 +419,7 @@ def rotate(
     lock_timeout: str,
     no_refresh: bool,
     skip_local_outputs: bool,
+    write_back: bool,
 ) -> None:
     """Rotate now (plan + apply with --rotate ADDR...): a database's password (ENV/databases.NAME or NAME),
     an id's value (ids.NAME), an upload (uploads.NAME: uploaded again)."""
@@ -421,4 +434,6 @@ def rotate(
         lock_timeout,
         no_refresh,
         skip_local_outputs,
+        None,
+        write_back,
     )

@@ -152,6 +152,16 @@ class GitHub:
         found = self._call("GET", f"/repos/{self.repo}/commits/{sha}/pulls")
         return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
 
+    def open_pulls(self, head: str) -> list[dict[str, Any]]:
+        """Open pull requests from ``head`` (OWNER:BRANCH)."""
+        return list(self._pages(f"/repos/{self.repo}/pulls", {"state": "open", "head": head}))
+
+    def create_pull(self, title: str, head: str, base: str, body: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._call(
+            "POST", f"/repos/{self.repo}/pulls", json={"title": title, "head": head, "base": base, "body": body}
+        )
+        return found
+
     def issues(self, creator: str) -> Iterator[dict[str, Any]]:
         """Issues (not pull requests) opened by ``creator``, open or closed."""
         for item in self._pages(f"/repos/{self.repo}/issues", {"state": "all", "creator": creator}):

@@ -45,12 +45,15 @@ class Job:
     comment: str  # update | new | off
     on_unreviewed: str  # fail | apply
     skip_local: bool
+    write_back: str  # off | pr
     event_name: str
     event: dict[str, Any]
     sha: str
 
     @classmethod
-    def from_env(cls, manifest: str, envs: Sequence[str], comment: str, on_unreviewed: str, skip_local: bool) -> Job:
+    def from_env(
+        cls, manifest: str, envs: Sequence[str], comment: str, on_unreviewed: str, skip_local: bool, write_back: str
+    ) -> Job:
         name = os.environ.get("GITHUB_EVENT_NAME", "")
         path = os.environ.get("GITHUB_EVENT_PATH", "")
         event: dict[str, Any] = {}
@@ -62,9 +65,14 @@ class Job:
             if not isinstance(loaded, dict):
                 raise UsageError("GITHUB_EVENT_PATH: the event is not a JSON object")
             event = loaded
-        return cls(
-            manifest, tuple(envs), comment, on_unreviewed, skip_local, name, event, os.environ.get("GITHUB_SHA", "")
-        )
+        sha = os.environ.get("GITHUB_SHA", "")
+        return cls(manifest, tuple(envs), comment, on_unreviewed, skip_local, write_back, name, event, sha)
+
+    @property
+    def branch(self) -> str | None:
+        """The branch pushed (push) or run on (workflow_dispatch), or None."""
+        ref = str(self.event.get("ref") or os.environ.get("GITHUB_REF", ""))
+        return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
 
     @property
     def marker(self) -> str:
@@ -224,6 +232,12 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     if not isinstance(pr, dict) or type(pr.get("number")) is not int or not isinstance(pr.get("base"), dict):
         raise UsageError(f"hepinfra github plan runs on pull_request events, not {job.event_name or 'this event'}")
     number = pr["number"]
+    from hepinfra.github.writeback import is_write_back
+
+    if is_write_back(pr, gh.login()):
+        set_output("changes", "false")
+        log(f"Pull request #{number} is hepinfra's own write-back (committed outputs of an apply): no plan needed")
+        return 0
     base = str((pr.get("base") or {}).get("sha") or "")
     if not _SHA.match(base):
         raise UsageError("the pull_request event has no base commit SHA")
@@ -282,12 +296,16 @@ def apply_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
         number = int(raw_number) if raw_number.isdigit() else None
     else:
         sha = str(job.event.get("after") or job.sha)
-        ref = str(job.event.get("ref") or os.environ.get("GITHUB_REF", ""))
-        branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
-        pull = merged_pull(gh, sha, branch) if _SHA.match(sha) else None
+        pull = merged_pull(gh, sha, job.branch) if _SHA.match(sha) else None
         expected = None
         if pull is not None:
+            from hepinfra.changeset import NO_CHANGES
+            from hepinfra.github.writeback import is_write_back
+
             number = pull["number"]
+            if is_write_back(pull, gh.login()):  # its merge brings the files the last apply wrote: nothing to do
+                log(f"Pull request #{number} was hepinfra's own write-back: applying only an empty change set")
+                return _apply(job, gh, NO_CHANGES, number, log)
             expected = reviewed_fingerprint(gh, pull["number"], job.marker)
         if expected is None:
             why = (
@@ -314,7 +332,7 @@ def _apply(job: Job, gh: GitHub, expected: str | None, number: int | None, log: 
     marker = job.marker.replace("hepinfra:plan", "hepinfra:apply")
     try:
         project = runner.Project.open(job.manifest, skip_outputs=skipped(job.skip_local))
-        options = runner.ApplyOptions(envs=job.envs, expect_fingerprint=expected)
+        options = runner.ApplyOptions(envs=job.envs, expect_fingerprint=expected, write_back=job.write_back == "pr")
         printer.start(0)
         try:
             _, result = run_async(
@@ -351,6 +369,8 @@ def _apply(job: Job, gh: GitHub, expected: str | None, number: int | None, log: 
         return 0
     set_output("changes", "true")
     lines = [f"{marker}", f"### hepinfra apply: {len(result.succeeded)} succeeded, {len(result.failed)} failed", ""]
+    written_back = _write_back(job, gh, project, log) if job.write_back == "pr" else []
+    lines += written_back
     for outcome in result.succeeded:
         lines.append(f"- :white_check_mark: `{outcome.address}` {outcome.action}")
     for outcome in result.failed:
@@ -362,4 +382,24 @@ def _apply(job: Job, gh: GitHub, expected: str | None, number: int | None, log: 
     if result.failed:
         set_output("failure-reason", "apply-failed")
         return 1
+    if any(line.startswith("- :x:") for line in written_back):
+        set_output("failure-reason", "write-back-failed")
+        return 1
     return 0
+
+
+def _write_back(job: Job, gh: GitHub, project: Any, log: Callable[[str], None]) -> list[str]:
+    """Open the write-back pull request of what this apply wrote to committed outputs; the lines the
+    result comment gains. A failure here is reported, never hidden: the files are on this runner only."""
+    from hepinfra import runner
+    from hepinfra.github.writeback import open_write_back
+
+    if job.branch is None:
+        return ["- :warning: write-back: the branch run on is unknown (GITHUB_REF); nothing was written back"]
+    try:
+        envs = runner.select_environments(project.manifest, job.envs)
+        number = open_write_back(gh, project.manifest, envs, base=job.branch, sha=job.sha, log=log)
+    except (HepinfraError, OSError, subprocess.SubprocessError) as exc:
+        log(f"Error: {redact(str(exc))}")
+        return [f"- :x: {redact(str(exc))}"]
+    return [f"- :arrows_counterclockwise: write-back: #{number}"] if number is not None else []

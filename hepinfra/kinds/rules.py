@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hepinfra.state.model import State
+from hepinfra.state.model import WRITE_BACK_ABSENT, OutputRecord, State
 from hepinfra.values import (
     Action,
     Change,
@@ -58,6 +58,8 @@ def output_reason(
     observed = facts.outputs.get((decl.ref, target_path), ObservedOutput(exists=False))
     if record is None:
         return "never rendered"
+    if pending_write_back(record, observed) and record.definition_digest == definition:
+        return None  # the checkout holds what the last apply replaced: its write-back is not merged yet
     if not observed.exists:
         return "missing"
     if observed.problem:
@@ -69,6 +71,15 @@ def output_reason(
     if current is not None and current != record.password_digest:
         return f"holds an old {noun or 'value'}"
     return None
+
+
+def pending_write_back(record: OutputRecord, observed: ObservedOutput) -> bool:
+    """The file is the one an ``apply --write-back`` replaced (or still absent, where there was none):
+    the new one is on its way through a write-back pull request."""
+    if record.write_back_from is None:
+        return False
+    seen = (observed.digest if not observed.problem else None) if observed.exists else WRITE_BACK_ABSENT
+    return seen == record.write_back_from
 
 
 def key_drift(recorded: Mapping[str, str], observed: tuple[tuple[str, str], ...] | None) -> str | None:

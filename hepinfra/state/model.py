@@ -112,6 +112,9 @@ def _registered_output(kind: str) -> str:
     return kind
 
 
+WRITE_BACK_ABSENT = "absent"  # OutputRecord.write_back_from: no file was there
+
+
 class OutputRecord(_Value):
     """What hepinfra last wrote to one output of one resource, as keyed digests."""
 
@@ -123,6 +126,10 @@ class OutputRecord(_Value):
     definition_digest: str  # what the manifest asked for (changes when the template does)
     keys: tuple[str, ...] = ()  # dotenv: the keys hepinfra manages in that file
     key_digests: dict[str, str] = {}  # keyed digest of each key's value, where the sink reads keys back
+    # apply --write-back: the keyed digest of the file this write replaced (``absent``: there was
+    # none). The file is committed later by a write-back pull request; until then a checkout that
+    # still holds the replaced file is a pending write-back, not a change
+    write_back_from: str | None = None
     written_at: datetime
 
 

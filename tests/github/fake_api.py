@@ -1,5 +1,5 @@
 """A fake of GitHub's REST API on loopback (a real HTTP server in a thread) for the action's tests:
-issue comments, issues, the pull requests of a commit, GET /user. It records every request
+issue comments, issues, the pull requests of a commit, opening and listing pull requests, GET /user. It records every request
 (method, path, query, headers, body) and enforces what GitHub enforces that matters here: a
 comment or issue body of at most 65,536 characters, the token, and that only a comment's author
 may edit it."""
@@ -25,6 +25,7 @@ class FakeGitHub:
     comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # issue number -> comments
     issues: list[dict[str, Any]] = field(default_factory=list)
     pulls_by_commit: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    pulls: list[dict[str, Any]] = field(default_factory=list)  # pull requests opened through the API
     requests: list[dict[str, Any]] = field(default_factory=list)
     _next_id: int = 1000
     url: str = ""
@@ -89,6 +90,31 @@ class FakeGitHub:
                     issue.update({k: v for k, v in body.items() if k in ("body", "state", "title")})
                     return 200, issue, {}
             return 404, {"message": "Not Found"}, {}
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/pulls", path):
+            if method == "GET":
+                head = query.get("head", [None])[0]
+                state = query.get("state", ["open"])[0]
+                found = [
+                    p
+                    for p in self.pulls
+                    if (head is None or f"acme:{p['head']['ref']}" == head) and state in (p["state"], "all")
+                ]
+                return self._page(found, query, path)
+            if method == "POST":
+                if any(p["head"]["ref"] == body["head"] and p["state"] == "open" for p in self.pulls):
+                    return 422, {"message": "Validation Failed"}, {}  # GitHub: a pull request already exists
+                self._next_id += 1
+                pull = {
+                    "number": self._next_id,
+                    "title": body["title"],
+                    "body": body["body"],
+                    "state": "open",
+                    "head": {"ref": body["head"]},
+                    "base": {"ref": body["base"]},
+                    "user": {"login": self.login},
+                }
+                self.pulls.append(pull)
+                return 201, pull, {}
         if path == "/user" and method == "GET":
             if not self.user_readable:
                 return 403, {"message": "Resource not accessible by integration"}, {}

@@ -424,3 +424,83 @@ def test_workflow_commands_in_a_pull_request_are_not_obeyed(
     token = lines[start[0]].split("::")[2]
     assert len(token) == 32 and lines.count(f"::{token}::") == 1
     assert all(not line.startswith("::") for line in lines[start[0] + 1 : lines.index(f"::{token}::")])
+
+
+# --- write-back: pr (GitOps) -----------------------------------------------------------------------------
+
+
+def test_write_back_opens_one_pull_request_and_its_pending_files_are_not_a_change(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    import pyrage
+
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    manifest = MANIFEST + textwrap.indent(
+        textwrap.dedent(
+            f"""\
+            - age: secrets/prod.env.age
+              recipients: ["{recipient}"]
+              keys: {{SHOP_URL: "{{{{ db.connection_string }}}}"}}
+            """
+        ),
+        "      ",
+    )
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    root, sha = repo(tmp_path / "main-runner", manifest)
+    git(root, "remote", "add", "origin", str(origin))
+    git(root, "push", "-q", "origin", "main")
+    applied = run(
+        "apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha,
+        **{"on-unreviewed": "apply", "write-back": "pr"},
+    )  # fmt: skip
+    assert applied.code == 0, applied.logs
+    (pull,) = gh.pulls
+    branch = f"hepinfra/write-back/{sha[:12]}"
+    assert pull["head"]["ref"] == branch and pull["base"]["ref"] == "main"
+    assert "<!-- hepinfra:write-back -->" in pull["body"]
+    # the branch holds the age file and nothing else; the runner's checkout is left as it was
+    changed = git(origin, "diff", "--name-only", "main", branch).split()
+    assert changed == ["secrets/prod.env.age"]
+    assert git(origin, "log", "-1", "--format=%an", branch) == "github-actions[bot]"
+    assert git(root, "rev-parse", "HEAD") == sha and git(root, "diff", "--cached", "--name-only") == ""
+    assert not gh.comments.get(pull["number"])
+
+    fresh = tmp_path / "fresh-runner"
+    subprocess.run(["git", "clone", "-q", str(origin), str(fresh)], check=True)
+    shutil.copytree(root / ".hepinfra", fresh / ".hepinfra")  # the shared state (S3/PostgreSQL in real life)
+    assert not (fresh / "secrets/prod.env.age").exists()  # main has no file yet: the write-back is pending
+    head = commit(fresh, manifest.replace("version: 1", "version: 1  # a comment"), None, "touch")
+    planned = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(41, sha, head))
+    assert planned.code == 0 and planned.outputs["changes"] == "false", planned.logs
+
+    # the write-back pull request itself needs no plan; one that only looks like it gets one
+    event = pr_event(pull["number"], sha, git(origin, "rev-parse", branch))
+    own = {**event["pull_request"], "head": {"ref": branch}, "user": {"login": gh.login}, "body": pull["body"]}
+    skipped = run("plan", fresh, server, gh, runner_temp, "pull_request", {"pull_request": own})
+    assert skipped.code == 0 and skipped.outputs["changes"] == "false" and not plan_comments(gh, pull["number"])
+    forged = {**own, "number": 42, "user": {"login": "mallory"}}
+    planned_forged = run("plan", fresh, server, gh, runner_temp, "pull_request", {"pull_request": forged})
+    assert planned_forged.code == 0 and len(plan_comments(gh, 42)) == 1
+
+    # merging it applies an empty change set; afterwards main holds the file and plans stay clean
+    git(origin, "update-ref", "refs/heads/main", branch)  # merged (fast-forward)
+    fresh = tmp_path / "runner-after-merge"
+    subprocess.run(["git", "clone", "-q", str(origin), str(fresh)], check=True)
+    shutil.copytree(root / ".hepinfra", fresh / ".hepinfra")
+    merged = git(fresh, "rev-parse", "HEAD")
+    gh.pulls_by_commit[merged] = [{**pull, "merge_commit_sha": merged, "merged_at": "2026-12-03T00:00:00Z"}]
+    after = run(
+        "apply", fresh, server, gh, runner_temp, "push", {"after": merged, "ref": "refs/heads/main"}, sha=merged
+    )
+    assert after.code == 0 and after.outputs["changes"] == "false", after.logs
+    assert len(gh.pulls) == 1  # nothing new to write back
+    head2 = commit(fresh, manifest.replace("version: 1", "version: 1  # again"), None, "touch again")
+    clean = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(43, merged, head2))
+    assert clean.code == 0 and clean.outputs["changes"] == "false", clean.logs
+
+    # a pull request that edits the committed file is a change (a pending write-back is only the old file)
+    (fresh / "secrets/prod.env.age").write_bytes(b"age-encryption.org/v1\n-> edited\n")
+    head3 = commit(fresh, manifest, None, "edit the age file")
+    edited = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(44, head2, head3))
+    assert edited.code == 0 and edited.outputs["changes"] == "true", edited.logs

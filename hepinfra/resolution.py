@@ -89,8 +89,9 @@ class Resolution:
             where = (*node, i)
             self.refuse_secrets_in_argv(item, where, what=what)
             rendered = self.render(item, {k: context[k] for k in ARGV_VARIABLES if k in context}, where)
-            if not rendered or "\x00" in rendered:
-                raise self.error(where, "an argv item must not be empty or hold a NUL character")
+            if not rendered or any(ord(ch) < 32 or ord(ch) == 127 for ch in rendered):
+                # a line break would forge lines of the plan, its review and a pull request's comment
+                raise self.error(where, "an argv item must not be empty or hold a control character (a line break...)")
             out.append(rendered)
         return tuple(out)
 

@@ -32,6 +32,7 @@ from hepinfra.safety.redact import redact
 from hepinfra.values import Plan
 
 _FINGERPRINT = re.compile(r"<!-- hepinfra:fingerprint (sha256:[0-9a-f]{64}) -->")
+_HEAD = re.compile(r"<!-- hepinfra:head ([0-9a-f]{40}(?:[0-9a-f]{24})?) -->")
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 RESERVE = 2_000  # characters kept free in a comment for the markers, heading and the cut notice
 
@@ -144,10 +145,11 @@ def fit(markdown: str, budget: int) -> str:
     return text
 
 
-def plan_comment(job: Job, plan: Plan, fingerprint: str, markdown: str) -> str:
+def plan_comment(job: Job, plan: Plan, fingerprint: str, markdown: str, head_sha: str) -> str:
     head = [
         job.marker,
         f"<!-- hepinfra:fingerprint {fingerprint} -->",
+        f"<!-- hepinfra:head {head_sha} -->",  # the pull request's commit this plan is of
     ]
     tail = [
         "",
@@ -177,16 +179,16 @@ def upsert_comment(gh: GitHub, number: int, marker: str, body: str, mode: str) -
     gh.create_comment(number, body)
 
 
-def reviewed_fingerprint(gh: GitHub, number: int, marker: str) -> str | None:
+def reviewed_fingerprint(gh: GitHub, number: int, marker: str) -> tuple[str | None, str | None]:
     """The fingerprint in hepinfra's plan comment on pull request ``number`` (by this token's
-    identity), or None."""
+    identity) and the commit it was planned at, or Nones."""
     me = gh.login()
     for comment in gh.comments(number):  # the first one: the comment upsert_comment keeps up to date
         body = str(comment.get("body") or "")
         if (comment.get("user") or {}).get("login") == me and marker in body:
-            match = _FINGERPRINT.search(body)
-            return match.group(1) if match else None
-    return None
+            match, head = _FINGERPRINT.search(body), _HEAD.search(body)
+            return (match.group(1) if match else None), (head.group(1) if head else None)
+    return None, None
 
 
 # --- plan ----------------------------------------------------------------------------------------
@@ -241,6 +243,9 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     base = str((pr.get("base") or {}).get("sha") or "")
     if not _SHA.match(base):
         raise UsageError("the pull_request event has no base commit SHA")
+    head_sha = str((pr.get("head") or {}).get("sha") or "") if isinstance(pr.get("head"), dict) else ""
+    if not _SHA.match(head_sha):
+        raise UsageError("the pull_request event has no head commit SHA")
     try:
         ensure_commit(base)
         plan = _plan(job, base=base)
@@ -257,7 +262,7 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     set_output("fingerprint", fp)
     log(render.text(plan, colour=False))
     log(f"Fingerprint: {fp}")
-    upsert_comment(gh, number, job.marker, plan_comment(job, plan, fp, markdown), job.comment)
+    upsert_comment(gh, number, job.marker, plan_comment(job, plan, fp, markdown, head_sha), job.comment)
     if plan.errors:
         set_output("failure-reason", "plan-errors")
         return 1
@@ -286,6 +291,7 @@ def merged_pull(gh: GitHub, sha: str, branch: str | None) -> dict[str, Any] | No
 def apply_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     expected: str | None
     number: int | None = None
+    why = ""
     if job.event_name == "workflow_dispatch":
         inputs = job.event.get("inputs")
         inputs = inputs if isinstance(inputs, dict) else {}
@@ -306,9 +312,14 @@ def apply_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
             if is_write_back(pull, gh.login()):  # its merge brings the files the last apply wrote: nothing to do
                 log(f"Pull request #{number} was hepinfra's own write-back: applying only an empty change set")
                 return _apply(job, gh, NO_CHANGES, number, log)
-            expected = reviewed_fingerprint(gh, pull["number"], job.marker)
+            expected, planned_at = reviewed_fingerprint(gh, pull["number"], job.marker)
+            merged_head = str(pull["head"].get("sha") or "") if isinstance(pull.get("head"), dict) else ""
+            if expected is not None and planned_at != merged_head:
+                # the last plan shown is of another commit (a push whose plan did not run or could not comment)
+                why = f"the plan on #{number} is of {str(planned_at)[:12]}, but #{number} merged {merged_head[:12]}"
+                expected = None
         if expected is None:
-            why = (
+            why = why or (
                 f"pull request #{number} has no hepinfra plan comment"
                 if number is not None
                 else f"commit {sha[:12]} merged no pull request"

@@ -66,6 +66,10 @@ OWN_CREDENTIALS = (
 )
 LIBPQ_CREDENTIALS = ("PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE")
 OWN_PREFIXES = ("HEPGG_", "HEPINFRA_")  # hepinfra's own variables: never named in pass_env
+# the CI runner's internals: ACTIONS_RUNTIME_TOKEN (caches, artifacts), ACTIONS_ID_TOKEN_REQUEST_* (mints
+# OIDC tokens that clouds trust), GitLab's job JWTs. No command needs them; a job token a command needs
+# (GITHUB_TOKEN, CI_JOB_TOKEN) is named in pass_env, which a plan shows for review
+CI_PREFIXES = ("ACTIONS_", "CI_JOB_JWT")
 # what ``hepinfra run`` withholds from the program besides the credentials
 RUN_WITHHELD_PREFIXES = ("HEPGG_", "HEPINFRA_STATE_", "HEPINFRA_LOCAL_")
 
@@ -122,6 +126,8 @@ def refused_pass_env(name: str, sources: Mapping[str, str], field: str = "pass_e
         return f"{field}: {name} is a credential hepinfra reads ({sources[name]}); a command never receives it"
     if name.startswith(OWN_PREFIXES):
         return f"{field}: {name} is hepinfra's own variable (HEPGG_*, HEPINFRA_*); a command never receives it"
+    if name.startswith(CI_PREFIXES):
+        return f"{field}: {name} is the CI runner's own (ACTIONS_*, CI_JOB_JWT*); a command never receives it"
     return None
 
 

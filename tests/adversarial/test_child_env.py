@@ -143,6 +143,18 @@ def test_validate_refuses_pass_env_naming_a_credential_at_the_item(tmp_path: Pat
             "HEPINFRA_DEBUG",
             "pass_env: HEPINFRA_DEBUG is hepinfra's own variable (HEPGG_*, HEPINFRA_*); a command never receives it",
         ),
+        (
+            "exec",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "pass_env: ACTIONS_ID_TOKEN_REQUEST_TOKEN is the CI runner's own (ACTIONS_*, CI_JOB_JWT*); a command "
+            "never receives it",
+        ),
+        (
+            "hook",
+            "CI_JOB_JWT_V2",
+            "after_rotate_pass_env: CI_JOB_JWT_V2 is the CI runner's own (ACTIONS_*, CI_JOB_JWT*); a command never "
+            "receives it",
+        ),
     ]
     for i, (where, name, message) in enumerate(cases):
         exec_names, hook_names = ("VAULT_TOKEN, " + name, "GITHUB_TOKEN") if where == "exec" else ("VAULT_TOKEN", name)

@@ -219,10 +219,17 @@ def test_a_big_plan_fits_one_comment_with_its_fingerprint(
 # --- merge ---------------------------------------------------------------------------------------------
 
 
-def merge(gh: FakeGitHub, root: Path, number: int, message: str = "merge") -> str:
+def merge(gh: FakeGitHub, root: Path, number: int, head: str) -> str:
+    """Pull request ``number`` (its last commit ``head``) merged as the checkout's HEAD."""
     sha = git(root, "rev-parse", "HEAD")
     gh.pulls_by_commit[sha] = [
-        {"number": number, "merge_commit_sha": sha, "merged_at": "2026-12-03T00:00:00Z", "base": {"ref": "main"}}
+        {
+            "number": number,
+            "merge_commit_sha": sha,
+            "merged_at": "2026-12-03T00:00:00Z",
+            "base": {"ref": "main"},
+            "head": {"sha": head},
+        }
     ]
     return sha
 
@@ -234,7 +241,7 @@ def test_merge_applies_the_reviewed_change_set_only(
     head = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
     planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(11, base, head))
     assert planned.code == 0, planned.logs
-    sha = merge(gh, root, 11)
+    sha = merge(gh, root, 11, head)
     applied = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert applied.code == 0, applied.logs
     assert applied.outputs["changes"] == "true"
@@ -246,7 +253,7 @@ def test_merge_applies_the_reviewed_change_set_only(
     planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(12, sha, head))
     assert planned.code == 0, planned.logs
     commit(root, MANIFEST + "  orders: {}\n  users: {}\n  audit: {}\n", None, "sneaked in before the merge")
-    sha = merge(gh, root, 12)
+    sha = merge(gh, root, 12, head)
     changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert changed.code == 1
     assert changed.outputs["failure-reason"] == "plan-changed"
@@ -271,6 +278,22 @@ def test_a_push_that_merged_no_pull_request_is_not_applied(
     assert not any(r["method"] in ("POST", "PATCH") for r in gh.requests)
 
 
+def test_a_merge_of_a_commit_whose_plan_never_ran_is_unreviewed(
+    tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
+) -> None:
+    root, base = repo(tmp_path / "ws", MANIFEST)
+    first = commit(root, MANIFEST + "  orders: {}\n", None, "add orders")
+    planned = run("plan", root, server, gh, runner_temp, "pull_request", pr_event(14, base, first))
+    assert planned.code == 0, planned.logs
+    # a second push whose plan was cancelled (or could not comment), with the same change set
+    second = commit(root, MANIFEST + "  orders: {}\n# no review of this commit\n", None, "after the plan")
+    sha = merge(gh, root, 14, second)
+    refused = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
+    assert refused.code == 1 and refused.outputs["failure-reason"] == "unreviewed", refused.logs
+    assert f"is of {first[:12]}, but #14 merged {second[:12]}" in refused.logs
+    assert not any(c for c in gh.comments[14] if "hepinfra:apply" in c["body"])
+
+
 def test_an_out_of_band_rotation_after_review_is_plan_changed(
     tmp_path: Path, server: Server, gh: FakeGitHub, runner_temp: Path
 ) -> None:
@@ -288,7 +311,7 @@ def test_an_out_of_band_rotation_after_review_is_plan_changed(
             await hub.databases().rotate(row.id)
 
     conftest_run(rotate_in_the_dashboard())
-    sha = merge(gh, root, 13)
+    sha = merge(gh, root, 13, head)
     changed = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert changed.code == 1 and changed.outputs["failure-reason"] == "plan-changed", changed.logs
 
@@ -405,7 +428,13 @@ def test_a_pull_request_merged_into_another_branch_is_not_a_review_of_main(
     assert planned.code == 0, planned.logs
     sha = git(root, "rev-parse", "HEAD")
     gh.pulls_by_commit[sha] = [
-        {"number": 31, "merge_commit_sha": sha, "merged_at": "2026-12-03T00:00:00Z", "base": {"ref": "feature"}}
+        {
+            "number": 31,
+            "merge_commit_sha": sha,
+            "merged_at": "2026-12-03T00:00:00Z",
+            "base": {"ref": "feature"},
+            "head": {"sha": head},
+        }
     ]
     pushed = run("apply", root, server, gh, runner_temp, "push", {"after": sha, "ref": "refs/heads/main"}, sha=sha)
     assert pushed.code == 1 and pushed.outputs["failure-reason"] == "unreviewed"
@@ -476,7 +505,8 @@ def test_write_back_opens_one_pull_request_and_its_pending_files_are_not_a_chang
 
     # the write-back pull request itself needs no plan; one that only looks like it gets one
     event = pr_event(pull["number"], sha, git(origin, "rev-parse", branch))
-    own = {**event["pull_request"], "head": {"ref": branch}, "user": {"login": gh.login}, "body": pull["body"]}
+    head_of = {"ref": branch, "sha": git(origin, "rev-parse", branch)}
+    own = {**event["pull_request"], "head": head_of, "user": {"login": gh.login}, "body": pull["body"]}
     skipped = run("plan", fresh, server, gh, runner_temp, "pull_request", {"pull_request": own})
     assert skipped.code == 0 and skipped.outputs["changes"] == "false" and not plan_comments(gh, pull["number"])
     forged = {**own, "number": 42, "user": {"login": "mallory"}}

@@ -119,10 +119,33 @@ def secret_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
     root.removeHandler(handler)
     root.setLevel(previous_level)
-    files = _scanned_files(tmp_path_factory.getbasetemp())
+    base = tmp_path_factory.getbasetemp()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # under pytest-xdist: the controller scans every worker's together (pytest_sessionfinish)
+        dump = {"issued": sorted(ISSUED), "artifacts": ARTIFACTS}
+        (base.parent / f"{WORKER_DUMP}{worker}.json").write_text(json.dumps(dump))
+    files = _scanned_files(base)
     texts = ARTIFACTS + [(str(p), p.read_bytes().decode(errors="replace")) for p in files]
     leaks = find_secrets(texts, {s for s in ISSUED if len(s) >= 8})
     assert not leaks, f"secrets leaked into {leaks[:5]}"
+
+
+WORKER_DUMP = "secret-scan-"  # <basetemp>/secret-scan-gwN.json: what one xdist worker issued and captured
+
+
+def scan_every_worker(root: Path) -> tuple[int, list[tuple[str, str]]]:
+    """The session's scan across xdist workers: every secret any worker issued, against every
+    artifact of every worker and every state or plan file under the session's temp root (a secret
+    of one worker's world found in another's output counts too). (workers, leaks)"""
+    issued: set[str] = set(SECRETS)
+    texts: list[tuple[str, str]] = []
+    dumps = sorted(root.glob(f"{WORKER_DUMP}*.json"))
+    for dump in dumps:
+        data = json.loads(dump.read_text())
+        issued.update(data["issued"])
+        texts.extend((f"{dump.stem}: {label}", text) for label, text in data["artifacts"])
+    texts += [(str(p), p.read_bytes().decode(errors="replace")) for p in _scanned_files(root)]
+    return len(dumps), find_secrets(texts, {s for s in issued if len(s) >= 8})
 
 
 def find_secrets(texts: list[tuple[str, str]], secrets: set[str]) -> list[tuple[str, str]]:
@@ -225,10 +248,20 @@ def run(coro: Any) -> Any:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under CI a skipped test is a failure: nothing may skip silently."""
-    import os
-
+    """Under CI a skipped test is a failure: nothing may skip silently. Under pytest-xdist the
+    controller runs the secret scan over every worker's secrets and artifacts together."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if not hasattr(session.config, "workerinput") and getattr(session.config.option, "numprocesses", None) and factory:
+        workers, leaks = scan_every_worker(factory.getbasetemp())
+        expected = getattr(session.config.option, "numprocesses", 0)
+        if leaks or (isinstance(expected, int) and workers < min(expected, session.testscollected or 1)):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            if reporter:
+                what = f"secrets leaked into {leaks[:5]}" if leaks else f"only {workers} worker(s) reported their scan"
+                reporter.write_line(f"\nsecret scan across workers: {what}", red=True)
+        elif reporter:
+            reporter.write_line(f"\nsecret scan across {workers} workers: clean")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if os.environ.get("CI") and skipped:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

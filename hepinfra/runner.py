@@ -8,8 +8,8 @@ or print (cli.py).
 from __future__ import annotations
 
 import json
-import logging
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,30 +75,11 @@ class Project:
 
 
 def release(backend: Backend, env: str, lock_id: str) -> None:
-    """Release a lock (in a ``finally``): a failure never replaces the run's own result or error; it
-    is a warning with the lock id and the command that clears it."""
-    try:
-        backend.unlock(env, lock_id)
-    except HepinfraError as exc:
-        try:
-            holder = backend.lock_holder(env)
-        except HepinfraError:
-            holder = None
-        if holder is None or holder.id != lock_id:  # taken over or cleared meanwhile: nothing of ours is left
-            logging.getLogger("hepinfra.state").warning(
-                "the lock of environment '%s' was no longer this run's when it ended (taken over or cleared by "
-                "another run); nothing to release",
-                env,
-            )
-            return
-        logging.getLogger("hepinfra.state").warning(
-            "could not release the lock of environment '%s' (%s); if it is still there, run "
-            "'hepinfra state unlock %s -e %s'",
-            env,
-            str(exc).removesuffix("."),
-            lock_id,
-            env,
-        )
+    """Release a lock in a ``finally`` (``hepinfra.state.bounded.release``: never replaces the run's
+    own result or error; says whether the lock was released when the backend stopped answering)."""
+    from hepinfra.state.bounded import release as give_back
+
+    give_back(backend, env, lock_id, sys.exc_info()[1])
 
 
 IDENT_RE = re.compile(IDENT.strip("^$"))  # an environment name, as the manifest allows
@@ -309,7 +290,6 @@ def settle_seconds() -> float:
 
 
 def saved_skips(saved: Plan) -> frozenset[str]:
-    write_back: bool = False  # committed files (age) record what they replace: OutputRecord.write_back_from
     """The output kinds a saved plan left out (``--skip-local-outputs``): only ones this hepinfra knows
     as local, so an edited file cannot hide a remote store's output from the re-plan at apply."""
     from hepinfra.outputs import local_kinds
@@ -329,6 +309,7 @@ class ApplyOptions:
     lock_timeout: float = 0.0
     refresh: bool = True
     expect_fingerprint: str | None = None  # apply only a plan with this change set (changeset.fingerprint)
+    write_back: bool = False  # committed files (age) record what they replace: OutputRecord.write_back_from
 
 
 async def apply(
@@ -393,7 +374,6 @@ async def apply(
 
                     check_fingerprint(plan, options.expect_fingerprint)
             if plan.errors:
-                write_back=options.write_back,
                 from hepinfra.render import error_lines
 
                 lines = error_lines(plan)
@@ -413,6 +393,7 @@ async def apply(
                 parallelism=options.parallelism,
                 emit=emit,
                 settle_s=settle_seconds(),
+                write_back=options.write_back,
             )
             return plan, await executor.run()
         finally:

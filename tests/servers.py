@@ -50,6 +50,7 @@ def free_port() -> int:
 class Moto:
     url: str
     env: dict[str, str]  # what a hepinfra process needs to reach it (credentials, endpoint, region)
+    pid: int = 0  # the server process (a test may SIGSTOP it: a frozen S3)
 
     def client(self) -> object:
         import boto3
@@ -124,7 +125,7 @@ def moto_process(secret: str, extra_env: dict[str, str] | None = None) -> Iterat
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     try:
-        yield Moto(url, env)
+        yield Moto(url, env, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -167,6 +168,18 @@ class Postgres:
     user: str
     password: str
     database: str
+    data_dir: Path | None = None  # the cluster's data directory (postmaster.pid: a test may freeze it)
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (a test SIGSTOPs them all: a frozen server)."""
+        assert self.data_dir is not None
+        postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(Path(stat).read_bytes().rsplit(b")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.split("/")[2]))
+        return [postmaster, *children]
 
     @property
     def url(self) -> str:
@@ -252,7 +265,7 @@ def postgres_cluster(password: str) -> Iterator[Postgres]:
     pwfile.unlink()
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start")
-    server = Postgres("127.0.0.1", port, "hepinfra", password, "hepinfra_test")
+    server = Postgres("127.0.0.1", port, "hepinfra", password, "hepinfra_test", data)
     try:
         import psycopg
 

@@ -88,11 +88,22 @@ def run_async(coro: Any) -> Any:
             terminated.append(1)
             task.cancel()
 
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
-        box.append(await coro)
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
-    from hepinfra.errors import Interrupted
+        # a held lock's refresh got no answer from the state backend: the run ends (and releases it)
+        def on_stall(_error: Exception) -> None:
+            loop.call_soon_threadsafe(task.cancel)
+
+        unsubscribe = bounded.on_stall(on_stall)
+        try:
+            box.append(await coro)
+        finally:
+            unsubscribe()
+
+    from hepinfra.errors import Interrupted, StateError
+    from hepinfra.state import bounded
 
     try:
         asyncio.run(main())
@@ -101,10 +112,14 @@ def run_async(coro: Any) -> Any:
             raise HepinfraError(
                 "terminated by SIGTERM; locks were released and the journal in state lets the next run resume"
             ) from None
+        if (stall := bounded.stalled()) is not None:
+            raise stall from None
         raise
     except Interrupted as exc:  # cancelled in the middle of an apply: say what was done and what was not
         if terminated:
             raise Interrupted(f"terminated by SIGTERM: {exc.message.removeprefix('interrupted: ')}") from None
+        if (stall := bounded.stalled()) is not None:
+            raise StateError(f"{stall.message}; {exc.message}", hint=stall.hint) from None
         raise
     return box[0]
 

@@ -1,13 +1,15 @@
 """The narrow protocols a state backend implements, and the lock holder's description.
 
 Owns: ``StateReader``, ``StateWriter``, ``Locker`` and ``Backend`` (all three), ``LockInfo``,
-and the pid test of a holder's liveness (``holder_process_gone``) any backend may use. Remote
+the holder's identity (``identified``: host, boot id, PID namespace, pid and its start time) and
+the pid test of a holder's liveness (``holder_process_gone``) any backend may use. Remote
 backends (S3, HTTP, ...) implement the same three and pass ``hepinfra.state.conformance``.
 Must not: touch storage, or judge a holder on another host gone.
 """
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import socket
@@ -15,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
@@ -43,6 +45,8 @@ class LockInfo:
     start_time: int | None = None  # the holder's start, clock ticks after boot (/proc/PID/stat field 22)
     liveness: str = "pid"
     lease_s: int | None = None  # s3: the holder refreshes its lock within this many seconds (its lock_ttl)
+    boot_id: str | None = None  # the holder's kernel boot (/proc/sys/kernel/random/boot_id)
+    pid_ns: str | None = None  # the holder's PID namespace (readlink /proc/self/ns/pid): containers differ
 
     def describe(self) -> str:
         """The holder in one line; every field comes from a file anyone could write: escaped and capped."""
@@ -87,6 +91,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "start_time": (int, type(None)),
     "liveness": str,
     "lease_s": (int, type(None)),
+    "boot_id": (str, type(None)),
+    "pid_ns": (str, type(None)),
 }
 
 
@@ -123,18 +129,45 @@ def wait_for_lock(
         delay = min(delay * 2, cap)
 
 
+def identified(info: LockInfo, liveness: str) -> LockInfo:
+    """``info`` as a holder records itself when it takes a lock: its process's start time, boot id
+    and PID namespace, so that a reader can tell it from a process of another boot or container."""
+    return replace(
+        info,
+        liveness=liveness,
+        start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
+        boot_id=info.boot_id if info.boot_id is not None else boot_id(),
+        pid_ns=info.pid_ns if info.pid_ns is not None else pid_namespace(),
+    )
+
+
+def same_process_space(info: LockInfo, *, strict: bool = False) -> bool:
+    """True when the holder's pid means a process of this host that this process can see: same
+    hostname, and (when the lock records them) same boot id and PID namespace. ``strict``: the lock
+    must record boot id, PID namespace and start time (remote locks: containers share hostnames)."""
+    if info.host != socket.gethostname() or info.pid <= 0:
+        return False
+    for recorded, ours in ((info.boot_id, boot_id()), (info.pid_ns, pid_namespace())):
+        if recorded is None and strict:
+            return False
+        if recorded is not None and recorded != ours:
+            return False
+    return not (strict and info.start_time is None)
+
+
 def holder_process_alive(info: LockInfo) -> bool:
-    """True only when the holder provably runs: on this host, its pid exists, is no zombie, and
-    started when the lock says (a holder elsewhere is never judged)."""
-    if info.host != socket.gethostname() or info.pid <= 0 or info.start_time is None:
+    """True only when the holder provably runs: in this process space (host, boot, PID namespace),
+    its pid exists, is no zombie, and started when the lock says (a holder elsewhere is never judged)."""
+    if not same_process_space(info) or info.start_time is None:
         return False
     return not holder_process_gone(info) and process_start_time(info.pid) == info.start_time
 
 
-def holder_process_gone(info: LockInfo) -> bool:
-    """The ``"pid"`` liveness test: True only when the holder ran on this host and its process
-    no longer exists, is a zombie, or is another process that reused the pid."""
-    if info.host != socket.gethostname() or info.pid <= 0:
+def holder_process_gone(info: LockInfo, *, strict: bool = False) -> bool:
+    """The ``"pid"`` liveness test: True only when the holder ran in this process space (see
+    ``same_process_space``) and its process no longer exists, is a zombie, or is another process
+    that reused the pid."""
+    if not same_process_space(info, strict=strict):
         return False
     try:
         os.kill(info.pid, 0)
@@ -145,6 +178,25 @@ def holder_process_gone(info: LockInfo) -> bool:
     if _is_zombie(info.pid):
         return True
     return info.start_time is not None and process_start_time(info.pid) not in (None, info.start_time)
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This kernel's boot id (new at every boot; the host's, inside a container)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+@functools.cache
+def pid_namespace() -> str | None:
+    """This process's PID namespace, e.g. ``pid:[4026531836]`` (another in each container)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _is_zombie(pid: int) -> bool:

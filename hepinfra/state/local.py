@@ -19,7 +19,6 @@ create or remove ``<env>.lock`` without holding the guard.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import logging
@@ -39,7 +38,7 @@ from hepinfra.state.backend import (
     LockInfo,
     holder_from,
     holder_process_gone,
-    process_start_time,
+    identified,
     wait_for_lock,
 )
 from hepinfra.state.model import State
@@ -170,11 +169,7 @@ class LocalBackend:
             return UNREADABLE
 
     def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:
-        mine = dataclasses.replace(
-            info,
-            liveness="flock",
-            start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
-        )
+        mine = identified(info, "flock")
         wait_for_lock(
             lambda: self._take(env, mine),
             timeout,

@@ -5,13 +5,16 @@ Owns: boto3 calls and turning their failures into one line naming the bucket and
   absent), holding the holder's LockInfo; it is deleted on release with ``If-Match`` on its ETag.
 - Each state write is a ``PUT`` with ``If-Match`` on the ETag read (``If-None-Match: *`` when
   there was none): a write that raced another is refused, never lost.
-- The holder refreshes its lock object every ``lock_ttl``/5 (a conditional PUT on its ETag). A
-  holder that dies leaves its lock: the next run's error names it, with how long ago it was last
-  refreshed; ``state unlock ID`` clears it at once, and once ``lock_ttl`` (default 10m) passes
-  without a refresh, the next run takes it over (a conditional PUT on that ETag: one taker wins),
-  with a warning naming the old holder. The age is S3's own clock (LastModified against the
+- The holder refreshes its lock object every refresh interval (``bounded.refresh_interval``: at
+  most ``lock_ttl``/5; a conditional PUT on its ETag). A holder that dies leaves its lock. When it
+  ran in this process space (same host, boot id and PID namespace) and its pid with its start time
+  is gone, the next run takes the lock over at once; otherwise the next run's error names it, with
+  how long ago it was last refreshed; ``state unlock ID`` clears it at once, and once ``lock_ttl``
+  (default 10m) passes without a refresh, the next run takes it over (a conditional PUT on that
+  ETag: one taker wins), with a warning naming the old holder. The age is S3's own clock (LastModified against the
   answer's Date), so no runner's clock matters. A holder that was only frozen and finds its lock
   taken stops writing; a write that raced anyway is refused by its If-Match.
+- Every call has a deadline (``bounded.Deadlines``); a refresh with no answer ends the run.
 Credentials come from boto3's default chain, the endpoint from ``AWS_ENDPOINT_URL(_S3)``.
 Must not: import boto3 before it is used (start-up), or print a credential.
 """
@@ -21,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from hepinfra.errors import LockError, StateError
 from hepinfra.safety.paths import shown
-from hepinfra.state.backend import LockInfo, holder_from, holder_process_alive
+from hepinfra.state.backend import LockInfo, holder_from, holder_process_alive, holder_process_gone
+from hepinfra.state.bounded import Deadlines, Heartbeat, NoAnswer, refresh_interval
 from hepinfra.state.model import State
 from hepinfra.state.spec import S3State
 from hepinfra.state.stored import Conflict, StoredBackend
@@ -50,7 +53,7 @@ def client_for(spec: S3State) -> Any:
 
 
 class S3Backend(StoredBackend):
-    frees_dead_holders = False
+    frees_dead_holders = True  # on this host: a holder whose process is gone is taken over at once
 
     def __init__(self, spec: S3State, client: Any = None) -> None:
         super().__init__()
@@ -59,6 +62,7 @@ class S3Backend(StoredBackend):
         self._client = client
         self._beats: dict[str, _Heartbeat] = {}
         self._ages: dict[str, float] = {}  # env -> seconds since its holder last refreshed the lock
+        self.deadlines = Deadlines(f"state backend s3 (s3://{spec.bucket}/{spec.prefix})")
 
     @property
     def s3(self) -> Any:
@@ -74,7 +78,7 @@ class S3Backend(StoredBackend):
 
     def close(self) -> None:
         for beat in list(self._beats.values()):
-            beat.stop()
+            beat.stop(wait=0 if self.deadlines.stalled else 1.0)
         self._beats.clear()
         if self._client is not None and hasattr(self._client, "close"):
             self._client.close()
@@ -82,7 +86,16 @@ class S3Backend(StoredBackend):
 
     # --- calls, each failure one line ------------------------------------------------------------------
 
-    def _call(self, op: str, key: str, **kwargs: Any) -> Any:
+    def _call(self, op: str, key: str, doing: str = "", **kwargs: Any) -> Any:
+        """One S3 call within the request timeout; every failure one line."""
+        self.s3  # noqa: B018  (the client is made, boto3 imported, before the clock starts)
+        return self.deadlines.call(
+            doing or _doing(op, key),
+            lambda: self._call_now(op, key, **kwargs),
+            place=f"state backend s3 (s3://{self.spec.bucket}/{key or self.spec.prefix})",
+        )
+
+    def _call_now(self, op: str, key: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -121,8 +134,8 @@ class S3Backend(StoredBackend):
         try:
             answer = self._call("put_object", key, Body=data, ContentType="application/json", **conditions)
         except _S3Failure as failure:
-            if failure.code in _CONFLICT:
-                raise Conflict from None
+            if failure.code in _CONFLICT or ("IfMatch" in conditions and failure.code in ("NoSuchKey", "404")):
+                raise Conflict from None  # changed, or removed, since its ETag was read
             raise failure.error from None
         return str(answer.get("ETag", ""))
 
@@ -181,26 +194,21 @@ class S3Backend(StoredBackend):
                     return None
                 self._ages[env] = age
                 lease = holder.lease_s if holder.lease_s else self.spec.lock_ttl  # the holder's own promise
-                if age <= lease:
+                dead = holder_process_gone(holder, strict=True)  # same host, boot and PID namespace
+                if age <= lease and not dead:
                     return holder
                 try:
                     taken = self._put_object(key, body, IfMatch=etag)
                 except Conflict:
                     continue  # another run took it over first, or its holder refreshed it just now
-                log.warning(
-                    "took over the lock of environment '%s' from %s: not refreshed for %ds (its lock_ttl %ds), so its "
-                    "run is gone",
-                    env,
-                    holder.describe(),
-                    age,
-                    lease,
-                )
+                why = _taken_because(holder, dead, age, lease)
+                log.warning("took over the lock of environment '%s' from %s: %s", env, holder.describe(), why)
                 self._held_since(env, body, taken)
                 return None
         return LockInfo(id="?", pid=0, host="?", user="?", created="?", command="(changing hands)")
 
     def _held_since(self, env: str, body: bytes, etag: str) -> None:
-        beat = _Heartbeat(self, env, body, etag, max(1.0, self.spec.lock_ttl / 5))
+        beat = _Heartbeat(self, env, body, etag, refresh_interval(self.spec.lock_ttl))
         self._beats[env] = beat
         beat.start()
 
@@ -262,54 +270,54 @@ class S3Backend(StoredBackend):
     def unlock(self, env: str, lock_id: str, *, force: bool = False) -> None:
         key = self._key(env, ".lock")
         beat = self._beats.pop(env, None)
-        if beat is not None:
-            beat.stop()
+        if beat is not None:  # its refresh in flight ends within the request timeout
+            beat.stop(wait=0 if self.deadlines.stalled else self.deadlines.timeout)
         try:
-            found = self._get(key)
-            if found is None:
-                raise LockError(f"the state of environment '{env}' in {self.where} is not locked")
-            holder = holder_from(found[0])
-            if holder.id != lock_id:
-                raise LockError(f"lock id {shown(lock_id, 40)} does not match the lock held by {holder.describe()}")
-            try:
-                self._call("delete_object", key, IfMatch=found[1])
-            except _S3Failure as failure:
-                if failure.code in ("NoSuchKey", "404"):
-                    return  # botocore's retry of our own delete, whose answer was lost: gone, as asked
-                if failure.code in _CONFLICT:
-                    raise LockError(f"the lock of environment '{env}' changed while it was being released") from None
-                if failure.code != "NotImplemented":
-                    raise failure.error from None
-                self._call("delete_object", key)  # a store without conditional deletes
+            self.deadlines.call(
+                "releasing the lock",
+                lambda: self._unlock_now(env, key, lock_id),
+                place=f"state backend s3 (s3://{self.spec.bucket}/{key})",
+                after_stall=True,
+            )
         finally:
             if self._held.get(env) == lock_id:
                 del self._held[env]
 
+    def _unlock_now(self, env: str, key: str, lock_id: str) -> None:
+        found = self._get(key)
+        if found is None:
+            raise LockError(f"the state of environment '{env}' in {self.where} is not locked")
+        holder = holder_from(found[0])
+        if holder.id != lock_id:
+            raise LockError(f"lock id {shown(lock_id, 40)} does not match the lock held by {holder.describe()}")
+        try:
+            self._call("delete_object", key, IfMatch=found[1])
+        except _S3Failure as failure:
+            if failure.code in ("NoSuchKey", "404"):
+                return  # botocore's retry of our own delete, whose answer was lost: gone, as asked
+            if failure.code in _CONFLICT:
+                raise LockError(f"the lock of environment '{env}' changed while it was being released") from None
+            if failure.code != "NotImplemented":
+                raise failure.error from None
+            self._call("delete_object", key)  # a store without conditional deletes
 
-class _Heartbeat(threading.Thread):
-    """Refreshes one held lock object every ``interval`` seconds (a conditional PUT on its ETag)."""
+
+class _Heartbeat(Heartbeat):
+    """Refreshes one held lock object every ``interval`` seconds (a conditional PUT on its ETag); a
+    refresh with no answer within the request timeout ends the run (``bounded.report_stall``)."""
 
     def __init__(self, backend: S3Backend, env: str, body: bytes, etag: str, interval: float) -> None:
-        super().__init__(daemon=True, name=f"hepinfra-lock-{env}")
-        self.backend, self.env, self.body, self.etag, self.interval = backend, env, body, etag, interval
+        super().__init__(f"hepinfra-lock-{env}", interval, self.beat)
+        self.backend, self.env, self.body, self.etag = backend, env, body, etag
         self.lost = False
-        self._halt = threading.Event()
-
-    def stop(self) -> None:
-        self._halt.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout=20)
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval) and self.beat():
-            pass
 
     def beat(self) -> bool:
         """Refresh once; False once the lock is found taken over or cleared (then ``lost``)."""
         try:
             answer = self.backend._call(
-                "put_object", self.backend._key(self.env, ".lock"), Body=self.body, IfMatch=self.etag
-            )
+                "put_object", self.backend._key(self.env, ".lock"), "refreshing the lock", Body=self.body,
+                IfMatch=self.etag,
+            )  # fmt: skip
             self.etag = str(answer.get("ETag", ""))
         except _S3Failure as failure:
             if failure.code in (*_CONFLICT, "NoSuchKey", "404"):  # taken over, or cleared by 'state unlock'
@@ -317,6 +325,8 @@ class _Heartbeat(threading.Thread):
                 log.warning("the lock of environment '%s' was taken over or cleared by another run", self.env)
                 return False
             log.debug("could not refresh the lock of environment '%s': %s", self.env, failure.error)
+        except NoAnswer:
+            raise  # the backend stopped answering: the run ends
         except Exception as exc:  # S3 unreachable for a moment: the next beat tries again
             log.debug("could not refresh the lock of environment '%s': %s", self.env, type(exc).__name__)
         return True
@@ -333,3 +343,18 @@ def _code(exc: Any) -> str:
     from hepinfra.aws import code_of
 
     return code_of(exc)
+
+
+def _doing(op: str, key: str) -> str:
+    """What a call is doing, for messages: "writing state", "reading the lock", ..."""
+    if key.endswith(".lock"):
+        return {"get_object": "reading the lock", "put_object": "taking the lock"}.get(op, "releasing the lock")
+    what = "the state backup" if key.endswith(".backup") else "state"
+    verb = {"get_object": "reading", "put_object": "writing", "delete_object": "deleting"}.get(op)
+    return f"{verb} {what}" if verb else "listing environments"
+
+
+def _taken_because(holder: LockInfo, dead: bool, age: float, lease: int) -> str:
+    if dead:
+        return f"its process (pid {holder.pid} on this host) is gone"
+    return f"not refreshed for {age:.0f}s (its lock_ttl {lease}s), so its run is gone"

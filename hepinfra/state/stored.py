@@ -10,12 +10,11 @@ Must not: know how bytes are stored, or break a lock (backends decide what a dea
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 from hepinfra.errors import LockError, StateError
 from hepinfra.state import codec
-from hepinfra.state.backend import LockInfo, process_start_time, wait_for_lock
+from hepinfra.state.backend import LockInfo, identified, wait_for_lock
 from hepinfra.state.model import State
 
 POLL_FIRST = 0.05  # seconds between lock attempts, doubling up to POLL
@@ -143,11 +142,7 @@ class StoredBackend:
     # --- Locker ---------------------------------------------------------------------------------------
 
     def lock(self, env: str, info: LockInfo, timeout: float = 0.0) -> LockInfo:
-        mine = dataclasses.replace(
-            info,
-            liveness="pid",
-            start_time=info.start_time if info.start_time is not None else process_start_time(info.pid),
-        )
+        mine = identified(info, "pid")
         wait_for_lock(
             lambda: self._try_lock(env, mine),
             timeout,

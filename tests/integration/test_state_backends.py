@@ -110,15 +110,59 @@ def test_s3_unreachable_endpoint(aws: Moto, monkeypatch: pytest.MonkeyPatch) -> 
         S3Backend(S3State(backend="s3", bucket="b-x1")).read("prod")
 
 
-def test_s3_lock_left_by_a_dead_run_is_named_until_unlocked(aws: Moto) -> None:
+def test_s3_lock_of_a_dead_run_on_this_host_is_taken_over_at_once(aws: Moto, caplog: pytest.LogCaptureFixture) -> None:
+    """Its holder ran in this process space (host, boot id, PID namespace) and its pid with its start
+    time is gone: the next run takes the lock at once, naming the old holder."""
     factory = s3_factory(aws.bucket())
     holder = conformance.kill_a_holder(factory, "prod")
-    assert holder.exitcode is not None
-    with pytest.raises(LockError) as caught:
-        factory().lock("prod", LockInfo(), timeout=0.3)
     left = factory().lock_holder("prod")
     assert left is not None and left.pid == holder.pid
-    assert f"state unlock {left.id} -e prod" in str(caught.value) and f"pid {holder.pid}" in str(caught.value)
+    assert left.boot_id and left.pid_ns and left.start_time  # the identity a reader judges it by
+    taker = factory()
+    with caplog.at_level("WARNING", logger="hepinfra.state"):
+        got = taker.lock("prod", LockInfo(), timeout=0)
+    assert f"its process (pid {holder.pid} on this host) is gone" in caplog.text
+    taker.unlock("prod", got.id)
+
+
+def dead_pid() -> int:
+    import subprocess
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def forge_lock(aws: Moto, bucket: str, key: str, **fields: object) -> LockInfo:
+    """A lock object as a holder elsewhere would leave it (no refresh, no process of ours)."""
+    from hepinfra.state.backend import boot_id, identified, pid_namespace
+
+    mine = identified(LockInfo(pid=dead_pid()), "pid")
+    info = LockInfo(**{**mine.as_dict(), "start_time": 12345, **fields})  # type: ignore[arg-type]
+    assert info.boot_id == boot_id() or "boot_id" in fields
+    assert info.pid_ns == pid_namespace() or "pid_ns" in fields
+    aws.client().put_object(Bucket=bucket, Key=key, Body=json.dumps(info.as_dict()).encode())  # type: ignore[attr-defined]
+    return info
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        {"pid_ns": "pid:[1]"},  # a container sharing our hostname: its pids are not ours
+        {"boot_id": "00000000-0000-0000-0000-000000000000"},  # another boot of this host
+        {"host": "another-runner"},
+        {"boot_id": None, "pid_ns": None},  # an older hepinfra's lock: not enough to judge
+    ],
+    ids=["pid-namespace", "boot", "host", "unrecorded"],
+)
+def test_s3_lock_of_a_holder_elsewhere_is_named_until_unlocked(aws: Moto, elsewhere: dict[str, object]) -> None:
+    bucket = aws.bucket()
+    factory = s3_factory(bucket)
+    left = forge_lock(aws, bucket, "infra/prod.lock", **elsewhere)
+    with pytest.raises(LockError) as caught:
+        factory().lock("prod", LockInfo(), timeout=0.3)
+    assert f"state unlock {left.id} -e prod" in str(caught.value) and f"pid {left.pid}" in str(caught.value)
+    assert not factory().holder_alive("prod")
     factory().unlock("prod", left.id)
     factory().unlock("prod", factory().lock("prod", LockInfo()).id)
 
@@ -371,7 +415,7 @@ def test_s3_lock_of_a_dead_run_is_taken_over_after_lock_ttl(aws: Moto, caplog: p
     with pytest.raises(LockError, match=r"last refreshed \ds ago"):
         factory().lock("prod", LockInfo(), timeout=0)
     live.unlock("prod", held.id)
-    dead = conformance.kill_a_holder(factory, "prod")
+    dead = forge_lock(aws, bucket, "infra/prod.lock", pid_ns="pid:[1]", lease_s=5)  # a container's run, killed
     left = factory().lock_holder("prod")
     assert left is not None and left.pid == dead.pid
     with pytest.raises(LockError, match=r"takes the lock over once it is 5s old \(its lock_ttl\)"):

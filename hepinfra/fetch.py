@@ -91,6 +91,11 @@ def env_access(
         cipher = cipher_for(env, state, hepgg.environ, hepgg.state_key_source)
     if not manages_databases(manifest, env, state):
         return EnvAccess(env, None, "", needs_key=False, cipher=cipher)
+    return database_access(manifest, env, hepgg, cipher)
+
+
+def database_access(manifest: Manifest, env: str, hepgg: Hepgg, cipher: Cipher | None = None) -> EnvAccess:
+    """The environment's database key, from its variable (checked, registered with the redactor)."""
     if hepgg.local:  # the embedded hep.gg has one account of its own: a real key is never used with it
         register(hepgg.environ["HEPGG_DB_KEY"])
         return EnvAccess(env, SecretStr(hepgg.environ["HEPGG_DB_KEY"]), "the local hep.gg's key", cipher=cipher)
@@ -187,6 +192,10 @@ async def gather(
 ) -> tuple[dict[str, EnvFacts], dict[str, EnvAccess]]:
     """What the planner needs of ``envs``. ``blocked`` (plan --base): environments whose credential
     settings a pull request changed: not even their key variables are read."""
+    from hepinfra.moves import plan_moves
+
+    # outputs are read back, and passwords revealed, as state will hold them after the renames (``moved:``)
+    states = {env: plan_moves(manifest, env, states.get(env))[2] for env in envs}
     access = {env: env_access(manifest, env, hepgg, states.get(env)) for env in envs}  # key checks: no call yet
 
     async def one_env(env: str) -> EnvFacts:

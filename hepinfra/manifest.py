@@ -1,7 +1,7 @@
 """The manifest loader: YAML with positions, the top-level model, error translation, and the order
 of resolution.
 
-Owns: the top-level blocks (``version``, ``hepgg``, ``state``, ``defaults``, ``environments``), the
+Owns: the top-level blocks (``version``, ``hepgg``, ``state``, ``defaults``, ``environments``, ``moved``), the
 model made from the registries (each kind's section is its ``Kind.spec``; each output is one of the
 registered output specs), turning every problem into one ManifestError located as
 ``file:line:col: key.path: what is wrong (what is allowed)``, and resolving every environment: each
@@ -29,6 +29,8 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError, create_
 from hepinfra import yamlpos
 from hepinfra.claims import check_outputs
 from hepinfra.errors import ManifestError
+from hepinfra.moves import Move, MovedSpec
+from hepinfra.moves import check as check_moves
 from hepinfra.resolution import Resolution
 from hepinfra.safety.paths import MANIFEST_LIMIT, Refused, read_regular
 from hepinfra.spec import ENV_VAR, IDENT, MODE_HELP, EnvVarName, Ident, SpecModel
@@ -84,6 +86,7 @@ class ManifestModel(SpecModel):
     state: StateSpec = LocalState()
     defaults: DefaultsSpec = DefaultsSpec()
     environments: Annotated[dict[Ident, EnvironmentSpec], BeforeValidator(_none_as_empty)] = Field(min_length=1)
+    moved: list[MovedSpec] = []  # renames, as Terraform's moved {} blocks (``hepinfra.moves``)
 
     def section(self, name: str) -> dict[str, Any]:
         """A resource kind's declarations (``databases``, ``ids``, ``uploads``), by key."""
@@ -136,6 +139,7 @@ class Manifest:
     digest: str  # sha256 of the manifest file and every template file it uses
     sources: tuple[str, ...] = ()  # the files it reads besides itself (templates, recipients, uploads), as named
     skipped_outputs: frozenset[str] = frozenset()  # output kinds left out (--skip-local-outputs)
+    moves: tuple[Move, ...] = ()  # the ``moved:`` entries, checked, chains followed
 
     def without_outputs(self, kinds: frozenset[str]) -> Manifest:
         """This manifest with no output of these kinds: neither observed, written nor retired (their
@@ -399,9 +403,10 @@ def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = N
         if kind.check is not None:
             kind.check(resolver, declared)
     check_outputs(resolver, declared)
+    moves = check_moves(resolver, declared)
     digest = hashlib.sha256(raw + b"".join(resolver.template_bytes[k] for k in sorted(resolver.template_bytes)))
     sources = tuple(sorted({k.removeprefix("upload:") for k in resolver.template_bytes}))
-    return Manifest(file, project_dir, model, declared, digest.hexdigest(), sources)
+    return Manifest(file, project_dir, model, declared, digest.hexdigest(), sources, moves=moves)
 
 
 class _Resolver(Resolution):

@@ -16,6 +16,7 @@ from datetime import datetime
 from hepinfra.kinds import KINDS
 from hepinfra.kinds.rules import EnvInput
 from hepinfra.manifest import Manifest
+from hepinfra.moves import plan_moves
 from hepinfra.state.model import State
 from hepinfra.values import (
     Change,
@@ -82,9 +83,10 @@ def make_plan(
         if env_facts.databases is None:
             continue
         nouns = {section: kind.value_noun for section, kind in KINDS.items()}
+        # renames first (``moved:``): every kind plans from the state as it will be after them
+        env_changes, env_diags, state = plan_moves(manifest, env, state)
         here = EnvInput(manifest, env, state or State(environment=env), env_facts, now, rotate, nouns)
         claimed[env] = set()
-        env_changes, env_diags = [], []
         for kind in KINDS.values():
             found, found_diags, found_claims = kind.plan(here)
             env_changes += found

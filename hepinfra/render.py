@@ -19,6 +19,7 @@ COLOURS = {
     Action.ROTATE: "yellow",
     Action.RENDER: "blue",
     Action.FORGET: "red",
+    Action.MOVE: "magenta",
     Action.NOOP: "white",
 }
 
@@ -39,13 +40,15 @@ def summary_line(plan: Plan) -> str:
     c = plan.counts()
     return (
         f"Plan: {c['create']} to create, {c['adopt']} to adopt, {c['rotate']} to rotate, "
-        f"{c['render']} to render, {c['forget']} to forget."
+        f"{c['render']} to render, {c['forget']} to forget{f', {moved} to move' if (moved := c['move']) else ''}."
     )
 
 
 def _headline(change: Change) -> str:
     from hepinfra.kinds import KINDS
 
+    if change.action is Action.MOVE:  # any kind: a rename in state, as Terraform's "has moved to"
+        return f"{change.address} has moved to {change.moved_to}"
     return f"{change.address} {KINDS[change.kind].headline(change)}"
 
 
@@ -183,6 +186,10 @@ def _md_escape(value: str) -> str:
     return value.replace("|", "\\|").replace("`", "'")
 
 
+def _md_moved(change: Change) -> str:
+    return f" ~> `{_md_escape(change.moved_to)}`" if change.moved_to else ""
+
+
 def markdown(plan: Plan) -> str:
     lines = [f"### hepinfra plan: {summary_line(plan)[6:]}"]
     if plan.errors:
@@ -200,7 +207,7 @@ def markdown(plan: Plan) -> str:
         for change in plan.actionable:
             why = "; ".join([*change.reasons, *(retire_line(change, p) for p in change.retire)]) or ""
             lines.append(
-                f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}` | "
+                f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}`{_md_moved(change)} | "
                 f"{change.action.value} | {_md_escape(why)} |"
             )
     elif not plan.errors:

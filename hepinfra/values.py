@@ -174,6 +174,7 @@ class Action(StrEnum):
     ROTATE = "rotate"
     RENDER = "render"
     FORGET = "forget"
+    MOVE = "move"  # a state-only rename (``moved:``): no API call, nothing rotated or written
     NOOP = "noop"
 
     @property
@@ -187,6 +188,7 @@ _SYMBOLS = {
     Action.ROTATE: "~",
     Action.RENDER: ">",
     Action.FORGET: "-",
+    Action.MOVE: "~>",
     Action.NOOP: " ",
 }
 
@@ -216,6 +218,7 @@ class Change(_Value):
     retire_left: dict[str, str] = {}  # of ``retire``, those left in place and only listed: path -> why
     finish_rotation: bool = False  # an interrupted rotation: apply uses Reveal, never a second rotate
     rotate_after_adopt: bool = False
+    moved_to: str | None = None  # a move: the new address (same environment and kind); ``address`` is the old one
 
 
 class Diagnostic(_Value):

@@ -7,6 +7,7 @@ Must not: change anything.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from hepinfra.errors import ApiError, StalePlanError
 from hepinfra.fetch import EnvAccess
@@ -87,6 +88,10 @@ def check_changes(
         if change.kind not in KINDS or change.address != f"{change.env}/{change.kind}.{change.key}":
             raise refuse(change, "has an address that does not match its environment, kind and key")
         state = states.get(change.env)
+        if change.action is Action.MOVE:
+            if not _move_planned(change, manifest, state, declared):
+                raise refuse(change, "is a move no moved: entry of this manifest gives the pinned state")
+            continue
         decl = declared.get(change.address)
         ref = ref_of(change.kind, change.key)
         if change.action is not Action.FORGET:
@@ -123,6 +128,28 @@ def check_changes(
             ok = managed is not None and managed.id == change.database_id and change.database_id in listed
         if not ok:
             raise refuse(change, "names a database id that the pinned state and hep.gg do not give it")
+
+
+def _move_planned(change: Change, manifest: Manifest, state: State | None, declared: dict[str, Any]) -> bool:
+    """A saved plan's move: a ``moved:`` entry of this manifest, from a resource the pinned state holds (its
+    database id as state knows it) to a declared one the state does not hold."""
+    held = getattr(state, change.kind) if state is not None else {}
+    managed = held.get(change.key)
+    target = declared.get(change.moved_to or "")
+    entry = any(
+        (m.kind, m.source) == (change.kind, change.key)
+        and m.applies_to(change.env)
+        and f"{change.env}/{m.kind}.{m.target}" == change.moved_to
+        for m in manifest.moves
+    )
+    return (
+        entry
+        and managed is not None
+        and target is not None
+        and target.key not in held
+        and (target.name, target.engine) == (change.name, change.engine)
+        and getattr(managed, "id", None) == change.database_id
+    )
 
 
 def check_same(saved: Plan, fresh: Plan, where: str) -> None:

@@ -83,6 +83,31 @@ def state_rm(manifest_file: str, lock_timeout: str, addresses: tuple[str, ...]) 
         click.echo(f"Removed {env}/{kind}.{key} from state; {where.get(kind, 'its value is gone from state')}.")
 
 
+@state.command("mv")
+@manifest_option
+@lock_timeout_option
+@click.argument("source")
+@click.argument("destination")
+def state_mv(manifest_file: str, lock_timeout: str, source: str, destination: str) -> None:
+    """Rename a resource in state (as a moved: entry does at apply): same environment and kind; nothing
+    changes on hep.gg, nothing is rotated; its history and output records are kept."""
+    from hepinfra import runner
+    from hepinfra.cli.options import run_async
+    from hepinfra.state_mv import state_mv as move
+
+    project = runner.Project.open(manifest_file)
+    envs = project.manifest.environments
+    src = parse_address(project.manifest, envs, source)
+    if "/" not in destination:  # DST in SRC's environment
+        destination = f"{src[0]}/{destination}"
+    dst = parse_address(project.manifest, envs, destination)
+    stored = run_async(move(project, src, dst, parse_timeout(lock_timeout)))
+    click.echo(
+        f"Moved {src[0]}/{src[1]}.{src[2]} to {dst[0]}/{dst[1]}.{dst[2]} in state (serial {stored.serial}); "
+        "nothing changed on hep.gg."
+    )
+
+
 @state.command("pull")
 @manifest_option
 @click.option("-e", "--env", "env", required=True, help="The environment.")

@@ -23,7 +23,8 @@ Step = Callable[[Any, "Change"], Awaitable[Any]]  # (executor, change) -> Outcom
 class Kind:
     """A resource kind: its manifest section (also the middle of its addresses, ``ENV/SECTION.KEY``),
     its template variable, its plan rules, how a change of it reads, and the module holding its
-    apply steps (a ``STEPS`` mapping of Action -> step)."""
+    apply steps (a ``STEPS`` mapping of Action -> step; ``moves.move`` for a move, and an optional
+    ``moved`` hook for a record bound to its address)."""
 
     section: str
     var: str  # the template variable holding its value: db, id, upload
@@ -53,6 +54,12 @@ class Kind:
     def step(self, action: Any) -> Step:
         steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS
         return steps[action]
+
+    def moved(self, access: Any, managed: Any, old: str, new: str, lineage: str) -> Any:
+        """A managed record about to move from address ``old`` to ``new``: as it is, or as the steps
+        module's ``moved`` hook gives it (an id's value sealed again: its address is bound into the seal)."""
+        hook = getattr(importlib.import_module(self.steps), "moved", None)
+        return managed if hook is None else hook(access, managed, old, new, lineage)
 
     async def value_of(self, hub: Any, access: Any, managed: Any, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """A managed resource's template variable and its standard fields (for ``output`` and ``run``)."""

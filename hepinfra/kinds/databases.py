@@ -83,6 +83,11 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
     diags: list[Diagnostic] = []
     declared = here.declared(KIND.section)
     claimed: set[str] = set()  # remote ids accounted for
+    declared_keys = {d.key for d in declared}
+    # databases state holds under a key no longer declared, by id: one adopted again by name under another
+    # key is a rename (kept by this plan: never advised for deletion)
+    undeclared = {m.id: k for k, m in state.databases.items() if k not in declared_keys}
+    renamed: dict[str, str] = {}  # old key -> the key that adopts its database
 
     for decl in declared:
         managed = state.databases.get(decl.key)
@@ -145,7 +150,13 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
             if not _engine_ok(decl, remote_named, diags):
                 continue
             _status_warning(decl, remote_named, diags)
-            if "create" in pending:
+            if remote_named.id in undeclared:
+                renamed[undeclared[remote_named.id]] = decl.key
+                why = (
+                    f"held in state as databases.{undeclared[remote_named.id]}, no longer declared: taken over "
+                    "under this key without rotating (looks like a rename: a moved: entry keeps its history)"
+                )
+            elif "create" in pending:
                 why = "finishing an interrupted create: found by name"
             elif managed is not None:
                 why = "the managed database is gone; another with this name exists on the account"
@@ -177,11 +188,12 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
             Change(**base, action=Action.CREATE, reasons=tuple(reasons), outputs=every_output, retire=retire)
         )
 
-    declared_keys = {d.key for d in declared}
     for key, managed in sorted(state.databases.items()):
         if key in declared_keys:
             continue
         claimed.add(managed.id)
+        if key in renamed:
+            diags.append(_rename_hint(env, key, renamed[key], managed.name))
         changes.append(
             Change(
                 address=f"{env}/databases.{key}",
@@ -191,15 +203,38 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
                 engine=managed.engine,
                 database_id=managed.id,
                 action=Action.FORGET,
-                reasons=(
-                    "no longer declared: hep.gg cannot delete databases, so it stays on the account "
-                    "(delete it in the dashboard if it is unused); hepinfra stops managing it "
-                    "and leaves its outputs in place",
-                ),
+                reasons=(_forget_reason(key, renamed.get(key), managed.name),),
             )
         )
 
     return changes, diags, claimed
+
+
+def _forget_reason(key: str, kept_as: str | None, name: str) -> str:
+    """Why a database no longer declared is forgotten. Deleting it is suggested only when no declaration
+    of this plan keeps it: one that adopts it by its platform name under another key is a rename."""
+    if kept_as is not None:
+        return (
+            f"no longer declared under this key; databases.{kept_as} declares its platform name '{name}' and "
+            "this plan adopts it there: the database stays in use, hepinfra forgets only this key"
+        )
+    return (
+        "no longer declared: hep.gg cannot delete databases, so it stays on the account "
+        "(delete it in the dashboard if it is unused); hepinfra stops managing it "
+        "and leaves its outputs in place"
+    )
+
+
+def _rename_hint(env: str, old: str, new: str, name: str) -> Diagnostic:
+    return Diagnostic(
+        severity="warning",
+        env=env,
+        address=f"{env}/databases.{old}",
+        message=f"looks like a rename: add a moved: entry; databases.{new} declares its platform name '{name}', "
+        "so without one this plan forgets it and adopts it again, losing its rotation history",
+        hint=f"add to the manifest: moved: [{{from: databases.{old}, to: databases.{new}}}] (or hepinfra state mv "
+        f"{env}/databases.{old} {env}/databases.{new})",
+    )
 
 
 def _engine_ok(decl: Declared, remote: DatabaseSummary, diags: list[Diagnostic]) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hepinfra.apply.executor import Outcome, Tracker
 from hepinfra.apply.executor import now as _now
 from hepinfra.apply.ledger import with_entry, without_steps
+from hepinfra.apply.moves import move
 from hepinfra.apply.writer import Failure
 from hepinfra.crashpoints import kill_point
 from hepinfra.errors import ApiError, NameTakenError, OutputError
@@ -350,4 +351,5 @@ STEPS = {
     Action.ROTATE: rotate,
     Action.RENDER: render,
     Action.FORGET: lambda ex, change: ex.forget(change),
+    Action.MOVE: move,
 }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
+from hepinfra.apply.moves import move
 from hepinfra.errors import AuthError, HepinfraError, ProtocolError
 from hepinfra.kinds.ids import options_digest
 from hepinfra.state.crypto import Cipher
@@ -139,6 +140,17 @@ async def render(ex: Executor, change: Change) -> Outcome:
     return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
 
 
+def moved(access: Any, managed: ManagedId, old: str, new: str, lineage: str) -> ManagedId:
+    """The value sealed again under the id's new address (the address is bound into the seal): opened
+    under the old one first, so a value that does not open stops the move before anything is written."""
+    cipher = access.cipher if access is not None else None
+    if cipher is None:
+        raise HepinfraError(f"{old}: moving an id needs the state key that sealed it; nothing was moved")
+    payload = opened(cipher, managed, old, lineage)
+    sealed = cipher.seal_id(json.dumps(payload).encode(), new, lineage)
+    return managed.model_copy(update={"ciphertext": sealed, "bound": "lineage+address"})
+
+
 async def value_of(hub: Any, access: Any, managed: ManagedId, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Decrypted from state (no call: hep.gg keeps no copy)."""
     assert access.cipher is not None and access.cipher.lineage is not None
@@ -152,4 +164,5 @@ STEPS = {
     Action.ROTATE: mint,
     Action.RENDER: render,
     Action.FORGET: lambda ex, change: ex.forget(change),
+    Action.MOVE: move,
 }

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
+from hepinfra.apply.moves import move
 from hepinfra.errors import AuthError, ForbiddenError, HepinfraError, OutputError, ProtocolError
 from hepinfra.state.model import JournalEntry, ManagedUpload, State
 from hepinfra.values import Action, Change
@@ -125,4 +126,5 @@ STEPS = {
     Action.ROTATE: upload,
     Action.RENDER: render,
     Action.FORGET: lambda ex, change: ex.forget(change),
+    Action.MOVE: move,
 }

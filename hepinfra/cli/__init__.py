@@ -39,6 +39,8 @@ COMMANDS = {
     "state": "hepinfra.cli.state:state",
     "emulator": "hepinfra.cli.emulator:emulator",
     "github": "hepinfra.cli.github:github",
+    "import": "hepinfra.cli.onboard:import_command",
+    "init": "hepinfra.cli.onboard:init",
 }
 
 

@@ -76,9 +76,11 @@ def check_changes(
         )
 
     from hepinfra.kinds import KINDS
+    from hepinfra.moves import plan_moves
     from hepinfra.values import ref_of
 
     seen: set[str] = set()
+    moved: dict[str, State | None] = {}
     for change in plan.changes:
         if change.address in seen:
             raise refuse(change, "appears twice")
@@ -92,6 +94,9 @@ def check_changes(
             if not _move_planned(change, manifest, state, declared):
                 raise refuse(change, "is a move no moved: entry of this manifest gives the pinned state")
             continue
+        if change.env not in moved:  # every other change is checked against the state after the renames
+            moved[change.env] = plan_moves(manifest, change.env, state)[2]
+        state = moved[change.env]
         decl = declared.get(change.address)
         ref = ref_of(change.kind, change.key)
         if change.action is not Action.FORGET:

@@ -304,3 +304,36 @@ def test_moving_into_a_state_that_holds_the_new_address_blocks_the_plan(tmp_path
     refused = run(["apply", "-f", str(path), "-e", "prod", "--auto-approve"], server)
     assert refused.code == 1 and "nothing was applied" in refused.err
     assert set(state_of(root).databases) == {"catalog", "products"}
+
+
+def test_a_saved_plan_applies_its_moves_and_an_edited_move_is_refused(tmp_path: Path, server: Server) -> None:
+    root = tmp_path / "p"
+    path = applied(root, server)
+    before = state_of(root)
+    write_project(root, RENAMED + MOVED)
+    planfile = root / "renames.plan"
+    ok(["plan", "-f", str(path), "-e", "prod", "--out", str(planfile)], server)
+    saved = json.loads(planfile.read_text())
+    edited = root / "edited.plan"
+    for change in saved["changes"]:
+        if change["action"] == "move" and change["kind"] == "databases":
+            change["moved_to"] = "prod/databases.elsewhere"
+    edited.write_text(json.dumps(saved))
+    refused = run(["apply", str(edited), "-f", str(path)], server)
+    assert refused.code == 1 and "is a move no moved: entry of this manifest gives the pinned state" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and state_of(root) == before
+    seen = len(server.requests())
+    result = run(["apply", str(planfile), "-f", str(path)], server)
+    assert result.code == 0, result.err
+    assert mutations(server, seen) == []
+    assert state_of(root).databases["products"].id == before.databases["catalog"].id
+
+
+def test_a_move_that_changes_the_platform_name_is_blocked_with_the_way_out(tmp_path: Path, server: Server) -> None:
+    root = tmp_path / "p"
+    path = applied(root, server)
+    before = state_of(root)
+    write_project(root, RENAMED.replace('    name: "catalog-{{ env }}"\n', "") + MOVED)  # name now products-<env>
+    result = run(["apply", "-f", str(path), "-e", "prod", "--auto-approve"], server)
+    assert result.code == 1 and "hep.gg cannot rename a database" in result.err
+    assert "nothing was applied" in result.err and state_of(root) == before

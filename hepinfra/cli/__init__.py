@@ -41,6 +41,7 @@ COMMANDS = {
     "github": "hepinfra.cli.github:github",
     "import": "hepinfra.cli.onboard:import_command",
     "init": "hepinfra.cli.onboard:init",
+    "status": "hepinfra.cli.status:status",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class Kind:
     # (what runs or where values go at apply), and a note on them
     review_fields: tuple[str, ...] = ()
     review_note: str = ""
+    # ``status``: a managed record's last rotation (or creation/upload) and how many it had
+    history: Callable[[Any], tuple[datetime | None, int]] = lambda managed: (None, 0)
 
     def step(self, action: Any) -> Step:
         steps: dict[Any, Step] = importlib.import_module(self.steps).STEPS

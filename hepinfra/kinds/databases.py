@@ -367,4 +367,5 @@ KIND = Kind(
     spec=DatabaseSpec,
     declare=declare,
     review_fields=("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout"),
+    history=lambda m: (m.rotated_at or m.managed_since, m.rotations),
 )

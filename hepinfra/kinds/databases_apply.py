@@ -95,8 +95,19 @@ async def _after(
             kill_point("done")
         except OutputError as exc:
             failures.append(Failure("after_rotate", decl.after_rotate[0], exc.message))
-    if done:
-        await ex.ledgers[change.env].commit(lambda s: without_steps(s, decl.ref, done))
+    if done or "verify" in steps:
+        checked = "verify" in steps
+        ok = "verify" in done
+
+        def record(s: State) -> State:
+            s = without_steps(s, decl.ref, done)
+            db = s.databases.get(decl.key)
+            if not checked or db is None:
+                return s
+            last = {"verified_at": _now(), "verify_ok": ok, "verify_ms": verified_ms if ok else None}
+            return s.model_copy(update={"databases": {**s.databases, decl.key: db.model_copy(update=last)}})
+
+        await ex.ledgers[change.env].commit(record)
     return verified_ms, verified_at
 
 

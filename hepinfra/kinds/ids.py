@@ -162,4 +162,5 @@ KIND = Kind(
     credentials=missing_credentials,
     spec=IdSpec,
     declare=declare,
+    history=lambda m: (m.rotated_at, m.rotations),
 )

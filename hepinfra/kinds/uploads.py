@@ -199,4 +199,5 @@ KIND = Kind(
     check=check,
     review_fields=("file", "allow_outside", "allow_ignored"),
     review_note="an upload is public and permanent",
+    history=lambda m: (m.uploaded_at, m.uploads),
 )

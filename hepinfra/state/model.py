@@ -40,6 +40,10 @@ class ManagedDatabase(_Value):
     rotated_at: datetime | None = None  # last rotation hepinfra made (or finished)
     rotations: int = 0
     adopted: bool = False
+    # the last ``verify:`` check (apply): when, whether it passed, how long it took
+    verified_at: datetime | None = None
+    verify_ok: bool | None = None
+    verify_ms: float | None = None
 
 
 class ManagedId(_Value):

@@ -15,7 +15,6 @@ from typing import Any
 
 from hepinfra.errors import HepinfraError
 
-EXTRA = "pip install 'hepinfra[aws]'"
 _DENIED = {"AccessDenied", "AccessDeniedException", "AllAccessDisabled", "403", "Forbidden"}
 _REFUSED = {
     "InvalidAccessKeyId",
@@ -39,14 +38,16 @@ def endpoint(service: str) -> str | None:
     return os.environ.get(_ENDPOINT_VARS.get(service, "")) or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def make_client(service: str, region: str | None, where: str, *, path_style: bool = False, extra: str = EXTRA) -> Any:
-    """A boto3 client from the default chain; AwsError (one line, ``where`` first) when it cannot be."""
-    try:
-        import boto3
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError
-    except ImportError:
-        raise AwsError(f"{where}: needs boto3, which is not installed", hint=extra) from None
+def make_client(service: str, region: str | None, where: str, *, path_style: bool = False, extra: str = "aws") -> Any:
+    """A boto3 client from the default chain; AwsError (one line, ``where`` first) when it cannot be
+    (``extra``: the hepinfra extra that installs boto3 for this use, named when it is missing)."""
+    from hepinfra.extras import require
+
+    boto3 = require("boto3", where, extra)
+    require("botocore", where, extra)
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
+
     from hepinfra.safety.redact import register
 
     quiet_botocore()

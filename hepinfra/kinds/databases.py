@@ -329,7 +329,7 @@ def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: d
 def verify_setting(r: Resolution, key: str, db: DatabaseSpec) -> bool:
     """``verify`` as declared, else ``defaults.verify`` (which leaves mongo out); checked offline:
     an engine hepinfra cannot connect to, or a driver that is not installed, is an error."""
-    import importlib.util
+    from hepinfra.extras import missing
 
     node: tuple[str | int, ...] = ("databases", key, "verify")
     if db.verify is None:
@@ -346,9 +346,9 @@ def verify_setting(r: Resolution, key: str, db: DatabaseSpec) -> bool:
             "and PyMySQL (mariadb) only, and hep.gg's mongo needs a driver hepinfra does not ship; set "
             "verify: false",
         )
-    module, label = VERIFY_DRIVERS[db.engine]
-    if importlib.util.find_spec(module) is None:
-        raise r.error(node, f"verify needs {label}, not installed: pip install 'hepinfra[verify]'")
+    problem = missing(VERIFY_DRIVERS[db.engine][0], f"verify of a {db.engine} database", "verify")
+    if problem:
+        raise r.error(node, problem)
     return True
 
 

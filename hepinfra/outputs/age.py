@@ -27,16 +27,18 @@ from hepinfra.values import ObservedOutput, OutputTarget
 if TYPE_CHECKING:
     from hepinfra.resolution import Resolution
 
-EXTRA = "pip install 'hepinfra[age]'"
-
 
 def recipients(texts: tuple[str, ...]) -> list[Any]:
     """pyrage recipients (age X25519 ``age1...`` or SSH ``ssh-ed25519``/``ssh-rsa`` keys); ValueError
     naming the first that is not one."""
+    from hepinfra.extras import MissingExtraError, require
+
     try:
-        from pyrage import ssh, x25519
-    except ImportError:
-        raise ValueError(f"the age output needs pyrage, which is not installed ({EXTRA})") from None
+        require("pyrage", "the age output", "age")
+    except MissingExtraError as exc:
+        raise ValueError(exc.message) from None
+    from pyrage import ssh, x25519
+
     out: list[Any] = []
     for i, text in enumerate(texts):
         try:
@@ -66,8 +68,9 @@ class AgeSink:
         *,
         previous_keys: tuple[str, ...] = (),
     ) -> Written:
-        from pyrage import encrypt
+        from hepinfra.extras import require
 
+        encrypt = require("pyrage", "the age output", "age").encrypt
         from hepinfra.templates import QuotingError, dotenv_quote
 
         values = render_keys(target, context)

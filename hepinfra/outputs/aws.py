@@ -303,12 +303,13 @@ class _AwsOutput(OutputSpecBase):
         self, r: Resolution, base: tuple[str | int, ...], context: dict[str, Any], value_context: dict[str, Any]
     ) -> OutputTarget:
         """Its secret name or parameter prefix rendered now, its values dry-run."""
-        import importlib.util
+        from hepinfra.extras import missing
 
         kind = self.kind
         node = (*base, kind)
-        if importlib.util.find_spec("boto3") is None:
-            raise r.error(node, f"the {kind} output needs boto3, not installed: pip install 'hepinfra[aws]'")
+        problem = missing("boto3", f"the {kind} output", "aws")
+        if problem:
+            raise r.error(node, problem)
         source = self._name_source()
         r.refuse_secrets_in_argv(source, node, what="a secret or parameter name")
         name = r.render(source, {k: context[k] for k in ARGV_VARIABLES if k in context}, node)

@@ -78,13 +78,9 @@ class PostgresBackend(StoredBackend):
                 "it, or the network dropped); another run may hold the lock now, so this run stops here",
                 hint="run again; an interrupted step is finished from the journal",
             )
-        try:
-            import psycopg
-        except ImportError:
-            raise StateError(
-                f"{self._place()}: the PostgreSQL backend needs psycopg 3, which is not installed",
-                hint="pip install 'hepinfra[postgres]'",
-            ) from None
+        from hepinfra.extras import require
+
+        psycopg = require("psycopg", self._place(), "postgres")
         url = self._environ.get(self.spec.url_env, "")
         self._server = _server_of(url, self.spec.url_env, self._environ.get("PGPASSWORD", ""), self._place())
         try:
@@ -128,10 +124,10 @@ class PostgresBackend(StoredBackend):
         return True
 
     def _sql_now(self, query: str, params: tuple[Any, ...]) -> Any:
+        conn = self._connect()  # first: it says so when psycopg is not installed
         import psycopg
         from psycopg import sql
 
-        conn = self._connect()
         try:
             return conn.execute(sql.SQL(query).format(s=sql.Identifier(self.spec.schema_)), params)
         except psycopg.Error as exc:

@@ -46,8 +46,7 @@ def client_for(spec: S3State) -> Any:
     from hepinfra.aws import AwsError, make_client
 
     try:
-        return make_client("s3", spec.region, f"state backend {spec.where()}", path_style=True,
-                           extra="pip install 'hepinfra[s3]'")  # fmt: skip
+        return make_client("s3", spec.region, f"state backend {spec.where()}", path_style=True, extra="s3")
     except AwsError as exc:
         raise StateError(exc.message, hint=exc.hint) from None
 

@@ -9,7 +9,7 @@ the variable ``url_env`` names (never from the manifest).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,19 @@ def _duration(value: Any) -> Any:
     if not 5 <= seconds <= 7 * 86400:
         raise ValueError("lock_ttl must be between 5s and 7d")
     return seconds
+
+
+_S = TypeVar("_S")
+
+
+def _installed(spec: _S, module: str, backend: str) -> _S:
+    """The backend's library is installed (offline: found, not imported), else the extra to install."""
+    from hepinfra.extras import missing
+
+    problem = missing(module, f"the {backend} state backend", backend)
+    if problem:
+        raise ValueError(problem)
+    return spec
 
 
 class _Spec(BaseModel):
@@ -105,6 +118,10 @@ class S3State(_Spec):
             raise ValueError("not an AWS region name (such as eu-west-1)")
         return value
 
+    @model_validator(mode="after")
+    def _library(self) -> S3State:
+        return _installed(self, "boto3", "s3")
+
     def where(self) -> str:
         return f"s3 (s3://{self.bucket}/{self.prefix})"
 
@@ -136,6 +153,10 @@ class PostgresState(_Spec):
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value) or value.startswith("pg_"):
             raise ValueError("a schema name of lower-case letters, digits and '_' (at most 63, not starting with pg_)")
         return value
+
+    @model_validator(mode="after")
+    def _library(self) -> PostgresState:
+        return _installed(self, "psycopg", "postgres")
 
     def where(self) -> str:
         return f"postgres (schema {self.schema_})"

@@ -222,7 +222,7 @@ def _mariadb(at: Target, login: _Login, timeout: int) -> None:
 
 
 _CHECKS = {"postgres": _postgres, "mariadb": _mariadb}
-_DRIVERS = {"postgres": "psycopg", "mariadb": "PyMySQL"}
+_DRIVERS = {"postgres": "psycopg", "mariadb": "pymysql"}  # engine -> the driver's module
 
 
 # --- why it failed: a fixed cause, never the driver's text ------------------------------------------
@@ -321,11 +321,15 @@ def check(engine: str, url: str, official: str, timeout: int) -> float:
     login = _login(url)
     if not login.user or not login.password:
         raise VerifyError(f"the rendered URL for {at.where} has no user or no password; not dialled", hint=_ROUTE_HINT)
+    from hepinfra.extras import MissingExtraError, require
+
+    try:
+        require(_DRIVERS[engine], f"verify of a {engine} database", "verify")
+    except MissingExtraError as exc:
+        raise VerifyError(exc.message) from None
     started = time.perf_counter()
     try:
         _CHECKS[engine](at, login, timeout)
-    except ImportError:
-        raise VerifyError(f"verify needs {_DRIVERS[engine]}: pip install 'hepinfra[verify]'") from None
     except Exception as exc:  # every driver error becomes a fixed cause: never its message
         cause = _classify(engine, exc, at, timeout)
         raise VerifyError(f"could not log in at {at.where} with the rendered credentials: {cause}",

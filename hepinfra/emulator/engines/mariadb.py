@@ -17,7 +17,6 @@ from typing import Any
 
 from hepinfra.emulator.engines.base import (
     CONNECT_TIMEOUT,
-    EXTRA_HINT,
     STATEMENT_TIMEOUT,
     AdminUrl,
     EngineError,
@@ -31,11 +30,12 @@ MAX_USER = 80
 
 
 def _driver() -> Any:
+    from hepinfra.extras import MissingExtraError, require
+
     try:
-        import pymysql
-    except ImportError:
-        raise EngineError("real mariadb databases need PyMySQL, which is not installed", hint=EXTRA_HINT) from None
-    return pymysql
+        return require("pymysql", "real mariadb databases", "verify")
+    except MissingExtraError as exc:
+        raise EngineError(exc.message) from None
 
 
 def quote_name(name: str, *, grant: bool = False) -> str:

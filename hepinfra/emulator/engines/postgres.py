@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from hepinfra.emulator.engines.base import (
     CONNECT_TIMEOUT,
-    EXTRA_HINT,
     STATEMENT_TIMEOUT,
     AdminUrl,
     EngineError,
@@ -30,11 +29,12 @@ MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names would be silently truncated
 
 
 def _driver() -> Any:
+    from hepinfra.extras import MissingExtraError, require
+
     try:
-        import psycopg
-    except ImportError:
-        raise EngineError("real postgres databases need psycopg, which is not installed", hint=EXTRA_HINT) from None
-    return psycopg
+        return require("psycopg", "real postgres databases", "verify")
+    except MissingExtraError as exc:
+        raise EngineError(exc.message) from None
 
 
 def _check_name(what: str, name: str) -> None:

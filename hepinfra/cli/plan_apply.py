@@ -29,9 +29,10 @@ from hepinfra.errors import UsageError
 @manifest_option
 def validate(manifest_file: str) -> None:
     """Check a manifest offline: schema, names, templates (no network access)."""
-    from hepinfra import manifest
+    from hepinfra import manifest, preflight
 
     loaded = manifest.load(manifest_file)
+    preflight.warn(loaded)
     count = sum(len(v) for v in loaded.declared.values())
     click.echo(
         f"{manifest_file}: valid ({len(loaded.environments)} environment(s), "
@@ -103,7 +104,7 @@ def plan(
     import os
     from pathlib import Path
 
-    from hepinfra import render, runner
+    from hepinfra import preflight, render, runner
 
     if as_json and markdown:
         raise UsageError("--json and --markdown are exclusive")
@@ -116,6 +117,7 @@ def plan(
             err=True,
         )
     project = runner.Project.open(manifest_file, base_ref=base_ref, skip_outputs=skipped(skip_local_outputs))
+    preflight.warn(project.manifest)
     selected = runner.select_environments(project.manifest, envs)
     rotate = runner.parse_rotate(project.manifest, selected, rotations)
     if out_file:
@@ -221,7 +223,7 @@ def _apply_command(
     import statistics
     from pathlib import Path
 
-    from hepinfra import render, runner
+    from hepinfra import preflight, render, runner
 
     if plan_file and (envs or rotations):
         raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
@@ -236,6 +238,7 @@ def _apply_command(
             manifest_file = runner.saved_manifest(saved, Path(plan_file))
         skip = runner.saved_skips(saved)  # as the plan was made: it is planned again so at apply
     project = runner.Project.open(manifest_file, skip_outputs=skip)
+    preflight.warn(project.manifest)
     printer = EventPrinter(as_json)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if not plan_file and not auto_approve and not interactive:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cliutil import write_project
+from tests.cliutil import invoke, write_project
 from tests.conftest import ENV, Server, record_artifact
 
 # Run ``python -m hepinfra ARGS`` with the top-level modules named in argv[1] made unimportable.
@@ -150,3 +150,44 @@ def test_outputs_and_verify_without_their_library_name_the_extra(blocked: str, e
     proc = without(blocked, ["validate", "-f", str(path)], tmp_path)
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr == f"Error: {path}:{expected}\n"
+
+
+LOCAL_VERIFY = """
+version: 1
+hepgg: {url: local}
+environments:
+  prod: {}
+  dev: {}
+databases:
+  shop:
+    engine: postgres
+    verify: true
+    outputs:
+      - dotenv: ".env.{{ env }}"
+        keys: {URL: "{{ db.connection_string }}"}
+  cart:
+    engine: postgres
+    verify: true
+    outputs:
+      - dotenv: ".env.{{ env }}"
+        keys: {CART_URL: "{{ db.connection_string }}"}
+"""
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_verify_against_simulated_local_databases_is_warned_about(command: str, tmp_path: Path) -> None:
+    path = write_project(tmp_path, LOCAL_VERIFY)
+    result = invoke([command, "-f", str(path)], cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.err == (
+        f"Warning: {path}:10:13: databases.shop.verify: the local hep.gg simulates postgres databases while "
+        "HEPINFRA_LOCAL_POSTGRES is unset, so verify can never log in and fails on every apply (and 1 more); set "
+        "HEPINFRA_LOCAL_POSTGRES to a real server's admin URL, or verify: false\n"
+    )
+
+
+def test_no_warning_when_the_local_server_is_named_or_hepgg_is_remote(tmp_path: Path, server: Server) -> None:
+    path = write_project(tmp_path, LOCAL_VERIFY)
+    named = invoke(["validate", "-f", str(path)], cwd=tmp_path, env={"HEPINFRA_LOCAL_POSTGRES": "postgresql://a@b/c"})
+    remote = invoke(["validate", "-f", str(path)], cwd=tmp_path, server=server)  # HEPGG_URL: the emulator's URL
+    assert (named.code, named.err, remote.code, remote.err) == (0, "", 0, "")

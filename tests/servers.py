@@ -7,6 +7,11 @@
 - ``mariadb_server``: a MariaDB server from Debian's ``mariadb-server`` package, made with
   mariadb-install-db in a temp dir and started as ``mariadbd`` on a free loopback port, as the
   ``mysql`` user when the tests run as root, with a root password.
+- ``pgbouncer_server``: PgBouncer from Debian's ``pgbouncer`` package on a free loopback port, in
+  session or transaction pooling, its ``[databases]`` taken from a file it ``%include``-s (the file a
+  ``pgbouncer`` output writes). As the ``postgres`` user when the tests run as root (PgBouncer refuses
+  root), with CAP_DAC_READ_SEARCH so it reads the 0600 file root's apply wrote (in production, apply
+  runs as PgBouncer's user).
 - ``TcpForwarder``: a loopback TCP port in front of a server, that a test can stop and start
   (a database server that goes away and comes back).
 A server that cannot start fails the tests that need it; nothing skips.
@@ -394,6 +399,131 @@ def _stop_mariadbd(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+# --- PgBouncer ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PgBouncer:
+    host: str
+    port: int
+    pool_mode: str
+    users: dict[str, str]  # the consumers' own credentials (auth_file), and the admin's
+    admin: str = "pgb_admin"
+    pid: int = 0
+    log_text: str = ""  # its log, read when it has stopped
+
+    def url(self, database: str, user: str = "app") -> str:
+        """A consumer's URL: its own stable credential, PgBouncer's address, the database's name there."""
+        return f"postgresql://{user}:{quote(self.users[user], safe='')}@{self.host}:{self.port}/{database}"
+
+    @property
+    def admin_url(self) -> str:
+        """What PGBOUNCER_ADMIN_URL holds (a secret)."""
+        return self.url("pgbouncer", self.admin)
+
+    def show(self, what: str) -> list[dict[str, Any]]:
+        """``SHOW DATABASES``, ``SHOW POOLS``... on the admin console, as dicts."""
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5, row_factory=dict_row) as conn:
+            return list(conn.execute(f"SHOW {what}").fetchall())
+
+    def database(self, name: str) -> dict[str, Any] | None:
+        return next((row for row in self.show("DATABASES") if row["name"] == name), None)
+
+
+def _pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if not found:
+        raise ServerFailed("PgBouncer is not installed (.ci/run installs Debian's 'pgbouncer' package)")
+    return found
+
+
+@contextlib.contextmanager
+def pgbouncer_instance(include: Path, pool_mode: str, users: dict[str, str]) -> Iterator[PgBouncer]:
+    """PgBouncer on a free loopback port whose ``[databases]`` come from ``include`` (made empty if
+    missing), ``pool_mode`` session or transaction, SCRAM logins from ``users`` (the admin among them)."""
+    binary = _pgbouncer_binary()
+    root = Path(tempfile.mkdtemp(prefix="hepinfra-pgbouncer-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PgBouncer will not run as root: the 'postgres' user, able to read root's 0600 file
+        account = pwd.getpwnam("postgres")
+        os.chown(root, account.pw_uid, account.pw_gid)
+        as_user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
+                   "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]  # fmt: skip
+    os.chmod(root, 0o700)
+    if not include.exists():
+        include.parent.mkdir(parents=True, exist_ok=True)
+        include.write_text("")
+        include.chmod(0o600)
+    port = free_port()
+    userlist = "".join(f'"{name}" "{password}"\n' for name, password in users.items())
+    (root / "userlist.txt").write_text(userlist)
+    log = root / "pgbouncer.log"
+    (root / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"%include {include}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = scram-sha-256\nauth_file = {root / 'userlist.txt'}\nadmin_users = pgb_admin\n"
+        f"pool_mode = {pool_mode}\nlogfile = {log}\ndefault_pool_size = 20\nmax_client_conn = 500\n"
+    )
+    if as_user:
+        for name in ("userlist.txt", "pgbouncer.ini"):
+            shutil.chown(root / name, "postgres", "postgres")
+    proc = subprocess.Popen([*as_user, binary, str(root / "pgbouncer.ini")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    server = PgBouncer("127.0.0.1", port, pool_mode, dict(users), pid=proc.pid)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                server.show("VERSION")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else ""
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    raise ServerFailed(f"pgbouncer did not start: {err[-1000:]} {tail}") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        proc.terminate()  # SIGTERM: immediate shutdown
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        server.log_text = log.read_text(errors="replace") if log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pgbouncer_server() -> Iterator[Any]:
+    """``start(include, pool_mode)``: a PgBouncer for this test (stopped after it), whose consumers log
+    in as ``app``; its admin console's URL is ``.admin_url``. Its log joins the secret scan."""
+    from tests.conftest import ISSUED, record_artifact
+
+    users = {"app": "app-" + secrets.token_urlsafe(12), "pgb_admin": "adm-" + secrets.token_urlsafe(12)}
+    ISSUED.update(users.values())
+    stack = contextlib.ExitStack()
+    started: list[PgBouncer] = []
+
+    def start(include: Path, pool_mode: str = "transaction") -> PgBouncer:
+        try:
+            server = stack.enter_context(pgbouncer_instance(include, pool_mode, users))
+        except ServerFailed as exc:
+            pytest.fail(str(exc))
+        started.append(server)
+        return server
+
+    with stack:
+        yield start
+    for server in started:
+        record_artifact("pgbouncer log", server.log_text)
 
 
 # --- a TCP port that can go away ---------------------------------------------------------------------

@@ -54,6 +54,7 @@ class Outcome:
     message: str = ""
     rotation_window_ms: float | None = None
     verified_ms: float | None = None  # the connection check with the rendered credentials
+    hook: dict[str, Any] | None = None  # the after_rotate hook that ran: {"ms": ..., "last_line": ...}
     duration_ms: float = 0.0  # the change's own time: queue waits for a parallelism slot excluded
     queued_ms: float = 0.0
     failures: list[Failure] = field(default_factory=list)  # the steps that failed (render of FILE, ...)
@@ -384,4 +385,6 @@ def _event(outcome: Outcome) -> Event:
         event["rotation_window_ms"] = round(outcome.rotation_window_ms, 2)
     if outcome.verified_ms is not None:
         event["verified_ms"] = round(outcome.verified_ms, 2)
+    if outcome.hook is not None:
+        event["hook"] = outcome.hook
     return event

@@ -3,23 +3,43 @@
 Owns: running it like an exec output's command (no shell, in the project directory, in the same
 minimal environment: ``safety.credentials.child_environment``'s allow-list plus what the
 database's ``after_rotate_pass_env`` names, never a credential; its whole process group killed at
-the timeout) with ``HEPINFRA_ENV``, ``HEPINFRA_ADDRESS`` and ``HEPINFRA_NAME`` added, and turning
-a non-zero exit or a timeout into one line: the first line of its stderr, masked.
+the timeout) with ``HEPINFRA_ENV``, ``HEPINFRA_ADDRESS`` and ``HEPINFRA_NAME`` added; saying how
+long it ran and its last line of output, and turning a non-zero exit or a timeout into one line:
+the last meaningful line of its stderr (``safety.child_stderr``), masked.
 Must not: pass a secret in its argv or environment (the manifest refuses one in argv).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hepinfra.errors import OutputError
 from hepinfra.values import Declared, OutputTarget
 
 
-def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> None:
-    """``values``: the new credentials (password, connection string): a stderr line holding any part of
-    one (8 characters in a row, in any encoding) is not shown."""
-    from hepinfra.outputs.exec import first_line, run
+@dataclass(frozen=True)
+class HookRun:
+    """A hook that ran: how long it took and its last line of output (masked), for the apply's
+    line and the ``done`` event (``"hook": {"ms": ..., "last_line": ...}``)."""
+
+    ms: float
+    last_line: str
+
+    def describe(self) -> str:
+        return f"ran after_rotate in {self.ms:.0f} ms: {self.last_line}"
+
+    def as_event(self) -> dict[str, Any]:
+        return {"ms": round(self.ms, 1), "last_line": self.last_line}
+
+
+def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> HookRun:
+    """``values``: the new credentials (password, connection string): a line of its output holding
+    any part of one (8 characters in a row, in any encoding) is not shown."""
+    from hepinfra.outputs.exec import run
+    from hepinfra.safety.child_stderr import last_line
 
     target = OutputTarget(
         kind="exec",
@@ -38,7 +58,9 @@ def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> None:
         cwd=str(project_dir),
     )
     extra = {"HEPINFRA_ENV": decl.env, "HEPINFRA_ADDRESS": decl.address, "HEPINFRA_NAME": decl.name}
-    code, _, err = run(decl.after_rotate, target, None, extra)
+    started = time.perf_counter()
+    code, out, err = run(decl.after_rotate, target, None, extra)
+    ms = (time.perf_counter() - started) * 1000
     if code != 0:
-        why = first_line(err, values)
-        raise OutputError(f"after_rotate exited with status {code}" + (f": {why}" if why else ""))
+        raise OutputError(f"after_rotate exited with status {code}: {last_line(err, values)}")
+    return HookRun(ms, last_line(out, values, nothing="") or last_line(err, values, nothing="(no output)"))

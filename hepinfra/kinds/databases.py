@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from hepinfra.kinds.base import Kind
-from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due, output_reason
+from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due, output_reason, render_headline
 from hepinfra.outputs import OutputSpec
 from hepinfra.spec import PLATFORM_NAME, Duration, EnvVarName, Ident, SpecModel
 from hepinfra.state.model import State
@@ -34,7 +34,7 @@ def _headline(change: Change) -> str:
             if change.finish_rotation
             else f"password of '{change.name}' will be rotated"
         ),
-        Action.RENDER: f"outputs of '{change.name}' will be rendered",
+        Action.RENDER: render_headline(change, f"outputs of '{change.name}'"),
         Action.FORGET: f"will no longer be managed: '{change.name}' stays on hep.gg",
         Action.NOOP: "is up to date",
     }[change.action]

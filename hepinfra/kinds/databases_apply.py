@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,14 @@ from hepinfra.crashpoints import kill_point
 from hepinfra.errors import ApiError, NameTakenError, OutputError
 from hepinfra.hepgg.databases import LATE_S
 from hepinfra.hepgg.models import DatabaseCredentials
+from hepinfra.kinds.rules import render_note
 from hepinfra.outputs.base import db_context
 from hepinfra.state.model import JournalEntry, ManagedDatabase, State
 from hepinfra.values import Action, Change
 
 if TYPE_CHECKING:
     from hepinfra.apply.executor import Executor
+    from hepinfra.apply.hooks import HookRun
 
 
 async def _finish(
@@ -44,12 +47,13 @@ async def _finish(
     update_db: Callable[[ManagedDatabase | None], ManagedDatabase],
     *,
     hook: bool = False,
-) -> tuple[list[Failure], float | None, float]:
+) -> tuple[list[Failure], After, float]:
     """The rest of the sequence after the remote step: every output (recorded with the ``verify`` and
     ``hook`` steps still owed, in one durable write) -> verify -> the after_rotate hook (``hook``).
     Each step is journaled until it is done, so a run killed anywhere resumes at the first unfinished
-    one. Returns the failures, the verification's ms (None when none ran), and when (perf_counter)
-    consumers got working credentials: the outputs written, or with verify, the check passed."""
+    one. Returns the failures, what ran after the outputs (the verification's ms, the hook), and when
+    (perf_counter) consumers got working credentials: the outputs written, or with verify, the check
+    passed."""
     decl = ex.decl(change)
     steps = (("verify",) if decl.verify else ()) + (("hook",) if hook and decl.after_rotate else ())
 
@@ -61,16 +65,24 @@ async def _finish(
         change, db_context(creds), creds.password.get_secret_value(), entry, update, steps
     )
     if any(f.step == "render" for f in failures) or not steps:
-        return failures, None, written_at  # an output failed: verify and hook stay owed until all are written
-    verified_ms, verified_at = await _after(ex, change, creds, steps, failures)
-    return failures, verified_ms, verified_at or written_at
+        return failures, After(), written_at  # an output failed: verify and hook stay owed until all are written
+    after = await _after(ex, change, creds, steps, failures)
+    return failures, after, after.verified_at or written_at
+
+
+@dataclass(frozen=True)
+class After:
+    """What ran after the outputs: the verification (its ms, and when it passed) and the hook."""
+
+    verified_ms: float | None = None
+    verified_at: float | None = None
+    hook: HookRun | None = None
 
 
 async def _after(
     ex: Executor, change: Change, creds: DatabaseCredentials, steps: tuple[str, ...], failures: list[Failure]
-) -> tuple[float | None, float | None]:
-    """Run the owed ``steps`` (verify, then hook), record those done; failures are appended. Returns
-    the verification's ms and when it passed (perf_counter), or None."""
+) -> After:
+    """Run the owed ``steps`` (verify, then hook), record those done; failures are appended."""
     from hepinfra.apply.hooks import run_hook
     from hepinfra.daemon import in_daemon_thread
     from hepinfra.verify import VerifyError
@@ -78,6 +90,7 @@ async def _after(
     decl = ex.decl(change)
     done: list[str] = []
     verified_ms = verified_at = None
+    ran: HookRun | None = None
     kill_point("verify")
     if "verify" in steps:
         try:
@@ -90,7 +103,7 @@ async def _after(
         kill_point("hook")
         try:
             values = [creds.password.get_secret_value(), creds.connection_string.get_secret_value()]
-            await in_daemon_thread(run_hook, decl, ex.manifest.project_dir, values)
+            ran = await in_daemon_thread(run_hook, decl, ex.manifest.project_dir, values)
             done.append("hook")
             kill_point("done")
         except OutputError as exc:
@@ -108,7 +121,7 @@ async def _after(
             return s.model_copy(update={"databases": {**s.databases, decl.key: db.model_copy(update=last)}})
 
         await ex.ledgers[change.env].commit(record)
-    return verified_ms, verified_at
+    return After(verified_ms, verified_at, ran)
 
 
 async def _verify(ex: Executor, change: Change, creds: DatabaseCredentials) -> float:
@@ -151,7 +164,7 @@ async def create(ex: Executor, change: Change) -> Outcome:
         adopted=foreign,
     )
     owed = intent.model_copy(update={"op": "render", "database_id": creds.id})
-    failures, verified, _ = await _finish(ex, change, creds, owed, lambda db: db or managed)
+    failures, after, _ = await _finish(ex, change, creds, owed, lambda db: db or managed)
     if creds.taken:
         note = (
             "created by an interrupted earlier run (its create landed late: 409, found by name)"
@@ -160,7 +173,7 @@ async def create(ex: Executor, change: Change) -> Outcome:
         )
     else:
         note = "created (answer lost; found by name)" if creds.recovered else "created"
-    return _outcome(ex, change, note, failures, verified=verified)
+    return _outcome(ex, change, note, failures, after=after)
 
 
 async def adopt(ex: Executor, change: Change) -> Outcome:
@@ -193,7 +206,7 @@ async def adopt(ex: Executor, change: Change) -> Outcome:
 
     ex.trackers.setdefault(change.address, Tracker()).in_flight = True
     await ex.ledgers[change.env].commit(take_over)
-    failures, verified, _ = await _finish(ex, change, creds, intent, lambda db: db or adopted)
+    failures, after, _ = await _finish(ex, change, creds, intent, lambda db: db or adopted)
     if change.rotate_after_adopt and not failures:
         rotated = await rotate(ex, change.model_copy(update={"action": Action.ROTATE}))
         rotated.action = change.action.value
@@ -204,7 +217,7 @@ async def adopt(ex: Executor, change: Change) -> Outcome:
         if failures and change.rotate_after_adopt
         else ""
     )
-    return _outcome(ex, change, note, failures, verified=verified)
+    return _outcome(ex, change, note, failures, after=after)
 
 
 async def rotate(ex: Executor, change: Change) -> Outcome:
@@ -272,9 +285,9 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
     rotated_at = entry.started_at if finished_earlier else _now()
     # the old password is dead from here: write every output before anything else; the rotation is
     # recorded done whatever the outputs do, and only the failed ones stay owed
-    failures, verified, ended = await _finish(ex, change, creds, entry, lambda db: _rotated(db, rotated_at), hook=True)
+    failures, after, ended = await _finish(ex, change, creds, entry, lambda db: _rotated(db, rotated_at), hook=True)
     window = (ended - answered) * 1000  # the rotate answer -> outputs written (with verify: -> verified)
-    return _outcome(ex, change, note, failures, window, verified)
+    return _outcome(ex, change, note, failures, window, after)
 
 
 async def render(ex: Executor, change: Change) -> Outcome:
@@ -290,7 +303,7 @@ async def render(ex: Executor, change: Change) -> Outcome:
     dropped = sorted(s for s in owed if not wanted[s])  # verify: or after_rotate: removed since: not owed
     ran = sorted(s for s in owed if wanted[s])
     failures: list[Failure] = []
-    verified = None
+    after = After()
     if dropped and not paths:
         await ledger.commit(lambda s: without_steps(s, decl.ref, dropped))
     if paths or ran:
@@ -305,10 +318,10 @@ async def render(ex: Executor, change: Change) -> Outcome:
         )
         if paths:  # the outputs, then verify (if on) and the hook (if owed and still declared)
             await ex.journal(change, intent)
-            failures, verified, _ = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
-                                                  hook="hook" in ran)  # fmt: skip
+            failures, after, _ = await _finish(ex, change, creds, intent, lambda db: db or _missing(change),
+                                               hook="hook" in ran)  # fmt: skip
         else:
-            verified, _ = await _after(ex, change, creds, tuple(s for s in ("verify", "hook") if s in ran), failures)
+            after = await _after(ex, change, creds, tuple(s for s in ("verify", "hook") if s in ran), failures)
     if change.retire and not paths:
         retire = ex.retirable(change, ledger.state)
         failures += await ex.writer.retire(retire, ex.access[change.env].digester(ledger.state))
@@ -316,12 +329,18 @@ async def render(ex: Executor, change: Change) -> Outcome:
         await ledger.commit(
             lambda s: s.model_copy(update={"outputs": {k: v for k, v in s.outputs.items() if k not in gone}})
         )
-    note = f"rendered {len(paths)} output(s)"
-    if ran and not failures:
-        note += "; owed " + " and ".join(ran) + ": done"
+    parts = [render_note(change)] if paths or change.retire else []
+    if not paths:  # what an earlier apply owed, run again: said here as the plan said it
+        if after.verified_ms is not None:
+            parts.append("verified again")
+        if after.hook is not None:
+            parts.append(f"ran its after_rotate hook again in {after.hook.ms:.0f} ms: {after.hook.last_line}")
     if dropped:
-        note += "; owed " + " and ".join(dropped) + " dropped (no longer in the manifest)"
-    return _outcome(ex, change, note, failures, verified=verified)
+        parts.append("owed " + " and ".join(dropped) + " dropped (no longer in the manifest)")
+    note = "; ".join(p for p in parts if p) or "nothing left to do"
+    if not paths:
+        return _outcome(ex, change, note, failures, ran=after)
+    return _outcome(ex, change, note, failures, after=after)
 
 
 def _outcome(
@@ -330,10 +349,20 @@ def _outcome(
     note: str,
     failures: list[Failure],
     window: float | None = None,
-    verified: float | None = None,
+    after: After | None = None,
+    *,
+    ran: After | None = None,
 ) -> Outcome:
-    outcome = ex.outcome(change, note + ("; verified" if verified is not None else ""), failures, window)
-    outcome.verified_ms = verified
+    """``after``: verify and hook, said after ``note``; ``ran``: the same, already said in ``note``
+    (only recorded in the outcome and its event)."""
+    done = after or ran or After()
+    if after is not None and after.verified_ms is not None:
+        note += "; verified"
+    if after is not None and after.hook is not None:
+        note += "; " + after.hook.describe()
+    outcome = ex.outcome(change, note, failures, window)
+    outcome.verified_ms = done.verified_ms
+    outcome.hook = done.hook.as_event() if done.hook is not None else None
     return outcome
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, model_validator
 
 from hepinfra.kinds.base import Kind
-from hepinfra.kinds.rules import Decision, EnvInput, due, plan_held
+from hepinfra.kinds.rules import Decision, EnvInput, due, plan_held, render_headline
 from hepinfra.outputs import OutputSpec
 from hepinfra.spec import Duration, Ident, SpecModel
 from hepinfra.values import Action, Change, Declared, Diagnostic, clip
@@ -60,7 +60,7 @@ def _headline(change: Change) -> str:
         Action.CREATE: f"will be minted ({change.engine})",
         Action.ADOPT: "will be adopted",
         Action.ROTATE: f"will be minted again ({change.engine}); the outputs get the new value",
-        Action.RENDER: "outputs will be rendered",
+        Action.RENDER: render_headline(change, "outputs"),
         Action.FORGET: "will no longer be managed: its value is dropped from state",
         Action.NOOP: "is up to date",
     }[change.action]

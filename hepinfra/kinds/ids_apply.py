@@ -18,6 +18,7 @@ from hepinfra.apply.ledger import with_entry
 from hepinfra.apply.moves import move
 from hepinfra.errors import AuthError, HepinfraError, ProtocolError
 from hepinfra.kinds.ids import options_digest
+from hepinfra.kinds.rules import render_note
 from hepinfra.state.crypto import Cipher
 from hepinfra.state.model import JournalEntry, ManagedId, State
 from hepinfra.values import Action, Change
@@ -137,7 +138,7 @@ async def render(ex: Executor, change: Change) -> Outcome:
         return s.model_copy(update={"ids": {**s.ids, decl.key: new}})
 
     failures, _ = await ex.finish(change, _value(payload, managed.type), payload["id"], intent, keep_current)
-    return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
+    return ex.outcome(change, render_note(change) or "nothing left to do", failures)
 
 
 def moved(access: Any, managed: ManagedId, old: str, new: str, lineage: str) -> ManagedId:

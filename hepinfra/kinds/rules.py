@@ -239,3 +239,42 @@ def plan_held(
     changes += [forgotten(here, section, key, engine_of(m), forget_reason) for key, m in sorted(held.items())
                 if key not in keys]  # fmt: skip
     return changes, diags, set()
+
+
+# --- what a render does, said in the plan and by apply --------------------------------------------
+
+
+def owed_steps(change: Change) -> list[str]:
+    """The steps an earlier apply owes that this render runs again (verify, then hook)."""
+    return [op for op in ("verify", "hook") if _OWED_STEPS[op] in change.reasons]
+
+
+def deleted_outputs(change: Change) -> list[str]:
+    """The outputs no longer declared that apply deletes (not those it only lists)."""
+    return [p for p in change.retire if p not in change.retire_left]
+
+
+def render_headline(change: Change, outputs: str) -> str:
+    """A render's headline after its address, from what it does: ``outputs`` (``outputs of 'shop-prod'``)
+    will be rendered, outputs no longer declared will be deleted, an owed verify or hook runs again."""
+    from hepinfra.safety.paths import shown
+
+    parts = [f"{outputs} will be rendered"] if change.outputs else []
+    gone = deleted_outputs(change)
+    if gone:
+        parts.append(f"{', '.join(shown(p, 100) for p in gone)} will be deleted (no longer declared)")
+    owed = owed_steps(change)
+    if "verify" in owed:
+        parts.append("will verify again")
+    if "hook" in owed:
+        parts.append("will run its after_rotate hook again")
+    return "; ".join(parts) or f"{outputs}: nothing to write (only listed)"
+
+
+def render_note(change: Change) -> str:
+    """What apply says a render did with the outputs (before verify and hook): rendered, deleted."""
+    parts = [f"rendered {len(change.outputs)} output(s)"] if change.outputs else []
+    gone = deleted_outputs(change)
+    if gone:
+        parts.append(f"deleted {len(gone)} output(s) no longer declared")
+    return "; ".join(parts)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from hepinfra.kinds.base import Kind
-from hepinfra.kinds.rules import Decision, EnvInput, plan_held
+from hepinfra.kinds.rules import Decision, EnvInput, plan_held, render_headline
 from hepinfra.outputs import OutputSpec
 from hepinfra.safety.paths import Refused, shown
 from hepinfra.spec import Ident, SpecModel
@@ -58,7 +58,7 @@ def _headline(change: Change) -> str:
         Action.ROTATE: "upload (content changed)"
         if any(r.startswith("content changed") for r in change.reasons)
         else "will be uploaded again (a new URL)",
-        Action.RENDER: "outputs will be rendered",
+        Action.RENDER: render_headline(change, "outputs"),
         Action.FORGET: "will no longer be managed: the file stays published at its URL",
         Action.NOOP: "is up to date",
     }[change.action]

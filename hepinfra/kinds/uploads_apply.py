@@ -19,6 +19,7 @@ from hepinfra.apply.executor import Outcome, now
 from hepinfra.apply.ledger import with_entry
 from hepinfra.apply.moves import move
 from hepinfra.errors import AuthError, ForbiddenError, HepinfraError, OutputError, ProtocolError
+from hepinfra.kinds.rules import render_note
 from hepinfra.state.model import JournalEntry, ManagedUpload, State
 from hepinfra.values import Action, Change
 
@@ -114,7 +115,7 @@ async def render(ex: Executor, change: Change) -> Outcome:
     keep_current = ex.keep_digest(change, ex.digester(change)(managed.url))
 
     failures, _ = await ex.finish(change, _value(managed), managed.url, intent, keep_current)
-    return ex.outcome(change, f"rendered {len(paths)} output(s)", failures)
+    return ex.outcome(change, render_note(change) or "nothing left to do", failures)
 
 
 async def value_of(hub: Any, access: Any, managed: ManagedUpload, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,8 +5,9 @@ Owns: running the manifest's command with the rendered keys as one JSON object o
 minimal environment (``safety.credentials.child_environment``: an allow-list plus what
 ``pass_env`` names, never a credential), a timeout that kills its whole process group, and the
 optional ``read:`` command that prints the same JSON object back for drift.
-Exit 0 means written. A failure is the first line of the command's stderr, with every value of
-this write and every registered secret masked.
+Exit 0 means written. A failure is the last meaningful line of the command's stderr
+(``safety.child_stderr``: never a bare "Traceback"), with every value of this write and every
+registered secret masked.
 The ``exec:`` output's schema and resolution live here too (``ExecOutput``).
 Must not: put a value in argv, the environment, an exception or a log line.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -27,6 +27,7 @@ from pydantic import Field
 from hepinfra.digests import Digester
 from hepinfra.errors import OutputError
 from hepinfra.outputs.base import Written, delivered, keyed_payload, observed, render_keys
+from hepinfra.safety.child_stderr import json_values, last_line
 from hepinfra.spec import Duration, EnvVarName, OutputSpecBase, definition_digest
 from hepinfra.values import ObservedOutput, OutputTarget
 
@@ -130,41 +131,6 @@ def _close(proc: Any) -> None:
             pipe.close()
 
 
-def _forms(value: str) -> list[str]:
-    import base64
-    from urllib.parse import quote
-
-    raw = value.encode()
-    return [value, base64.b64encode(raw).decode(), raw.hex(), quote(value, safe=""), json.dumps(value)[1:-1]]
-
-
-_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")  # a long opaque token: a value, encoded some way?
-
-
-def first_line(err: bytes, values: list[str]) -> str:
-    """The first non-empty line of a command's stderr, unless it mentions a value of this write in
-    any form (8 characters of it in a row, or all of a shorter one; plain, base64, hex, URL- or
-    JSON-escaped): then it is
-    not shown at all. Registered secrets are masked as everywhere."""
-    from hepinfra.safety.paths import shown
-    from hepinfra.safety.redact import redact
-
-    text = err.decode("utf-8", errors="replace")
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if not line:
-        return "(nothing on stderr)"
-    hidden = "(its message is not shown: it mentions a value of this write, or something encoded)"
-    if _OPAQUE.search(line):  # base64, base32 or hex of a value or of the whole payload, at any alignment
-        return hidden
-    for value in values:
-        for form in _forms(value):
-            if len(form) >= 8 and any(form[i : i + 8] in line for i in range(len(form) - 7)):
-                return hidden
-            if 0 < len(form) < 8 and form in line:  # a short value (a 4-letter id) appears whole or not at all
-                return hidden
-    return shown(redact(line), 200)
-
-
 class ExecSink:
     kind = "exec"
     removable = False  # a command writes; nothing tells it to delete
@@ -182,7 +148,7 @@ class ExecSink:
         payload = keyed_payload(values)
         code, _, err = run(target.argv, target, payload)
         if code != 0:
-            raise OutputError(f"{target.path}: exited {code}: {first_line(err, list(values.values()))}")
+            raise OutputError(f"{target.path}: exited {code}: {last_line(err, values.values())}")
         return delivered(values, digest)
 
     def observe(self, target: OutputTarget, keys: tuple[str, ...], digest: Digester) -> ObservedOutput:
@@ -191,11 +157,12 @@ class ExecSink:
         if not target.read_argv:
             return ObservedOutput(exists=True, trusted=True)
         try:
-            code, out, _ = run(target.read_argv, target, None)
+            code, out, err = run(target.read_argv, target, None)
         except OutputError as exc:
             return ObservedOutput(exists=True, problem=f"cannot read it back: {exc.message}")
-        if code != 0:  # its stderr could hold the values it read: not shown
-            return ObservedOutput(exists=True, problem=f"its read command exited {code} (run it by hand to see why)")
+        if code != 0:  # a line of its stderr holding a value it printed (or anything encoded) is not shown
+            why = last_line(err, json_values(out))
+            return ObservedOutput(exists=True, problem=f"its read command exited {code}: {why}")
         if len(out) > READ_LIMIT:
             return ObservedOutput(exists=True, problem=f"its read command printed more than {READ_LIMIT} bytes")
         try:

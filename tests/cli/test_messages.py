@@ -6,7 +6,9 @@ refuses the library (a meta path finder), never by uninstalling it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -191,3 +193,129 @@ def test_no_warning_when_the_local_server_is_named_or_hepgg_is_remote(tmp_path: 
     named = invoke(["validate", "-f", str(path)], cwd=tmp_path, env={"HEPINFRA_LOCAL_POSTGRES": "postgresql://a@b/c"})
     remote = invoke(["validate", "-f", str(path)], cwd=tmp_path, server=server)  # HEPGG_URL: the emulator's URL
     assert (named.code, named.err, remote.code, remote.err) == (0, "", 0, "")
+
+
+# --- what a child process said: its last meaningful line, never a bare "Traceback" ----------------
+
+RECIPE = """
+import json, os, sys
+values = json.load(sys.stdin)
+if os.path.exists("sealed"):
+    raise RuntimeError("vault is sealed")
+print(json.dumps(values), file=open("pushed.json", "w"))
+"""
+READ = """
+import os, sys
+if os.path.exists("sealed"):
+    sys.stderr.write("reading the vault\\n")
+    raise RuntimeError("vault is sealed")
+sys.stdout.write(open("pushed.json").read())
+"""
+HOOK = """
+import json
+import os
+import re
+if os.path.exists("broken"):
+    print("reloading", flush=True)
+    os.environ["RELOAD_URL"]
+print("reloading web")
+print("web reloaded: 3 pods ready")
+"""
+CHILDREN = """
+version: 1
+environments:
+  prod: {}
+databases:
+  shop:
+    engine: postgres
+    after_rotate: ["python3", "hook.py"]
+    outputs:
+      - dotenv: .env
+        keys: {SHOP_URL: "{{ db.connection_string }}"}
+      - dotenv: .env.old
+        keys: {OLD_URL: "{{ db.connection_string }}"}
+      - exec: ["python3", "push.py"]
+        read: ["python3", "read.py"]
+        keys: {URL: "{{ db.connection_string }}"}
+"""
+CHILD_FILES = {"push.py": RECIPE, "read.py": READ, "hook.py": HOOK, ".gitignore": ".env*\npushed.json\n"}
+
+
+def test_a_python_recipe_that_fails_shows_its_exception_not_traceback(tmp_path: Path, server: Server) -> None:
+    path = write_project(tmp_path, CHILDREN, CHILD_FILES)
+    (tmp_path / "sealed").write_text("")
+    applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, cwd=tmp_path)
+    assert applied.code == 1
+    failed = [ln for ln in applied.out.splitlines() if ln.startswith("  failed: ")]
+    assert failed == [
+        "  failed: prod/databases.shop: created; but render of exec:python3 push.py failed: exec:python3 push.py: "
+        "exited 1: RuntimeError: vault is sealed"
+    ]
+    assert "Traceback" not in applied.out + applied.err
+
+
+def test_a_read_command_that_fails_shows_its_exception(tmp_path: Path, server: Server) -> None:
+    path = write_project(tmp_path, CHILDREN, CHILD_FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, cwd=tmp_path).code == 0
+    (tmp_path / "sealed").write_text("")
+    planned = invoke(["plan", "-f", str(path)], server=server, cwd=tmp_path)
+    assert "       exec:python3 push.py: its read command exited 1: RuntimeError: vault is sealed\n" in planned.out
+
+
+def test_the_hook_run_is_shown_and_is_a_field_of_the_done_event(tmp_path: Path, server: Server) -> None:
+    path = write_project(tmp_path, CHILDREN, CHILD_FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, cwd=tmp_path).code == 0
+    text = invoke(["rotate", "-f", str(path), "shop", "--auto-approve"], server=server, cwd=tmp_path)
+    assert text.code == 0, text.out + text.err
+    assert re.search(
+        r"^   ~ prod/databases\.shop: rotated; ran after_rotate in \d+ ms: web reloaded: 3 pods ready \(\d+ ms, "
+        r"window [\d.]+ ms\)$",
+        text.out,
+        re.M,
+    ), text.out
+    as_json = invoke(["rotate", "-f", str(path), "shop", "--auto-approve", "--json"], server=server, cwd=tmp_path)
+    done = [e for e in map(json.loads, as_json.out.splitlines()) if e["event"] == "done"]
+    assert len(done) == 1 and set(done[0]["hook"]) == {"ms", "last_line"}
+    assert done[0]["hook"]["last_line"] == "web reloaded: 3 pods ready" and done[0]["hook"]["ms"] > 0
+
+
+def test_an_owed_hook_is_planned_and_applied_as_a_hook_run_again(tmp_path: Path, server: Server) -> None:
+    path = write_project(tmp_path, CHILDREN, CHILD_FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, cwd=tmp_path).code == 0
+    (tmp_path / "broken").write_text("")
+    failed = invoke(["rotate", "-f", str(path), "shop", "--auto-approve"], server=server, cwd=tmp_path)
+    assert "after_rotate exited with status 1: KeyError: 'RELOAD_URL'" in failed.out
+    (tmp_path / "broken").unlink()
+    planned = invoke(["plan", "-f", str(path)], server=server, cwd=tmp_path)
+    assert "   > prod/databases.shop will run its after_rotate hook again\n" in planned.out
+    applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, cwd=tmp_path)
+    assert re.search(
+        r"^   > prod/databases\.shop: ran its after_rotate hook again in \d+ ms: web reloaded: 3 pods ready "
+        r"\(\d+ ms\)$",
+        applied.out,
+        re.M,
+    ), applied.out
+    assert "rendered 0 output(s)" not in applied.out
+
+
+def test_a_retired_file_is_said_to_be_deleted_in_every_plan_form_and_by_apply(tmp_path: Path, server: Server) -> None:
+    path = write_project(tmp_path, CHILDREN, CHILD_FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, cwd=tmp_path).code == 0
+    path.write_text(
+        path.read_text().replace(
+            '      - dotenv: .env.old\n        keys: {OLD_URL: "{{ db.connection_string }}"}\n', ""
+        )
+    )
+    text = invoke(["plan", "-f", str(path), "--no-refresh"], server=server, cwd=tmp_path).out
+    assert "   > prod/databases.shop .env.old will be deleted (no longer declared)\n" in text
+    assert "       - .env.old: will be deleted (hepinfra's keys or file, if unchanged since written)\n" in text
+    markdown = invoke(["plan", "-f", str(path), "--no-refresh", "--markdown"], server=server, cwd=tmp_path).out
+    assert ".env.old: will be deleted (hepinfra's keys or file, if unchanged since written)" in markdown
+    document = invoke(["plan", "-f", str(path), "--no-refresh", "--json"], server=server, cwd=tmp_path).json()
+    (change,) = [c for c in document["changes"] if c["action"] == "render"]
+    assert (change["retire"], change.get("retire_left", {})) == ([".env.old"], {})
+    applied = invoke(["apply", "-f", str(path), "--auto-approve", "--no-refresh"], server=server, cwd=tmp_path)
+    assert re.search(
+        r"^   > prod/databases\.shop: deleted 1 output\(s\) no longer declared \(\d+ ms\)$", applied.out, re.M
+    )
+    assert "OLD_URL" not in (tmp_path / ".env.old").read_text()

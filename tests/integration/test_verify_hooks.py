@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,6 +187,7 @@ def test_a_server_down_during_rotate_fails_the_database_and_the_next_apply_verif
         assert {j.op for j in state.journal} == {"verify", "hook"}
         planned = invoke(["plan", "-f", str(path)], server=server)
         assert "a verification is owed by an earlier apply" in planned.out and "will be rotated" not in planned.out
+        assert "   > prod/databases.shop will verify again; will run its after_rotate hook again\n" in planned.out
         again = invoke(["apply", "-f", str(path), "--auto-approve"], server=server)
         assert again.code == 1 and "verify of shop-prod failed" in again.out + again.err
     finally:
@@ -195,6 +197,9 @@ def test_a_server_down_during_rotate_fails_the_database_and_the_next_apply_verif
     assert resumed.code == 0, resumed.out + resumed.err
     assert rotations(server)["shop-prod"] == count == 1, "the next apply rotated again"
     connect(urls(tmp_path)["SHOP_URL"])
+    (shop,) = [e for e in events(resumed.out) if e["event"] == "done" and e["address"] == "prod/databases.shop"]
+    assert re.fullmatch(r"verified again; ran its after_rotate hook again in \d+ ms: \(no output\)", shop["message"])
+    assert shop["hook"]["last_line"] == "(no output)" and shop["verified_ms"] > 0
     assert (tmp_path / "hook.log").read_text().count("\n") == 1
     assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server).code == 0
 

@@ -70,6 +70,7 @@ def make_plan(
     diagnostics: list[Diagnostic] = []
     pins: dict[str, EnvPin] = {}
     claimed: dict[str, set[str]] = {}
+    settled: list[tuple[str, str]] = []
     for env in envs:
         state = states.get(env)
         env_facts = facts[env]
@@ -92,6 +93,8 @@ def make_plan(
             env_changes += found
             env_diags += found_diags
             claimed[env] |= found_claims
+        env_diags += here.notes
+        settled += [(env, output_id) for output_id in here.settled]
         changes.extend(_with_retire_left(c, env_facts) for c in env_changes)
         diagnostics.extend(env_diags)
         diagnostics.extend(_unobservable(manifest, env, state, env_facts))
@@ -105,6 +108,7 @@ def make_plan(
         changes=tuple(changes),
         diagnostics=tuple(diagnostics),
         skipped_outputs=tuple(sorted(manifest.skipped_outputs)),
+        settled_write_backs=tuple(settled),
     )
 
 

@@ -183,7 +183,16 @@ def json_schema() -> dict[str, Any]:
 
 
 def _md_escape(value: str) -> str:
-    return value.replace("|", "\\|").replace("`", "'")
+    """Text inside a code span of a table cell: one line (control, format and line-separator
+    characters escaped: a line break would end the span and forge rows), no ``|`` or backtick."""
+    from hepinfra.safety.paths import shown
+
+    return shown(value, 100_000).replace("|", "\\|").replace("`", "'")
+
+
+def _md_text(value: str) -> str:
+    """Text outside a code span: as ``_md_escape``, and no HTML (``<!--`` would hide the rest)."""
+    return _md_escape(value).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _md_moved(change: Change) -> str:
@@ -208,7 +217,7 @@ def markdown(plan: Plan) -> str:
             why = "; ".join([*change.reasons, *(retire_line(change, p) for p in change.retire)]) or ""
             lines.append(
                 f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}`{_md_moved(change)} | "
-                f"{change.action.value} | {_md_escape(why)} |"
+                f"{change.action.value} | {_md_text(why)} |"
             )
     elif not plan.errors:
         lines.append("No changes: hep.gg and the outputs match the manifest.")
@@ -225,6 +234,6 @@ def markdown(plan: Plan) -> str:
         for diag in plan.diagnostics:
             icon = ":x:" if diag.severity == "error" else ":warning:"
             where = diag.address or diag.env or ""
-            hint = f" _({_md_escape(diag.hint)})_" if diag.hint else ""
-            lines.append(f"- {icon} **{diag.severity}** `{_md_escape(where)}`: {_md_escape(diag.message)}{hint}")
+            hint = f" _({_md_text(diag.hint)})_" if diag.hint else ""
+            lines.append(f"- {icon} **{diag.severity}** `{_md_escape(where)}`: {_md_text(diag.message)}{hint}")
     return "\n".join(lines) + "\n"

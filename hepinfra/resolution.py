@@ -9,6 +9,7 @@ Must not: know a kind or an output, or do network I/O.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,6 +18,9 @@ from hepinfra import yamlpos
 from hepinfra.errors import ManifestError
 from hepinfra.safety.paths import Boundary, Refused, shown
 from hepinfra.spec import ARGV_VARIABLES, SECRET_VARIABLES, FileOutputBase
+
+# control, format (bidi overrides, zero-width), line and paragraph separators: never in an argv item
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 class Resolution:
@@ -89,7 +93,7 @@ class Resolution:
             where = (*node, i)
             self.refuse_secrets_in_argv(item, where, what=what)
             rendered = self.render(item, {k: context[k] for k in ARGV_VARIABLES if k in context}, where)
-            if not rendered or any(ord(ch) < 32 or ord(ch) == 127 for ch in rendered):
+            if not rendered or any(unicodedata.category(ch) in _INVISIBLE for ch in rendered):
                 # a line break would forge lines of the plan, its review and a pull request's comment
                 raise self.error(where, "an argv item must not be empty or hold a control character (a line break...)")
             out.append(rendered)

@@ -322,6 +322,7 @@ async def apply(
 ) -> tuple[Plan, ApplyResult | None]:
     """Lock, plan (or load and check a saved plan), confirm, execute, unlock."""
     from hepinfra.apply import Executor, Ledger, check_changes, check_pins, current_remote, remote_digests
+    from hepinfra.apply.ledger import forget_replaced
     from hepinfra.fetch import env_access
     from hepinfra.state.backend import LockInfo
 
@@ -379,6 +380,8 @@ async def apply(
                 lines = error_lines(plan)
                 more = f" (and {len(lines) - 1} more error(s): run 'hepinfra plan')" if len(lines) > 1 else ""
                 raise PlanError(f"{lines[0]}{more}; nothing was applied")
+            if plan.settled_write_backs:  # merged write-backs: their records forget what they replaced
+                await forget_replaced(project.backend, plan.settled_write_backs, states)
             if not plan.has_changes:
                 return plan, None
             if saved is None and not confirm(plan):

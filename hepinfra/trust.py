@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hepinfra.errors import UsageError
 from hepinfra.safety.credentials import ENVIRONMENT_SETTINGS
+from hepinfra.safety.paths import shown
 
 if TYPE_CHECKING:
     from hepinfra.manifest import Manifest, ManifestModel
@@ -352,9 +353,10 @@ def _program_change(item: str, base: Base, project_dir: Path, what: str = "runs 
         rel = link.relative_to(base.top).as_posix()
         target = os.readlink(link).encode()
         if base.blob_id(rel) != _blob_id(target):
-            return f"{rel} is a symbolic link to {target.decode(errors='replace')[:200]} (new or changed): {what}"
+            to = shown(target.decode(errors="replace"), 200)
+            return f"{shown(rel)} is a symbolic link to {to} (new or changed): {what}"
         if not real.is_relative_to(base.top):
-            return f"{rel} leads outside the repository, to {real}: {what}"
+            return f"{shown(rel)} leads outside the repository, to {shown(str(real), 200)}: {what}"
         written = real
     try:
         if not written.is_file() or not written.is_relative_to(base.top):

@@ -257,6 +257,8 @@ class Plan(_Value):
     rotate: tuple[str, ...] = ()  # --rotate as given: a saved plan is checked by planning again with it
     signatures: dict[str, str] = {}  # a saved plan: env -> HMAC under the environment's secret digest key
     skipped_outputs: tuple[str, ...] = ()  # --skip-local-outputs: the output kinds left out of this plan
+    # (env, output id) of committed outputs whose write-back is merged: apply clears their write_back_from
+    settled_write_backs: tuple[tuple[str, str], ...] = ()
 
     @property
     def errors(self) -> list[Diagnostic]:

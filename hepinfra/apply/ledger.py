@@ -103,3 +103,28 @@ def without_steps(state: State, database: str, done: Iterable[str]) -> State:
     finished = set(done)
     kept = tuple(j for j in state.journal if not (j.database == database and j.op in finished))
     return state.model_copy(update={"journal": kept})
+
+
+async def forget_replaced(
+    backend: Backend, settled: Iterable[tuple[str, str]], states: dict[str, State | None]
+) -> None:
+    """The write-backs a plan found merged (``Plan.settled_write_backs``: the file is as apply wrote
+    it): their records forget the file they replaced, so that file is a change again (a revert, a
+    deletion), not a pending write-back. One write per environment; ``states`` is updated."""
+    by_env: dict[str, set[str]] = {}
+    for env, output_id in settled:
+        by_env.setdefault(env, set()).add(output_id)
+    for env, ids in by_env.items():
+        state = states.get(env)
+        if state is None:
+            continue
+
+        def forget(s: State, ids: set[str] = ids) -> State:
+            outputs = {
+                k: (v.model_copy(update={"write_back_from": None}) if k in ids else v) for k, v in s.outputs.items()
+            }
+            return s.model_copy(update={"outputs": outputs})
+
+        ledger = Ledger(backend, env, state)
+        await ledger.commit(forget, urgent=True)
+        states[env] = ledger.state

@@ -26,6 +26,7 @@ CLASSES = {
     "undeclared-database": "a database on the account is not declared",
     "database-deleted": "a managed database no longer exists on hep.gg",
     "not-created": "a declared resource does not exist yet",
+    "write-back-pending": "a committed output the last apply wrote is not merged into the repository yet",
     "other": "another difference",
 }
 
@@ -57,7 +58,9 @@ def classify(plan: Plan) -> list[tuple[str, str, str]]:
         if change.action is not Action.RENDER and not any(f[1] == change.address for f in found):
             found.append(("other", change.address, f"{change.action.value}: {'; '.join(change.reasons)}"))
     for diag in plan.diagnostics:
-        if "are not managed" in diag.message:
+        if ": pending write-back: " in diag.message:
+            found.append(("write-back-pending", diag.address or diag.env or "", diag.message))
+        elif "are not managed" in diag.message:
             found.append(("undeclared-database", diag.env or "", diag.message))
         elif diag.severity == "error":
             found.append(("other", diag.address or diag.env or "", diag.message))

@@ -161,7 +161,15 @@ def plan_comment(job: Job, plan: Plan, fingerprint: str, markdown: str, head_sha
 
 
 def error_comment(marker: str, what: str, exc: BaseException) -> str:
-    return f"{marker}\n### hepinfra {what} failed\n\n```\n{redact(str(exc))[:4000]}\n```\n"
+    text = redact(str(exc))[:4000]
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))  # never closed early
+    return f"{marker}\n### hepinfra {what} failed\n\n{fence}\n{text}\n{fence}\n"
+
+
+def _header(body: str) -> str:
+    """The lines where hepinfra puts its markers (a comment's first four): markers quoted further
+    down (an error message, a plan's text) are never read."""
+    return "\n".join(body.split("\n", 4)[:4])
 
 
 def upsert_comment(gh: GitHub, number: int, marker: str, body: str, mode: str) -> None:
@@ -179,16 +187,22 @@ def upsert_comment(gh: GitHub, number: int, marker: str, body: str, mode: str) -
     gh.create_comment(number, body)
 
 
-def reviewed_fingerprint(gh: GitHub, number: int, marker: str) -> tuple[str | None, str | None]:
-    """The fingerprint in hepinfra's plan comment on pull request ``number`` (by this token's
-    identity) and the commit it was planned at, or Nones."""
+def reviewed_fingerprint(gh: GitHub, number: int, marker: str, head: str) -> tuple[str | None, str | None]:
+    """The fingerprint of hepinfra's plan comment on pull request ``number`` (by this token's identity,
+    markers read from its header only) that was planned at ``head`` (the latest such, for
+    ``comment: new``), and the commit of the latest plan comment (to say which commit it was of)."""
     me = gh.login()
-    for comment in gh.comments(number):  # the first one: the comment upsert_comment keeps up to date
-        body = str(comment.get("body") or "")
-        if (comment.get("user") or {}).get("login") == me and marker in body:
-            match, head = _FINGERPRINT.search(body), _HEAD.search(body)
-            return (match.group(1) if match else None), (head.group(1) if head else None)
-    return None, None
+    found: str | None = None
+    latest: str | None = None
+    for comment in gh.comments(number):
+        header = _header(str(comment.get("body") or ""))
+        if (comment.get("user") or {}).get("login") != me or not header.startswith(marker):
+            continue
+        match, planned = _FINGERPRINT.search(header), _HEAD.search(header)
+        latest = planned.group(1) if planned else None
+        if match and latest == head:
+            found = match.group(1)
+    return (found, head) if found else (None, latest)
 
 
 # --- plan ----------------------------------------------------------------------------------------
@@ -234,20 +248,22 @@ def plan_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
     if not isinstance(pr, dict) or type(pr.get("number")) is not int or not isinstance(pr.get("base"), dict):
         raise UsageError(f"hepinfra github plan runs on pull_request events, not {job.event_name or 'this event'}")
     number = pr["number"]
-    from hepinfra.github.writeback import is_write_back
-
-    if is_write_back(pr, gh.login()):
-        set_output("changes", "false")
-        log(f"Pull request #{number} is hepinfra's own write-back (committed outputs of an apply): no plan needed")
-        return 0
     base = str((pr.get("base") or {}).get("sha") or "")
     if not _SHA.match(base):
         raise UsageError("the pull_request event has no base commit SHA")
     head_sha = str((pr.get("head") or {}).get("sha") or "") if isinstance(pr.get("head"), dict) else ""
     if not _SHA.match(head_sha):
         raise UsageError("the pull_request event has no head commit SHA")
+    from hepinfra.github.writeback import is_write_back, write_back_comment
+
     try:
         ensure_commit(base)
+        if is_write_back(pr, gh.login()):
+            body = write_back_comment(job, base, head_sha, log)
+            if body is not None:  # only committed outputs changed: no plan; merging applies an empty change set
+                set_output("changes", "false")
+                upsert_comment(gh, number, job.marker, body, job.comment)
+                return 0
         plan = _plan(job, base=base)
     except HepinfraError as exc:
         step_summary(f"### hepinfra plan failed\n\n{redact(str(exc))}\n")
@@ -305,19 +321,12 @@ def apply_job(job: Job, gh: GitHub, log: Callable[[str], None]) -> int:
         pull = merged_pull(gh, sha, job.branch) if _SHA.match(sha) else None
         expected = None
         if pull is not None:
-            from hepinfra.changeset import NO_CHANGES
-            from hepinfra.github.writeback import is_write_back
-
             number = pull["number"]
-            if is_write_back(pull, gh.login()):  # its merge brings the files the last apply wrote: nothing to do
-                log(f"Pull request #{number} was hepinfra's own write-back: applying only an empty change set")
-                return _apply(job, gh, NO_CHANGES, number, log)
-            expected, planned_at = reviewed_fingerprint(gh, pull["number"], job.marker)
             merged_head = str(pull["head"].get("sha") or "") if isinstance(pull.get("head"), dict) else ""
-            if expected is not None and planned_at != merged_head:
+            expected, planned_at = reviewed_fingerprint(gh, pull["number"], job.marker, merged_head)
+            if expected is None and planned_at is not None:
                 # the last plan shown is of another commit (a push whose plan did not run or could not comment)
-                why = f"the plan on #{number} is of {str(planned_at)[:12]}, but #{number} merged {merged_head[:12]}"
-                expected = None
+                why = f"the plan on #{number} is of {planned_at[:12]}, but #{number} merged {merged_head[:12]}"
         if expected is None:
             why = why or (
                 f"pull request #{number} has no hepinfra plan comment"
@@ -343,6 +352,8 @@ def _apply(job: Job, gh: GitHub, expected: str | None, number: int | None, log: 
     marker = job.marker.replace("hepinfra:plan", "hepinfra:apply")
     try:
         project = runner.Project.open(job.manifest, skip_outputs=skipped(job.skip_local))
+        selected = runner.select_environments(project.manifest, job.envs)
+        before = project.states(selected) if job.write_back == "pr" else {}  # its committed outputs, to remove
         options = runner.ApplyOptions(envs=job.envs, expect_fingerprint=expected, write_back=job.write_back == "pr")
         printer.start(0)
         try:
@@ -380,7 +391,7 @@ def _apply(job: Job, gh: GitHub, expected: str | None, number: int | None, log: 
         return 0
     set_output("changes", "true")
     lines = [f"{marker}", f"### hepinfra apply: {len(result.succeeded)} succeeded, {len(result.failed)} failed", ""]
-    written_back = _write_back(job, gh, project, log) if job.write_back == "pr" else []
+    written_back = _write_back(job, gh, project, before, log) if job.write_back == "pr" else []
     lines += written_back
     for outcome in result.succeeded:
         lines.append(f"- :white_check_mark: `{outcome.address}` {outcome.action}")
@@ -399,7 +410,7 @@ def _apply(job: Job, gh: GitHub, expected: str | None, number: int | None, log: 
     return 0
 
 
-def _write_back(job: Job, gh: GitHub, project: Any, log: Callable[[str], None]) -> list[str]:
+def _write_back(job: Job, gh: GitHub, project: Any, before: dict[str, Any], log: Callable[[str], None]) -> list[str]:
     """Open the write-back pull request of what this apply wrote to committed outputs; the lines the
     result comment gains. A failure here is reported, never hidden: the files are on this runner only."""
     from hepinfra import runner
@@ -409,8 +420,16 @@ def _write_back(job: Job, gh: GitHub, project: Any, log: Callable[[str], None]) 
         return ["- :warning: write-back: the branch run on is unknown (GITHUB_REF); nothing was written back"]
     try:
         envs = runner.select_environments(project.manifest, job.envs)
-        number = open_write_back(gh, project.manifest, envs, base=job.branch, sha=job.sha, log=log)
+        number = open_write_back(gh, project.manifest, envs, base=job.branch, sha=job.sha, log=log, states=before)
     except (HepinfraError, OSError, subprocess.SubprocessError) as exc:
         log(f"Error: {redact(str(exc))}")
-        return [f"- :x: {redact(str(exc))}"]
+        from hepinfra.github.writeback import forget_pending
+
+        try:  # the files exist on this runner only: the next plan must see them as a change, not as pending
+            forget_pending(project, runner.select_environments(project.manifest, job.envs))
+            retry = "the next apply writes them again"
+        except HepinfraError as again:
+            retry = f"and state could not be told ({redact(str(again))[:200]}): re-render them with apply"
+        log(f"Error: the write-back failed; {retry}")
+        return [f"- :x: {redact(str(exc))}; {retry}"]
     return [f"- :arrows_counterclockwise: write-back: #{number}"] if number is not None else []

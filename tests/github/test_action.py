@@ -10,19 +10,19 @@ import re
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ENV, Server, record_artifact
+from hepinfra.changeset import NO_CHANGES
+from tests.conftest import ENV, Server
 from tests.conftest import run as conftest_run
-from tests.github.fake_api import LIMIT, FakeGitHub, serve
+from tests.github.conftest import TOKEN
+from tests.github.fake_api import LIMIT, FakeGitHub
 from tests.github.harness import REPO, run_action
 
-TOKEN = "ghs_" + "Q7" * 18  # the job's GITHUB_TOKEN (a secret: scanned for)
 MANIFEST = """
 version: 1
 environments: {prod: {}}
@@ -38,23 +38,6 @@ EXEC_MANIFEST = MANIFEST.replace("      - dotenv: .env", "      - exec: [python3
 )
 EXEC_SINK = "import sys, pathlib; pathlib.Path('.stored').write_text(sys.stdin.read())\n"
 EXEC_READ = "import pathlib; print(pathlib.Path('.stored').read_text())\n"
-
-
-@pytest.fixture(scope="session")
-def runner_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One RUNNER_TEMP for the session: the install step's virtual environment is made once (GitHub
-    makes it once per job)."""
-    return tmp_path_factory.mktemp("runner-temp")
-
-
-@pytest.fixture
-def gh() -> Iterator[FakeGitHub]:
-    fake = FakeGitHub(token=TOKEN)
-    server, _ = serve(fake)
-    yield fake
-    server.shutdown()
-    for request in fake.requests:
-        record_artifact(f"fake GitHub {request['method']} {request['path']}", json.dumps(request))
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -485,8 +468,8 @@ def test_write_back_opens_one_pull_request_and_its_pending_files_are_not_a_chang
     )  # fmt: skip
     assert applied.code == 0, applied.logs
     (pull,) = gh.pulls
-    branch = f"hepinfra/write-back/{sha[:12]}"
-    assert pull["head"]["ref"] == branch and pull["base"]["ref"] == "main"
+    branch = pull["head"]["ref"]
+    assert branch.startswith(f"hepinfra/write-back/{sha[:12]}-") and pull["base"]["ref"] == "main"
     assert "<!-- hepinfra:write-back -->" in pull["body"]
     # the branch holds the age file and nothing else; the runner's checkout is left as it was
     changed = git(origin, "diff", "--name-only", "main", branch).split()
@@ -503,15 +486,23 @@ def test_write_back_opens_one_pull_request_and_its_pending_files_are_not_a_chang
     planned = run("plan", fresh, server, gh, runner_temp, "pull_request", pr_event(41, sha, head))
     assert planned.code == 0 and planned.outputs["changes"] == "false", planned.logs
 
-    # the write-back pull request itself needs no plan; one that only looks like it gets one
-    event = pr_event(pull["number"], sha, git(origin, "rev-parse", branch))
-    head_of = {"ref": branch, "sha": git(origin, "rev-parse", branch)}
+    # the write-back pull request itself needs no plan: a comment with an empty change set's
+    # fingerprint; one that only looks like it (another author) is planned as any other
+    branch_head = git(origin, "rev-parse", branch)
+    checkout = tmp_path / "write-back-runner"
+    subprocess.run(["git", "clone", "-q", "-b", branch, str(origin), str(checkout)], check=True)
+    shutil.copytree(root / ".hepinfra", checkout / ".hepinfra")
+    event = pr_event(pull["number"], sha, branch_head)
+    head_of = {"ref": branch, "sha": branch_head}
     own = {**event["pull_request"], "head": head_of, "user": {"login": gh.login}, "body": pull["body"]}
-    skipped = run("plan", fresh, server, gh, runner_temp, "pull_request", {"pull_request": own})
-    assert skipped.code == 0 and skipped.outputs["changes"] == "false" and not plan_comments(gh, pull["number"])
+    skipped = run("plan", checkout, server, gh, runner_temp, "pull_request", {"pull_request": own})
+    assert skipped.code == 0 and skipped.outputs["changes"] == "false", skipped.logs
+    (note,) = plan_comments(gh, pull["number"])
+    assert "no plan needed" in note["body"] and fingerprint_in(note["body"]) == NO_CHANGES
     forged = {**own, "number": 42, "user": {"login": "mallory"}}
-    planned_forged = run("plan", fresh, server, gh, runner_temp, "pull_request", {"pull_request": forged})
+    planned_forged = run("plan", checkout, server, gh, runner_temp, "pull_request", {"pull_request": forged})
     assert planned_forged.code == 0 and len(plan_comments(gh, 42)) == 1
+    assert "no plan needed" not in plan_comments(gh, 42)[0]["body"]
 
     # merging it applies an empty change set; afterwards main holds the file and plans stay clean
     git(origin, "update-ref", "refs/heads/main", branch)  # merged (fast-forward)
@@ -519,7 +510,9 @@ def test_write_back_opens_one_pull_request_and_its_pending_files_are_not_a_chang
     subprocess.run(["git", "clone", "-q", str(origin), str(fresh)], check=True)
     shutil.copytree(root / ".hepinfra", fresh / ".hepinfra")
     merged = git(fresh, "rev-parse", "HEAD")
-    gh.pulls_by_commit[merged] = [{**pull, "merge_commit_sha": merged, "merged_at": "2026-12-03T00:00:00Z"}]
+    gh.pulls_by_commit[merged] = [
+        {**pull, "head": head_of, "merge_commit_sha": merged, "merged_at": "2026-12-03T00:00:00Z"}
+    ]
     after = run(
         "apply", fresh, server, gh, runner_temp, "push", {"after": merged, "ref": "refs/heads/main"}, sha=merged
     )

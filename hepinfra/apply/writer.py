@@ -218,7 +218,7 @@ class OutputWriter:
         for record in records:
             why = retire_left(self.project_dir, record, digest.secret)
             if why is not None:
-                log.warning("left in place: %s %s; %s", shown(record.path), why, LEFT_HINT)
+                log.warning("left in place: %s %s; %s", shown(record.path, 300), why, LEFT_HINT)
                 continue
             if record.kind in REMOTE_SINKS:
                 named = remote_lock_name(record.path)
@@ -232,18 +232,18 @@ class OutputWriter:
                     failures.append(Failure("retire", record.path, failure_message(exc)))
                     continue
                 if reason:
-                    log.warning("%s: no longer declared; %s", shown(record.path), reason)
+                    log.warning("%s: no longer declared; %s", shown(record.path, 300), reason)
                 continue
             try:
                 try:
                     real = boundary.check_real(boundary.resolve(record.path, allow_outside=True))
                     if not inside(real, boundary.project_dir):  # a link that changed since the check above
-                        log.warning("left in place: %s is outside the project; %s", shown(record.path), LEFT_HINT)
+                        log.warning("left in place: %s is outside the project; %s", shown(record.path, 300), LEFT_HINT)
                         continue
                     if git.is_tracked(real):
                         raise Refused("is tracked by Git")
                 except (Refused, GitUnavailable) as exc:
-                    raise OutputError(f"{shown(record.path)}: {exc}; left as it is") from None
+                    raise OutputError(f"{shown(record.path, 300)}: {exc}; left as it is") from None
                 async with self._lock(real):
                     await asyncio.to_thread(self._retire_locked, real, record, digest)
             except (HepinfraError, OSError) as exc:
@@ -268,14 +268,14 @@ class OutputWriter:
                 log.warning(
                     "%s: no longer declared, but it changed since hepinfra wrote it; left in place (remove "
                     "hepinfra's keys or the file by hand if they are unused)",
-                    shown(record.path),
+                    shown(record.path, 300),
                 )
                 return
             # the moment of deletion: the real path must still be this one, inside the project (a
             # directory swapped for a link since it was resolved would send the removal elsewhere)
             top = Path(os.path.realpath(self.project_dir))
             if Path(os.path.realpath(real)) != real or not inside(real, top):
-                log.warning("left in place: %s is outside the project; %s", shown(record.path), LEFT_HINT)
+                log.warning("left in place: %s is outside the project; %s", shown(record.path, 300), LEFT_HINT)
                 return
             sink.retire(real, self._removable(real, record.keys))
 

@@ -72,16 +72,21 @@ def _none_as_empty(value: Any) -> Any:
     return value
 
 
-def _bool_as_text(value: Any) -> Any:
-    """``version: true`` is not ``1`` (Python's True == 1 would let it through)."""
-    return str(value).lower() if isinstance(value, bool) else value
+def _version(value: Any) -> Any:
+    """Only 1 (``version: true`` is not ``1``, though Python's True == 1); anything else is said plainly."""
+    if value == 1 and not isinstance(value, bool):
+        return value
+    from hepinfra.safety.paths import shown
+
+    got = str(value).lower() if isinstance(value, bool) else shown(str(value), 20)
+    raise ValueError(f"this hepinfra reads manifest version 1; got {got}")
 
 
 class ManifestModel(SpecModel):
     """The top-level blocks; each resource kind's section (``databases``, ``ids``, ``uploads``, and any
     registered kind) is added from the registry by ``manifest_model``."""
 
-    version: Annotated[Literal[1], BeforeValidator(_bool_as_text)]
+    version: Annotated[Literal[1], BeforeValidator(_version)]
     hepgg: HepggSpec = HepggSpec()
     state: StateSpec = LocalState()
     defaults: DefaultsSpec = DefaultsSpec()

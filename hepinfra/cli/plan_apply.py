@@ -317,9 +317,11 @@ def _apply_command(
             f"{len(result.failed)} failed."
         )
         if windows:
+            # with verify on, a window ends when the new credentials were checked, not when written
+            checked = any(o.verified_ms is not None for o in result.outcomes if o.rotation_window_ms is not None)
             line += (
                 f" Rotation window: median {statistics.median(windows):.1f} ms, max {max(windows):.1f} ms "
-                "(old password dead until outputs were written)."
+                f"(old password dead until outputs were written{' and verified' if checked else ''})."
             )
         click.echo(click.style(line, bold=True, fg="red" if result.failed else "green") if use_colour() else line)
         for outcome in result.failed:

@@ -273,6 +273,7 @@ def test_the_hook_run_is_shown_and_is_a_field_of_the_done_event(tmp_path: Path, 
         text.out,
         re.M,
     ), text.out
+    assert " ms (old password dead until outputs were written).\n" in text.out  # no verify: written is the end
     as_json = invoke(["rotate", "-f", str(path), "shop", "--auto-approve", "--json"], server=server, cwd=tmp_path)
     done = [e for e in map(json.loads, as_json.out.splitlines()) if e["event"] == "done"]
     assert len(done) == 1 and set(done[0]["hook"]) == {"ms", "last_line"}

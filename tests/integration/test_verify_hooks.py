@@ -163,6 +163,8 @@ def test_verify_connects_rotation_kills_the_old_password_and_the_hook_runs_once(
     finished = {e["address"]: e for e in events(rotated.out) if e["event"] == "done"}
     shop = finished["prod/databases.shop"]
     assert shop["verified_ms"] > 0 and shop["rotation_window_ms"] >= shop["verified_ms"]
+    as_text = invoke(["rotate", "-f", str(path), "orders", "--auto-approve"], server=server)
+    assert "max " in as_text.out and " ms (old password dead until outputs were written and verified).\n" in as_text.out
     state = codec.decode((tmp_path / ".hepinfra/state/prod.json").read_bytes(), "s")
     assert state.journal == ()
     assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server).code == 0

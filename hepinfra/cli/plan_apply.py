@@ -132,7 +132,7 @@ def plan(
         click.echo(render.json_text(result), nl=False)
     elif markdown:
         click.echo(render.markdown(result), nl=False)
-    else:
+    elif not (result.errors and not result.actionable):  # a plan of nothing but errors: the errors alone
         click.echo(render.text(result, colour=use_colour(), show_noop=show_unchanged), nl=False)
     if result.errors:
         if not (as_json or markdown):
@@ -249,7 +249,7 @@ def _apply_command(
     def show_plan(plan: Any) -> None:
         if as_json:
             click.echo(json.dumps({"event": "plan", "plan": render.document(plan)}, sort_keys=True))
-        else:
+        elif not (plan.errors and not plan.actionable):  # nothing but errors: the error line alone
             click.echo(render.text(plan, colour=use_colour()), nl=False)
 
     def confirm(plan: Any) -> bool:

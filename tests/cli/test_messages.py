@@ -320,3 +320,17 @@ def test_a_retired_file_is_said_to_be_deleted_in_every_plan_form_and_by_apply(tm
         r"^   > prod/databases\.shop: deleted 1 output\(s\) no longer declared \(\d+ ms\)$", applied.out, re.M
     )
     assert "OLD_URL" not in (tmp_path / ".env.old").read_text()
+
+
+@pytest.mark.parametrize("command", [["plan"], ["apply", "--auto-approve"]])
+def test_a_missing_key_is_the_error_alone(command: list[str], tmp_path: Path, server: Server) -> None:
+    manifest = "version: 1\nenvironments: {prod: {}}\ndatabases:\n  shop:\n    engine: postgres\n"
+    path = write_project(
+        tmp_path, manifest + "    outputs:\n      - dotenv: .env\n        keys: {U: '{{ db.password }}'}\n"
+    )
+    result = invoke([*command, "-f", str(path)], server=server, cwd=tmp_path, env={"HEPGG_DB_KEY": ""})
+    assert (result.code, result.out) == (1, "")
+    assert result.err.startswith(
+        "Error: prod: no database key for environment 'prod' (hint: export HEPGG_DB_KEY_PROD or HEPGG_DB_KEY)"
+    )
+    assert result.err.count("\n") == 1

@@ -28,7 +28,7 @@ from hepinfra.outputs.base import resolve_path
 from hepinfra.safety.redact import register
 from hepinfra.state.crypto import Cipher, cipher_for
 from hepinfra.state.model import State
-from hepinfra.values import Diagnostic, EnvFacts, ObservedOutput, RotateRequest
+from hepinfra.values import Diagnostic, EnvFacts, ObservedOutput, RotateRequest, TargetRequest
 
 if TYPE_CHECKING:
     from hepinfra.kinds import Kind
@@ -134,11 +134,15 @@ def observe_outputs(
     *,
     refresh: bool = False,
     unreadable: Unreadable | None = None,
+    targets: TargetRequest | None = None,
 ) -> dict[tuple[str, str], ObservedOutput]:
     """Digest every output hepinfra has a record for: files always; a secret store only when
-    refreshing (else what was recorded stands for it); none that ``unreadable`` names."""
+    refreshing (else what was recorded stands for it); none that ``unreadable`` names, and (a
+    partial plan) only those of ``targets``."""
     observed: dict[tuple[str, str], ObservedOutput] = {}
     for decl in manifest.declared[env]:
+        if targets is not None and not targets.covers(env, decl.kind, decl.key):
+            continue
         for index, target in enumerate(decl.outputs):
             where = (decl.ref, target.path)
             record = state.outputs.get(State.output_id(*where))
@@ -189,9 +193,11 @@ async def gather(
     concurrency: int = 16,
     unreadable: Unreadable | None = None,
     blocked: frozenset[str] = frozenset(),
+    targets: TargetRequest | None = None,
 ) -> tuple[dict[str, EnvFacts], dict[str, EnvAccess]]:
     """What the planner needs of ``envs``. ``blocked`` (plan --base): environments whose credential
-    settings a pull request changed: not even their key variables are read."""
+    settings a pull request changed: not even their key variables are read. ``targets`` (a partial
+    plan): only their outputs are read back and their passwords revealed."""
     from hepinfra.moves import plan_moves
 
     # outputs are read back, and passwords revealed, as state will hold them after the renames (``moved:``)
@@ -224,7 +230,14 @@ async def gather(
         state = states.get(env)
         outputs = (
             await asyncio.to_thread(
-                observe_outputs, manifest, env, state, acc.digester(state), refresh=refresh, unreadable=unreadable
+                observe_outputs,
+                manifest,
+                env,
+                state,
+                acc.digester(state),
+                refresh=refresh,
+                unreadable=unreadable,
+                targets=targets,
             )
             if state
             else {}
@@ -248,9 +261,14 @@ async def gather(
     if not refresh:
         return facts, access
 
-    from hepinfra.kinds.databases import reveal_candidates
+    from hepinfra.kinds.databases import KIND, reveal_candidates
 
     wanted = reveal_candidates(manifest, states, facts, now=now, rotate=rotate)
+    if targets is not None:  # a partial plan: no Reveal for a database it leaves out
+        for env, ids in wanted.items():
+            held = states.get(env)
+            keys = {m.id: k for k, m in held.databases.items()} if held is not None else {}
+            wanted[env] = [i for i in ids if targets.covers(env, KIND.section, keys.get(i, ""))]
     limit = asyncio.Semaphore(concurrency)
 
     async def reveal(env: str, db_id: str) -> tuple[str, str, str | Diagnostic]:

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from hepinfra import yamlpos
 from hepinfra.claims import check_outputs
@@ -41,14 +49,20 @@ DEFAULT_FILE = "hepinfra.yaml"
 log = logging.getLogger("hepinfra.manifest")
 
 
+# a platform name, or a glob of them (fnmatch: * ? [seq]), that the unmanaged-database warning leaves out
+NamePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
 class DefaultsSpec(SpecModel):
     """Settings every database gets unless it says otherwise."""
 
     verify: bool = False  # databases of engines hepinfra can connect to (postgres, mariadb); mongo is left out
+    ignore_unmanaged: list[NamePattern] = []  # every environment's account: not warned about
 
 
 class EnvironmentSpec(SpecModel):
     db_key_env: EnvVarName | None = None
+    ignore_unmanaged: list[NamePattern] = []  # added to defaults.ignore_unmanaged
     id_username_env: EnvVarName | None = None  # else HEPGG_ID_USERNAME
     id_token_env: EnvVarName | None = None  # else HEPGG_ID_TOKEN
     upload_token_env: EnvVarName | None = None  # else HEPGG_UPLOAD_TOKEN
@@ -165,6 +179,11 @@ class Manifest:
 
     def env_spec(self, env: str) -> EnvironmentSpec:
         return self.model.environments[env]
+
+    def ignore_unmanaged(self, env: str) -> tuple[str, ...]:
+        """Platform names or glob patterns (fnmatch, case-sensitive) of databases on the environment's
+        account that the plan does not warn about: ``defaults:``'s, then the environment's own."""
+        return (*self.model.defaults.ignore_unmanaged, *self.env_spec(env).ignore_unmanaged)
 
     def db_key_var(self, env: str) -> tuple[str, ...]:
         """Where the env's database key is read from, in order."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from fnmatch import fnmatchcase
 
 from hepinfra.kinds import KINDS
 from hepinfra.kinds.rules import EnvInput
@@ -26,6 +27,7 @@ from hepinfra.values import (
     ObservedOutput,
     Plan,
     RotateRequest,
+    TargetRequest,
     ref_of,
 )
 
@@ -62,8 +64,11 @@ def make_plan(
     now: datetime,
     rotate: RotateRequest | None = None,
     environments: Sequence[str] | None = None,
+    targets: TargetRequest | None = None,
 ) -> Plan:
-    """The pure planner. ``facts`` must cover every selected environment."""
+    """The pure planner. ``facts`` must cover every selected environment. ``targets`` (``--target``):
+    a partial plan, of only those resources (their changes and diagnostics; a move belongs to both
+    of its addresses); every other resource is left out and counted."""
     envs = list(environments or manifest.environments)
     rotate = rotate or RotateRequest()
     changes: list[Change] = []
@@ -98,7 +103,14 @@ def make_plan(
         changes.extend(_with_retire_left(c, env_facts) for c in env_changes)
         diagnostics.extend(env_diags)
         diagnostics.extend(_unobservable(manifest, env, state, env_facts))
-    diagnostics.extend(_account_diagnostics(manifest, facts, claimed))
+    diagnostics.extend(_account_diagnostics(manifest, states, facts, claimed))
+    left_out = 0
+    if targets is not None and targets.targets:
+        kept = [c for c in changes if targets.covers_change(c)]
+        left_out = len(changes) - len(kept)
+        changes = kept
+        diagnostics = [d for d in diagnostics if d.address is None or targets.covers_address(d.address)]
+        settled = [(e, o) for e, o in settled if targets.wants(e, o.partition(":")[0])]
     return Plan(
         created_at=now,
         manifest=str(manifest.path),
@@ -109,6 +121,8 @@ def make_plan(
         diagnostics=tuple(diagnostics),
         skipped_outputs=tuple(sorted(manifest.skipped_outputs)),
         settled_write_backs=tuple(settled),
+        targets=targets.given if targets is not None else (),
+        left_out=left_out,
     )
 
 
@@ -120,10 +134,14 @@ def _with_retire_left(change: Change, facts: EnvFacts) -> Change:
 
 
 def _account_diagnostics(
-    manifest: Manifest, facts: Mapping[str, EnvFacts], claimed: Mapping[str, set[str]]
+    manifest: Manifest,
+    states: Mapping[str, State | None],
+    facts: Mapping[str, EnvFacts],
+    claimed: Mapping[str, set[str]],
 ) -> list[Diagnostic]:
     """Per account (environments sharing a key, reported once by the first of them): platform names
-    declared by two of its environments, and databases none of them manages."""
+    declared by two of its environments, and databases none of them manages, but those one of them
+    ignores (``ignore_unmanaged:``) or once managed and forgot (``State.forgotten``)."""
     diags: list[Diagnostic] = []
     for env, claimed_here in claimed.items():
         env_facts = facts[env]
@@ -150,7 +168,16 @@ def _account_diagnostics(
                     )
         everyone = set(claimed_here).union(*(claimed[m] for m in members))
         theirs = env_facts.peer_names.union(*(facts[m].peer_names for m in members))
-        unmanaged = [d.name for d in env_facts.databases if d.id not in everyone and d.name not in theirs]
+        patterns = {p for m in members for p in manifest.ignore_unmanaged(m)}
+        forgot = {i for m in members if (state := states.get(m)) is not None for i in state.forgotten}
+        unmanaged = [
+            d.name
+            for d in env_facts.databases
+            if d.id not in everyone
+            and d.name not in theirs
+            and d.id not in forgot
+            and not any(fnmatchcase(d.name, p) for p in patterns)
+        ]
         if unmanaged:
             shown = ", ".join(unmanaged[:10]) + (f" and {len(unmanaged) - 10} more" if len(unmanaged) > 10 else "")
             where = env if len(members) == 1 else f"{', '.join(members)} (one account)"

@@ -36,6 +36,14 @@ def skipped_line(plan: Plan) -> str:
     return f"Left out (--skip-local-outputs): {kinds} outputs are neither read nor written by this run."
 
 
+def partial_line(plan: Plan) -> str:
+    """What ``--target`` left out: a reviewer must know the plan is not the whole manifest."""
+    from hepinfra.values import clip
+
+    given = " ".join(f"--target {clip(t)}" for t in plan.targets)
+    return f"Partial plan: {given}; {plan.left_out} resource(s) left out."
+
+
 def summary_line(plan: Plan) -> str:
     c = plan.counts()
     return (
@@ -67,6 +75,8 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
     )
     if plan.skipped_outputs:
         lines.append(skipped_line(plan))
+    if plan.targets:
+        lines.append(style(partial_line(plan), fg="yellow"))
     lines.append("")
     shown = [c for c in plan.changes if show_noop or c.action is not Action.NOOP]
     for change in shown:
@@ -210,6 +220,9 @@ def markdown(plan: Plan) -> str:
     )
     if plan.skipped_outputs:
         lines.append(f"_{skipped_line(plan)}_\n")
+    if plan.targets:
+        given = " ".join(f"`--target {_md_escape(t)}`" for t in plan.targets)
+        lines.append(f"**Partial plan:** {given}; {plan.left_out} resource(s) left out.\n")
     if plan.actionable:
         lines.append("| | address | action | why |")
         lines.append("|---|---|---|---|")

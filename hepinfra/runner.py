@@ -27,7 +27,7 @@ from hepinfra.manifest import Manifest
 from hepinfra.plan import make_plan
 from hepinfra.spec import IDENT
 from hepinfra.state.model import State
-from hepinfra.values import Plan, RotateRequest
+from hepinfra.values import Plan, RotateRequest, TargetRequest
 
 if TYPE_CHECKING:
     from hepinfra.apply import ApplyResult
@@ -98,27 +98,9 @@ def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[st
 
 def parse_rotate(manifest: Manifest, envs: Sequence[str], addresses: Sequence[str]) -> RotateRequest:
     """``ENV/KIND.KEY``, ``KIND.KEY`` or ``KEY`` (a database; every selected environment)."""
-    from hepinfra.values import ref_of, split_ref
+    from hepinfra.addresses import rotate_request
 
-    targets: set[tuple[str | None, str]] = set()
-    for address in addresses:
-        env: str | None = None
-        rest = address
-        if "/" in address:
-            env, rest = address.split("/", 1)
-            if env not in envs:
-                raise UsageError(
-                    f"--rotate {address}: environment '{env}' is not selected (selected: {', '.join(envs)})"
-                )
-        kind, key = split_ref(rest)
-        scope = [env] if env else list(envs)
-        if not any(d.kind == kind and d.key == key for e in scope for d in manifest.declared[e]):
-            raise UsageError(
-                f"--rotate {address}: no {kind.removesuffix('s')} '{key}' is declared in "
-                f"{'environment ' + env if env else 'the selected environments'}"
-            )
-        targets.add((env, ref_of(kind, key)))
-    return RotateRequest(frozenset(targets))
+    return rotate_request(manifest, envs, addresses)
 
 
 async def make(
@@ -129,13 +111,16 @@ async def make(
     refresh: bool = True,
     rotate: RotateRequest | None = None,
     now: datetime | None = None,
+    targets: TargetRequest | None = None,
 ) -> tuple[Plan, dict[str, EnvAccess], dict[str, State | None]]:
     states = project.states(envs)
     now = now or datetime.now(UTC)
     base = project.base
     if base is None:
-        facts, access = await gather(project.manifest, states, envs, hepgg, refresh=refresh, now=now, rotate=rotate)
-        plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs)
+        facts, access = await gather(
+            project.manifest, states, envs, hepgg, refresh=refresh, now=now, rotate=rotate, targets=targets
+        )
+        plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs, targets=targets)
         return plan, access, states
     from hepinfra import trust
     from hepinfra.values import Diagnostic, EnvFacts, ReviewItem
@@ -146,13 +131,15 @@ async def make(
     contacted = [e for e in envs if e not in blocked]
     unreadable = trust.unread(model, base)
     facts, access = await gather(project.manifest, states, contacted, hepgg, refresh=refresh, now=now,
-                                 rotate=rotate, unreadable=unreadable, blocked=frozenset(changed))  # fmt: skip
+                                 rotate=rotate, unreadable=unreadable, blocked=frozenset(changed),
+                                 targets=targets)  # fmt: skip
     facts.update({e: EnvFacts(e, None, refreshed=refresh, error=d) for e, d in blocked.items()})
-    plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs)
+    plan = make_plan(project.manifest, states, facts, now=now, rotate=rotate, environments=envs, targets=targets)
     notes = []
     for env in contacted:
         for decl in project.manifest.declared[env]:
-            for index, target in enumerate(decl.outputs):
+            targeted = targets is None or targets.covers(env, decl.kind, decl.key)
+            for index, target in enumerate(decl.outputs if targeted else ()):
                 why = unreadable(decl, target, index)
                 if why is not None and (refresh or target.kind not in trust.READ_REMOTELY):
                     message = f"{target.kind} output {target.path}: not read back ({why})"
@@ -305,6 +292,7 @@ class ApplyOptions:
     plan_file: Path | None = None
     envs: Sequence[str] = ()
     rotate: Sequence[str] = ()
+    targets: Sequence[str] = ()  # --target: a partial apply of only these resources
     parallelism: int = 8
     lock_timeout: float = 0.0
     refresh: bool = True
@@ -321,6 +309,7 @@ async def apply(
     emit: Callable[[dict[str, Any]], None],
 ) -> tuple[Plan, ApplyResult | None]:
     """Lock, plan (or load and check a saved plan), confirm, execute, unlock."""
+    from hepinfra.addresses import target_request
     from hepinfra.apply import Executor, Ledger, check_changes, check_pins, current_remote, remote_digests
     from hepinfra.apply.ledger import forget_replaced
     from hepinfra.fetch import env_access
@@ -363,12 +352,18 @@ async def apply(
                 from hepinfra.apply.pins import check_same
 
                 rotate = parse_rotate(project.manifest, envs, saved.rotate)
-                plan, access, states = await make(project, hub, envs, refresh=saved.refreshed, rotate=rotate)
+                targets = target_request(project.manifest, envs, saved.targets, states.get, rotate)
+                plan, access, states = await make(
+                    project, hub, envs, refresh=saved.refreshed, rotate=rotate, targets=targets
+                )
                 check_same(saved, plan, str(options.plan_file))
                 plan = plan.model_copy(update={"created_at": saved.created_at})
             else:
                 rotate = parse_rotate(project.manifest, envs, options.rotate)
-                plan, access, states = await make(project, hub, envs, refresh=options.refresh, rotate=rotate)
+                targets = target_request(project.manifest, envs, options.targets, project.backend.read, rotate)
+                plan, access, states = await make(
+                    project, hub, envs, refresh=options.refresh, rotate=rotate, targets=targets
+                )
                 show_plan(plan)
                 if options.expect_fingerprint is not None:
                     from hepinfra.changeset import check_fingerprint

@@ -259,6 +259,8 @@ class Plan(_Value):
     skipped_outputs: tuple[str, ...] = ()  # --skip-local-outputs: the output kinds left out of this plan
     # (env, output id) of committed outputs whose write-back is merged: apply clears their write_back_from
     settled_write_backs: tuple[tuple[str, str], ...] = ()
+    targets: tuple[str, ...] = ()  # --target as given: a partial plan of only these resources
+    left_out: int = 0  # a partial plan: how many resources --target left out
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -332,3 +334,24 @@ class RotateRequest:
 
     def wants(self, env: str, ref: str) -> bool:
         return (env, ref) in self.targets or (None, ref) in self.targets
+
+
+@dataclass(frozen=True)
+class TargetRequest(RotateRequest):
+    """``--target`` addresses, parsed like ``--rotate`` (``given``: as typed, for the plan and its
+    file). Empty: every resource. A move belongs to both of its addresses."""
+
+    given: tuple[str, ...] = ()
+
+    def covers(self, env: str, kind: str, key: str) -> bool:
+        return not self.targets or self.wants(env, ref_of(kind, key))
+
+    def covers_change(self, change: Change) -> bool:
+        if self.covers(change.env, change.kind, change.key):
+            return True
+        return change.moved_to is not None and self.covers(change.env, change.kind, change.moved_to.rpartition(".")[2])
+
+    def covers_address(self, address: str) -> bool:
+        """``ENV/KIND.KEY`` (a diagnostic's address)."""
+        env, _, rest = address.partition("/")
+        return self.covers(env, *split_ref(rest))

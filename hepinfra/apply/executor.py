@@ -352,19 +352,26 @@ class Executor:
         return Outcome(change.address, change.action.value, not failures, message, window, failures=failures)
 
     async def forget(self, change: Change) -> Outcome:
-        """Any kind: drop the resource, its output records and its journal from state; nothing remote."""
+        """Any kind: drop the resource, its output records and its journal from state; nothing remote.
+        A resource with a remote id (a database) is recorded as forgotten (``State.forgotten``), so
+        the plan does not warn about it as an unmanaged database on the account."""
         ref = ref_of(change.kind, change.key)
-        await self.ledgers[change.env].commit(
-            lambda s: s.model_copy(
+
+        def forget(s: State) -> State:
+            after = s.model_copy(
                 update={
                     change.kind: {k: v for k, v in getattr(s, change.kind).items() if k != change.key},
                     "outputs": {k: v for k, v in s.outputs.items() if v.database != ref},
                     "journal": tuple(j for j in s.journal if j.database != ref),
                 }
             )
-        )
+            forgotten = {**s.forgotten, **({change.database_id: change.name} if change.database_id else {})}
+            managed = {getattr(m, "id", None) for section in KINDS for m in getattr(after, section).values()}
+            return after.model_copy(update={"forgotten": {i: n for i, n in forgotten.items() if i not in managed}})
+
         from hepinfra.kinds import KINDS
 
+        await self.ledgers[change.env].commit(forget)
         return Outcome(change.address, change.action.value, True, KINDS[change.kind].forgotten)
 
 

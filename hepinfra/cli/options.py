@@ -141,6 +141,17 @@ def parse_address(manifest: Any, envs: list[str], address: str) -> tuple[str, st
     return env, kind, key
 
 
+def target_option(f: Any) -> Any:
+    return click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="ADDR",
+        help="Plan only this resource (repeatable): ENV/KIND.NAME (databases, ids, uploads), KIND.NAME or a "
+        "database's NAME for every selected environment; every other change is left out and the plan says so.",
+    )(f)
+
+
 def skip_local_option(f: Any) -> Any:
     return click.option(
         "--skip-local-outputs",

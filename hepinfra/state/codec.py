@@ -25,10 +25,12 @@ def encode(state: State) -> bytes:
             "ids": dict(sorted(state.ids.items())),
             "uploads": dict(sorted(state.uploads.items())),
             "outputs": dict(sorted(state.outputs.items())),
+            "forgotten": dict(sorted(state.forgotten.items())),
         }
     )
-    # no ids, uploads or crypto: the file is exactly what a hepinfra without them writes (and reads)
-    absent = {name for name in ("ids", "uploads", "crypto") if not getattr(state, name)}
+    # no ids, uploads, crypto or forgotten databases: the file is exactly what a hepinfra without them
+    # writes (and reads)
+    absent = {name for name in ("ids", "uploads", "crypto", "forgotten") if not getattr(state, name)}
     return ordered.model_dump_json(indent=2, exclude=absent).encode() + b"\n"
 
 

@@ -163,6 +163,10 @@ class State(_Value):
     crypto: StateCrypto | None = None
     outputs: dict[str, OutputRecord] = {}
     journal: tuple[JournalEntry, ...] = ()
+    # database id -> platform name: databases hepinfra managed here until the manifest stopped declaring
+    # them (forgotten at apply); the plan does not warn about them as unmanaged databases on the account.
+    # Absent from the file when empty, so an older state file reads and writes back byte for byte
+    forgotten: dict[str, str] = {}
 
     @staticmethod
     def output_id(database: str, path: str) -> str:

@@ -18,6 +18,7 @@ from hepinfra.cli.options import (
     run_async,
     skip_local_option,
     skipped,
+    target_option,
     use_colour,
 )
 from hepinfra.errors import UsageError
@@ -76,6 +77,7 @@ def schema(plan_schema: bool) -> None:
     help="Plan a rotation: ENV/KIND.NAME (databases, ids, uploads), KIND.NAME or a database's NAME for every "
     "selected environment.",
 )
+@target_option
 @click.option("--show-unchanged", is_flag=True, help="List up-to-date resources too (text output).")
 @skip_local_option
 @click.option(
@@ -96,6 +98,7 @@ def plan(
     detailed_exitcode: bool,
     no_refresh: bool,
     rotations: tuple[str, ...],
+    targets: tuple[str, ...],
     show_unchanged: bool,
     skip_local_outputs: bool,
     base_ref: str | None,
@@ -120,12 +123,15 @@ def plan(
     preflight.warn(project.manifest)
     selected = runner.select_environments(project.manifest, envs)
     rotate = runner.parse_rotate(project.manifest, selected, rotations)
+    from hepinfra.addresses import target_request
+
+    partial = target_request(project.manifest, selected, targets, project.backend.read, rotate)
     if out_file:
         runner.check_plan_out(Path(out_file), project.manifest.project_dir)
 
     async def go() -> Any:
         async with project.hepgg() as hub:
-            return await runner.make(project, hub, selected, refresh=not no_refresh, rotate=rotate)
+            return await runner.make(project, hub, selected, refresh=not no_refresh, rotate=rotate, targets=partial)
 
     result, access, states = run_async(go())
     if as_json:
@@ -218,6 +224,7 @@ def _apply_command(
     skip_local_outputs: bool = False,
     expect_fingerprint: str | None = None,
     write_back: bool = False,
+    targets: tuple[str, ...] = (),
 ) -> None:
     import json
     import statistics
@@ -225,8 +232,10 @@ def _apply_command(
 
     from hepinfra import preflight, render, runner
 
-    if plan_file and (envs or rotations):
-        raise UsageError("a saved PLANFILE is applied exactly as planned: -e and --rotate go to 'plan' instead")
+    if plan_file and (envs or rotations or targets):
+        raise UsageError(
+            "a saved PLANFILE is applied exactly as planned: -e, --rotate and --target go to 'plan' instead"
+        )
     if plan_file and expect_fingerprint:
         raise UsageError("--expect-fingerprint is for a plan made at apply; a saved PLANFILE is checked by itself")
     source = click.get_current_context().get_parameter_source("manifest_file")
@@ -268,6 +277,7 @@ def _apply_command(
         plan_file=Path(plan_file) if plan_file else None,
         envs=envs,
         rotate=rotations,
+        targets=targets,
         parallelism=parallelism,
         lock_timeout=parse_timeout(lock_timeout),
         refresh=not no_refresh,
@@ -349,6 +359,7 @@ def apply_options(f: Any) -> Any:
             click.option("--json", "as_json", is_flag=True, help="One JSON event per line (for CI)."),
             lock_timeout_option,
             click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
+            target_option,
             skip_local_option,
             click.option(
                 "--write-back",
@@ -391,6 +402,7 @@ def apply(
     no_refresh: bool,
     skip_local_outputs: bool,
     write_back: bool,
+    targets: tuple[str, ...],
     rotations: tuple[str, ...],
     expect_fingerprint: str | None,
 ) -> None:
@@ -408,6 +420,7 @@ def apply(
         skip_local_outputs,
         expect_fingerprint,
         write_back,
+        targets,
     )
 
 
@@ -425,6 +438,7 @@ def rotate(
     no_refresh: bool,
     skip_local_outputs: bool,
     write_back: bool,
+    targets: tuple[str, ...],
 ) -> None:
     """Rotate now (plan + apply with --rotate ADDR...): a database's password (ENV/databases.NAME or NAME),
     an id's value (ids.NAME), an upload (uploads.NAME: uploaded again)."""
@@ -441,4 +455,5 @@ def rotate(
         skip_local_outputs,
         None,
         write_back,
+        targets,
     )

@@ -58,14 +58,15 @@ def output_reason(
     observed = facts.outputs.get((decl.ref, target_path), ObservedOutput(exists=False))
     if record is None:
         return "never rendered"
-    if pending_write_back(record, observed) and record.definition_digest == definition:
-        return None  # the checkout holds what the last apply replaced: its write-back is not merged yet
-    if not observed.exists:
-        return "missing"
-    if observed.problem:
-        return observed.problem
-    if not observed.trusted and observed.digest != record.digest:
-        return key_drift(record.key_digests, observed.key_digests) or "edited since it was written"
+    # the checkout holds what the last apply replaced (its write-back is not merged yet): neither
+    # missing nor edited; a changed definition or an old value is still a change
+    if not pending_write_back(record, observed):
+        if not observed.exists:
+            return "missing"
+        if observed.problem:
+            return observed.problem
+        if not observed.trusted and observed.digest != record.digest:
+            return key_drift(record.key_digests, observed.key_digests) or "edited since it was written"
     if record.definition_digest != definition:
         return "its definition in the manifest changed"
     if current is not None and current != record.password_digest:
@@ -123,6 +124,8 @@ class EnvInput:
     now: datetime
     rotate: RotateRequest
     nouns: Mapping[str, str] = field(default_factory=dict)  # kind -> what its outputs hold ("password")
+    notes: list[Diagnostic] = field(default_factory=list)  # warnings the kinds' rules add (pending write-backs)
+    settled: list[str] = field(default_factory=list)  # output ids whose write-back is merged
     _records: dict[str, list[str]] | None = None
 
     def declared(self, kind: str) -> list[Declared]:
@@ -156,9 +159,31 @@ class EnvInput:
             )
             if reason is None and owed and any(target.path in j.outputs for j in pending):
                 reason = "marked stale by an interrupted apply"
+            if reason is None:
+                self._note_write_back(decl, target.path)
             if reason is not None:
                 stale.append(OutputChange(path=target.path, kind=target.kind, reason=reason))
         return tuple(stale)
+
+    def _note_write_back(self, decl: Declared, path: str) -> None:
+        record = self.state.outputs.get(State.output_id(decl.ref, path))
+        observed = self.facts.outputs.get((decl.ref, path), ObservedOutput(exists=False))
+        if record is None or record.write_back_from is None:
+            return
+        if observed.exists and not observed.problem and observed.digest == record.digest:
+            self.settled.append(State.output_id(decl.ref, path))  # merged: the checkout holds what was written
+        elif pending_write_back(record, observed):
+            from hepinfra.safety.paths import shown
+
+            self.notes.append(
+                Diagnostic(
+                    severity="warning",
+                    env=self.env,
+                    address=decl.address,
+                    message=f"{shown(path, 120)}: pending write-back: this checkout holds the file the apply of "
+                    f"{record.written_at:%Y-%m-%d %H:%M} UTC replaced; merge its write-back pull request",
+                )
+            )
 
     def render_or_noop(self, decl: Declared, current: str | None, **extra: Any) -> Change:
         """The change of a resource that needs no remote step: write its stale outputs, or nothing."""

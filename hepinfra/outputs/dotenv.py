@@ -30,7 +30,7 @@ from hepinfra.values import DOTENV_READERS, DotenvReader, ObservedOutput, Output
 if TYPE_CHECKING:
     from hepinfra.resolution import Resolution
 
-# python-dotenv's grammar (dotenv/parser.py), unchanged.
+# python-dotenv's grammar (dotenv/parser.py), unchanged, as of 1.0 and 1.1.
 _MULTILINE_WHITESPACE = re.compile(r"\s*", re.MULTILINE)
 _WHITESPACE = re.compile(r"[^\S\r\n]*")
 _EXPORT = re.compile(r"(?:export[^\S\r\n]+)?")
@@ -44,6 +44,11 @@ _COMMENT = re.compile(r"(?:[^\S\r\n]*#[^\r\n]*)?")
 _END_OF_LINE = re.compile(r"[^\S\r\n]*(?:\r\n|\n|\r|$)")
 _REST_OF_LINE = re.compile(r"[^\r\n]*(?:\r|\n|\r\n)?")
 _DOUBLE_QUOTE_ESCAPES = re.compile(r"\\[\\'\"abfnrtv]")
+# python-dotenv 1.2 reads a quoted value differently: a backslash escapes any character (and so can
+# never end the value). Where the two grammars disagree, the entry is read as one python-dotenv cannot
+# parse: hepinfra never relies on one version's reading of it
+_SINGLE_QUOTED_VALUE_12 = re.compile(r"'((?:\\.|[^'\\])*)'", re.DOTALL)
+_DOUBLE_QUOTED_VALUE_12 = re.compile(r'"((?:\\.|[^"\\])*)"', re.DOTALL)
 _SINGLE_QUOTE_ESCAPES = re.compile(r"\\[\\']")
 # what python-dotenv's codecs "unicode-escape" turns each of those escapes into
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
@@ -144,15 +149,23 @@ def _parse_entry(text: str, begin: int) -> Entry:
 def _parse_value(text: str, pos: int) -> tuple[str, int]:
     char = text[pos : pos + 1]
     if char == "'":
-        match = _match(_SINGLE_QUOTED_VALUE, text, pos)
+        match = _quoted(_SINGLE_QUOTED_VALUE, _SINGLE_QUOTED_VALUE_12, text, pos)
         return _decode(_SINGLE_QUOTE_ESCAPES, match.group(1)), match.end()
     if char == '"':
-        match = _match(_DOUBLE_QUOTED_VALUE, text, pos)
+        match = _quoted(_DOUBLE_QUOTED_VALUE, _DOUBLE_QUOTED_VALUE_12, text, pos)
         return _decode(_DOUBLE_QUOTE_ESCAPES, match.group(1)), match.end()
     if char in ("", "\n", "\r"):
         return "", pos
     match = _match(_UNQUOTED_VALUE, text, pos)
     return re.sub(r"\s+#.*", "", match.group(1)).rstrip(), match.end()
+
+
+def _quoted(older: re.Pattern[str], newer: re.Pattern[str], text: str, pos: int) -> re.Match[str]:
+    """A quoted value both python-dotenv grammars read as the same span, or _Unparsable."""
+    match, other = _match(older, text, pos), newer.match(text, pos)
+    if other is None or other.end() != match.end():
+        raise _Unparsable
+    return match
 
 
 def _decode(escapes: re.Pattern[str], value: str) -> str:

@@ -157,7 +157,7 @@ def _append_file_command(path: str, variable: str, payload: bytes) -> None:
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @manifest_option
-@click.option("-e", "--env", "env", required=True, help="The environment whose values to pass.")
+@click.option("-e", "--env", "env", help="The environment whose values to pass (not with --from).")
 @click.option(
     "--pass-env",
     "pass_env",
@@ -167,8 +167,39 @@ def _append_file_command(path: str, variable: str, payload: bytes) -> None:
     "HEPGG_*, HEPINFRA_STATE_* and HEPINFRA_LOCAL_* variable and every credential variable the manifest "
     "names is removed.",
 )
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(dir_okay=False),
+    help="Take the values from this rendered dotenv file (an output) instead of the manifest: no hepinfra "
+    "credential is needed.",
+)
+@click.option("--watch", is_flag=True, help="Supervise COMMAND: restart it when a value it was given changes.")
+@click.option(
+    "--interval",
+    metavar="DURATION",
+    help="--watch: how often the values are read again (default 2s with --from, 30s otherwise).",
+)
+@click.option("--grace", default="10s", show_default=True, metavar="DURATION", help="--watch: SIGTERM to SIGKILL.")
+@click.option(
+    "--jitter",
+    default="0s",
+    show_default=True,
+    metavar="DURATION",
+    help="--watch: wait a random time up to this before a restart (many instances do not restart at once).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(manifest_file: str, env: str, pass_env: tuple[str, ...], command: tuple[str, ...]) -> None:
+def run(
+    manifest_file: str,
+    env: str | None,
+    pass_env: tuple[str, ...],
+    from_file: str | None,
+    watch: bool,
+    interval: str | None,
+    grace: str,
+    jitter: str,
+    command: tuple[str, ...],
+) -> None:
     """Run COMMAND with the environment's rendered dotenv values in its environment (never its arguments).
 
     COMMAND keeps your environment except hepinfra's credentials: HEPGG_*, HEPINFRA_STATE_*,
@@ -176,25 +207,68 @@ def run(manifest_file: str, env: str, pass_env: tuple[str, ...], command: tuple[
     upload_token_env and the state block's url_env name (with the postgres state backend, libpq's
     PGPASSWORD, PGPASSFILE and PGSERVICEFILE too); --pass-env NAME keeps one.
 
+    --watch keeps COMMAND running and restarts it (SIGTERM, --grace, SIGKILL) when a value changes:
+    read from --from FILE (an output this host receives; no credential needed) or, without it, from
+    hep.gg and state as run reads them, every --interval.
+
     With GITHUB_ACTIONS=true, an ::add-mask:: line for every form of every value goes to stderr
     before COMMAND starts, so GitHub masks whatever COMMAND prints."""
     import shutil
+    from pathlib import Path
 
     from hepinfra import runner
     from hepinfra.github import mask
     from hepinfra.safety.credentials import run_environment
+    from hepinfra.watch import Supervisor, parse_interval, read_dotenv
 
-    project = runner.Project.open(manifest_file)
-    runner.select_environments(project.manifest, [env])
-    refs = [(d.kind, d.key) for d in project.manifest.declared[env]]
-    values: dict[str, str] = {}
-    for per_resource in run_async(runner.resource_values(project, env, refs)).values():
-        values.update(per_resource)
+    if from_file is not None and env is not None:
+        raise UsageError("-e and --from: the values come from one of them")
+    if from_file is None and env is None:
+        raise UsageError("run needs -e ENV (the manifest's values) or --from FILE (a rendered dotenv file)")
+    seconds = parse_interval(interval or ("2s" if from_file else "30s"), "--interval")
+    grace_s, jitter_s = parse_interval(grace, "--grace"), parse_interval(jitter, "--jitter")
+    if watch and seconds <= 0:
+        raise UsageError("--interval must be more than 0")
+    if not watch and (interval is not None or grace != "10s" or jitter != "0s"):
+        raise UsageError("--interval, --grace and --jitter are for --watch")
     program = shutil.which(command[0])
     if program is None:
         raise UsageError(f"command not found: {command[0]}")
-    environ = run_environment(project.manifest, os.environ, pass_env)
-    if mask.in_actions(os.environ):
-        mask.emit(values)  # before COMMAND starts: GitHub then masks whatever it prints
+    manifest = None
+    if from_file is not None:
+        source = Path(from_file)
+        if Path(manifest_file).is_file():  # its credential variables are withheld too
+            manifest = runner.Project.open(manifest_file).manifest
+
+        def read() -> dict[str, str]:
+            return read_dotenv(source)
+
+    else:
+        project = runner.Project.open(manifest_file)
+        manifest = project.manifest
+        runner.select_environments(manifest, [str(env)])
+        refs = [(d.kind, d.key) for d in manifest.declared[str(env)]]
+
+        def read() -> dict[str, str]:
+            values: dict[str, str] = {}
+            for per_resource in run_async(runner.resource_values(project, str(env), refs)).values():
+                values.update(per_resource)
+            return values
+
+    environ = run_environment(manifest, os.environ, pass_env)
+
+    def announce(values: dict[str, str]) -> None:
+        from hepinfra.safety.redact import register
+
+        for value in values.values():
+            register(value)  # nothing hepinfra prints from now on shows them
+        if mask.in_actions(os.environ):
+            mask.emit(values)  # before COMMAND starts: GitHub then masks whatever it prints
+
+    if watch:
+        supervisor = Supervisor([program, *command[1:]], environ, read, seconds, grace_s, jitter_s, on_values=announce)
+        sys.exit(supervisor.run())
+    values = read()
+    announce(values)
     sys.stdout.flush()
     os.execve(program, list(command), {**environ, **values})  # noqa: S606 (no shell, by design)

@@ -157,6 +157,6 @@ def child_environment(
 def run_environment(manifest: Any, environ: Mapping[str, str], pass_env: Iterable[str] = ()) -> dict[str, str]:
     """``hepinfra run``'s program environment: the user's, minus hepinfra's credentials and its
     ``HEPGG_*``, ``HEPINFRA_STATE_*`` and ``HEPINFRA_LOCAL_*`` variables, unless ``pass_env`` names one."""
-    drop = credentials(manifest)
+    drop = credentials(manifest) if manifest is not None else frozenset(OWN_CREDENTIALS)
     wanted = set(pass_env)
     return {k: v for k, v in environ.items() if k in wanted or not (k in drop or k.startswith(RUN_WITHHELD_PREFIXES))}

@@ -204,22 +204,31 @@ class Executor:
         return result
 
     def _interrupt_summary(self, work: list[Change], finished: dict[str, Outcome]) -> str:
+        """What finished, what was in flight and what never started; the journal's promise is said
+        only for the kinds and actions that were in flight (each kind words its own)."""
+        from hepinfra.kinds import KINDS
+
         done = [c.address for c in work if c.address in finished]
-        flying = [
-            c.address for c in work if c.address not in finished and self.trackers.get(c.address, Tracker()).in_flight
-        ]
-        waiting = [c.address for c in work if c.address not in finished and c.address not in flying]
+        flying = [c for c in work if c.address not in finished and self.trackers.get(c.address, Tracker()).in_flight]
+        started = {c.address for c in flying}
+        waiting = [c.address for c in work if c.address not in finished and c.address not in started]
 
         def some(addresses: list[str]) -> str:
             shown = ", ".join(addresses[:5]) + (f" and {len(addresses) - 5} more" if len(addresses) > 5 else "")
             return f" ({shown})" if addresses else ""
 
-        return (
-            f"interrupted: {len(done)} finished{some(done)}; {len(flying)} in flight{some(flying)}, which the "
-            f"journal keeps for the next apply to settle (a database is never rotated twice; an id or upload "
-            f"whose answer was not recorded is minted or uploaded again); {len(waiting)} not "
-            f"started{some(waiting)}, nothing recorded for them"
-        )
+        if flying:
+            notes = list(dict.fromkeys(KINDS[c.kind].in_flight(c) for c in flying))
+            in_flight = (
+                f"{len(flying)} in flight{some([c.address for c in flying])}, which the journal keeps for the "
+                f"next apply to settle ({'; '.join(notes)})"
+            )
+        else:
+            in_flight = "nothing in flight"
+        tail = "nothing left to start"
+        if waiting:
+            tail = f"{len(waiting)} not started{some(waiting)}, nothing recorded for them"
+        return f"interrupted: {len(done)} finished{some(done)}; {in_flight}; {tail}"
 
     # --- helpers -------------------------------------------------------------------------------------
 

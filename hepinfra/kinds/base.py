@@ -38,6 +38,9 @@ class Kind:
     needs_database_key: bool = False
     needs_state_key: bool = False  # its values are kept encrypted in state (HEPINFRA_STATE_KEY)
     value_noun: str = "value"  # what an output of it holds: "holds an old <value_noun>"
+    # an interrupted apply: what the next apply does with a change of it whose remote call had begun
+    # (the Ctrl-C message names it only for the kinds and actions that were in flight)
+    in_flight: Callable[[Change], str] = lambda change: "the next apply settles it from the journal"
     # the credential variables it lacks in an environment ("X is not set", a malformed one), or None
     credentials: Callable[[Any, str, Any], str | None] | None = None
     # the manifest: its section's schema (a SpecModel with ``environments`` and ``outputs``), how a

@@ -364,6 +364,11 @@ KIND = Kind(
     steps="hepinfra.kinds.databases_apply",
     needs_database_key=True,
     value_noun="password",
+    in_flight=lambda change: (
+        "a database being created is found by name, never created twice"
+        if change.action is Action.CREATE
+        else "a database being rotated is settled by Reveal, never rotated twice"
+    ),
     spec=DatabaseSpec,
     declare=declare,
     review_fields=("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout"),

@@ -193,6 +193,7 @@ KIND = Kind(
     steps="hepinfra.kinds.uploads_apply",
     forgotten="no longer managed; the file stays published at its URL",
     value_noun="URL",
+    in_flight=lambda change: "an upload whose answer was not recorded is uploaded again",
     credentials=missing_credentials,
     spec=UploadSpec,
     declare=declare,

@@ -144,6 +144,21 @@ class GitHub:
     def update_comment(self, comment_id: int, body: str) -> None:
         self._call("PATCH", f"/repos/{self.repo}/issues/comments/{int(comment_id)}", json={"body": body})
 
+    def upsert_comment(self, number: int, marker: str, body: str, mode: str) -> None:
+        """Create or update ONE comment on ``number``: the first one by this token's identity that
+        starts with ``marker`` (a comment someone else wrote is never edited); ``mode`` new: always a
+        new one; off: none."""
+        if mode == "off":
+            return
+        if mode == "update":
+            me = self.login()
+            for comment in self.comments(number):
+                mine = (comment.get("user") or {}).get("login") == me
+                if mine and str(comment.get("body") or "").startswith(marker) and type(comment.get("id")) is int:
+                    self.update_comment(comment["id"], body)
+                    return
+        self.create_comment(number, body)
+
     # --- pull requests and issues ----------------------------------------------------------------
 
     def pulls_of_commit(self, sha: str) -> list[dict[str, Any]]:

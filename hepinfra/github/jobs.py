@@ -173,18 +173,8 @@ def _header(body: str) -> str:
 
 
 def upsert_comment(gh: GitHub, number: int, marker: str, body: str, mode: str) -> None:
-    """Create or update ONE comment on ``number``: the first one by this token's identity holding
-    ``marker`` (a comment someone else wrote is never edited); ``mode`` new: always a new one."""
-    if mode == "off":
-        return
-    if mode == "update":
-        me = gh.login()
-        for comment in gh.comments(number):
-            author = (comment.get("user") or {}).get("login")
-            if author == me and marker in str(comment.get("body") or "") and isinstance(comment.get("id"), int):
-                gh.update_comment(comment["id"], body)
-                return
-    gh.create_comment(number, body)
+    """``GitHub.upsert_comment`` (ONE comment per pull request and marker, by this token's identity)."""
+    gh.upsert_comment(number, marker, body, mode)
 
 
 def reviewed_fingerprint(gh: GitHub, number: int, marker: str, head: str) -> tuple[str | None, str | None]:
@@ -420,7 +410,10 @@ def _write_back(job: Job, gh: GitHub, project: Any, before: dict[str, Any], log:
         return ["- :warning: write-back: the branch run on is unknown (GITHUB_REF); nothing was written back"]
     try:
         envs = runner.select_environments(project.manifest, job.envs)
-        number = open_write_back(gh, project.manifest, envs, base=job.branch, sha=job.sha, log=log, states=before)
+        number = open_write_back(
+            gh, project.manifest, envs, base=job.branch, sha=job.sha, log=log, states=before,
+            marker=job.marker, manifest_name=job.manifest,
+        )  # fmt: skip
     except (HepinfraError, OSError, subprocess.SubprocessError) as exc:
         log(f"Error: {redact(str(exc))}")
         from hepinfra.github.writeback import forget_pending

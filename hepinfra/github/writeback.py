@@ -87,7 +87,6 @@ def write_back_comment(job: Any, base: str, head: str, log: Callable[[str], None
     fingerprint: an empty change set, planned at ``head``), or None: it changes anything else, and is
     planned like any other."""
     from hepinfra import runner
-    from hepinfra.changeset import NO_CHANGES
 
     project = runner.Project.open(job.manifest)
     envs = runner.select_environments(project.manifest, job.envs)
@@ -106,10 +105,17 @@ def write_back_comment(job: Any, base: str, head: str, log: Callable[[str], None
 
         log(f"A write-back pull request that changes {shown(others[0]) if others else 'nothing'}: planned as any other")
         return None
+    return no_plan_body(job.marker, job.manifest, head, len(changed))
+
+
+def no_plan_body(marker: str, manifest: str, head: str, files: int) -> str:
+    """The comment of a write-back pull request at ``head``: the fingerprint of an empty change set."""
+    from hepinfra.changeset import NO_CHANGES
+
     return (
-        f"{job.marker}\n<!-- hepinfra:fingerprint {NO_CHANGES} -->\n<!-- hepinfra:head {head} -->\n"
+        f"{marker}\n<!-- hepinfra:fingerprint {NO_CHANGES} -->\n<!-- hepinfra:head {head} -->\n"
         f"### hepinfra: write-back of committed outputs, no plan needed\n\n"
-        f"It changes only files that outputs of `{job.manifest}` write ({len(changed)}); merging it applies nothing "
+        f"It changes only files that outputs of `{manifest}` write ({files}); merging it applies nothing "
         "(if anything else is due by then, nothing is applied and the merge says plan-changed).\n"
     )
 
@@ -185,6 +191,8 @@ def open_write_back(
     sha: str,
     log: Callable[[str], None],
     states: dict[str, Any] | None = None,
+    marker: str = "",
+    manifest_name: str = "",
 ) -> int | None:
     """Commit what the apply wrote to committed outputs, push it to ``hepinfra/write-back/<sha>`` and
     open (or find) its pull request into ``base``; its number, or None when nothing changed."""
@@ -214,5 +222,10 @@ def open_write_back(
         )
         created = gh.create_pull(f"hepinfra write-back: {shown}", branch, base, body)
         number = int(created.get("number") or 0)
+    if marker and number:
+        # a pull request opened with GITHUB_TOKEN starts no workflow, so no plan job ever comments on it:
+        # the comment a plan would post for this very commit (only committed outputs, which this job wrote)
+        files = len([p for p in paths if p.exists() or p.is_symlink()]) or len(paths)
+        gh.upsert_comment(number, marker, no_plan_body(marker, manifest_name, commit, files), "update")
     log(f"Write-back: pull request #{number} ({branch})")
     return number

@@ -476,7 +476,10 @@ def test_write_back_opens_one_pull_request_and_its_pending_files_are_not_a_chang
     assert changed == ["secrets/prod.env.age"]
     assert git(origin, "log", "-1", "--format=%an", branch) == "github-actions[bot]"
     assert git(root, "rev-parse", "HEAD") == sha and git(root, "diff", "--cached", "--name-only") == ""
-    assert not gh.comments.get(pull["number"])
+    # a pull request opened with GITHUB_TOKEN starts no workflow: the apply posts its comment itself
+    (own_note,) = plan_comments(gh, pull["number"])
+    assert fingerprint_in(own_note["body"]) == NO_CHANGES
+    assert f"<!-- hepinfra:head {git(origin, 'rev-parse', branch)} -->" in own_note["body"]
 
     fresh = tmp_path / "fresh-runner"
     subprocess.run(["git", "clone", "-q", str(origin), str(fresh)], check=True)

@@ -160,9 +160,8 @@ class Resolution:
     def dry_render(
         self, source: str, context: dict[str, Any], path: tuple[str | int, ...], file: str | None = None
     ) -> None:
-        """Compile and render with placeholder values, so typos fail at validate time, not at apply."""
-        from jinja2 import TemplateSyntaxError
-
+        """Compile and render with placeholder values, so typos fail at validate time, not at apply; a
+        template ``file``'s error names the file and its line."""
         from hepinfra.templates import compile_string, render_template, template_error_message
 
         marker = (
@@ -177,11 +176,6 @@ class Resolution:
             return
         try:
             render_template(compile_string(source), context)
-        except TemplateSyntaxError as exc:
-            if file is not None:
-                raise self.error(path, f"{file}:{exc.lineno}: {template_error_message(exc)}") from None
-            raise self.error(path, template_error_message(exc)) from None
-        except Exception as exc:  # any render failure, located at the manifest node
-            where = f"{file}: " if file else ""
-            raise self.error(path, where + template_error_message(exc)) from None
+        except Exception as exc:  # any compile or render failure, located at the manifest node (and the
+            raise self.error(path, template_error_message(exc, file)) from None  # template file's line)
         self._checked.add(marker)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from hepinfra.template_fields import Fields, missing_field, with_names
+
 if TYPE_CHECKING:
     from jinja2 import Template
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -375,7 +377,7 @@ def render_template(template: Template, context: dict[str, Any]) -> str:
         signal.setitimer(signal.ITIMER_REAL, RENDER_SECONDS)
     try:
         parts, total = [], 0
-        for chunk in template.generate(context):
+        for chunk in template.generate(with_names(context)):
             total += len(chunk)
             if total > OUTPUT_LIMIT:
                 raise SecurityError(f"the template renders more than {OUTPUT_LIMIT:,} characters")
@@ -391,8 +393,9 @@ def render_template(template: Template, context: dict[str, Any]) -> str:
 def environment() -> ImmutableSandboxedEnvironment:
     """The sandbox, bounded: ``*`` and ``**`` cannot build huge values, and numeric arguments of
     calls and filters are capped, so a dry-run (``validate``) cannot be made to exhaust memory."""
-    from jinja2 import StrictUndefined
+    from jinja2 import StrictUndefined, UndefinedError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import missing
 
     class Bounded(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"*", "**", "%", "+"})
@@ -421,7 +424,29 @@ def environment() -> ImmutableSandboxedEnvironment:
             _check_format(value.__self__)
             return wrapped
 
-    env = Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, auto_reload=False)
+    class FieldMissing(UndefinedError):
+        """A field a variable of fields does not have: the message is hepinfra's (names only)."""
+
+        names_a_field = True
+
+    class Missing(StrictUndefined):
+        """StrictUndefined that names the variable whose field is missing and the closest field."""
+
+        __slots__ = ()
+
+        def __init__(
+            self, hint: str | None = None, obj: Any = missing, name: str | None = None, exc: Any = UndefinedError
+        ) -> None:
+            super().__init__(hint, obj, name, FieldMissing if isinstance(obj, Fields) and hint is None else exc)
+
+        @property
+        def _undefined_message(self) -> str:
+            obj = self._undefined_obj
+            if isinstance(obj, Fields) and not self._undefined_hint:
+                return missing_field(obj._variable, self._undefined_name, obj)
+            return str(super()._undefined_message)
+
+    env = Bounded(undefined=Missing, autoescape=False, keep_trailing_newline=True, auto_reload=False)
     env.filters.update(FILTERS)
     env.filters = {name: _bounded(f) for name, f in env.filters.items()}
     return env
@@ -439,16 +464,25 @@ def render_string(source: str, context: dict[str, Any]) -> str:
     return render_template(compile_string(source), context)
 
 
-def template_error_message(exc: Exception) -> str:
-    """A one-line description of a Jinja2 error that never includes a rendered value."""
+def template_error_message(exc: Exception, file: str | None = None) -> str:
+    """A one-line description of a Jinja2 error that never includes a rendered value; for a template
+    ``file``, prefixed with the file and the template's line (``app.json.j2:3: ...``)."""
     from jinja2 import TemplateSyntaxError, UndefinedError
 
     if isinstance(exc, TemplateSyntaxError):
-        return f"template syntax error: {exc.message}"
-    if isinstance(exc, UndefinedError):
-        return f"template uses an undefined value: {exc.message}"
-    text = getattr(exc, "message", None) or type(exc).__name__
-    return f"template failed: {text}"
+        text = f"template syntax error: {exc.message}"
+    elif getattr(exc, "names_a_field", False):
+        text = str(getattr(exc, "message", ""))  # db has no field 'x' (did you mean 'y'?)
+    elif isinstance(exc, UndefinedError):
+        text = f"template uses an undefined value: {exc.message}"
+    elif isinstance(exc, SafeTemplateError):  # hepinfra's own filters: their message is never a value
+        text = f"template failed: {exc}"
+    else:
+        text = f"template failed: {getattr(exc, 'message', None) or type(exc).__name__}"
+    if file is None:
+        return text
+    line = _template_line(exc)
+    return f"{file}:{line}: {text}" if line else f"{file}: {text}"
 
 
 # --- placeholders and errors that never quote a secret -------------------------------------------
@@ -508,18 +542,18 @@ def _template_line(exc: BaseException) -> int | None:
     return line if isinstance(line, int) else None
 
 
-def render_error(exc: Exception, source: str, context: dict[str, Any]) -> str:
+def render_error(exc: Exception, source: str, context: dict[str, Any], file: str | None = None) -> str:
     """Describe a render that failed with real values in scope, without ever quoting one.
 
     The message is taken from rendering the same template with placeholders in place of every
     secret-bearing variable: a typo fails the same way and is shown in full. A failure that
     only real values cause is described by its type and template line, message withheld.
-    Either way the result passes the redactor.
+    Either way the result passes the redactor. ``file``: the template file's name, shown with the line.
     """
     from hepinfra.safety.redact import redact
 
     if isinstance(exc, SafeTemplateError):
-        return redact(f"template failed: {exc}")
+        return redact(template_error_message(exc, file))
     fake = {**context}
     if isinstance(context.get("db"), dict):
         fake["db"] = placeholder_db(str(context["db"].get("engine", "mariadb")), str(context["db"].get("name", "")))
@@ -528,10 +562,13 @@ def render_error(exc: Exception, source: str, context: dict[str, Any]) -> str:
     try:
         render_template(compile_string(source), fake)
     except Exception as fake_exc:
-        return redact(template_error_message(fake_exc))
+        return redact(template_error_message(fake_exc, file))
     line = _template_line(exc)
-    where = f" at line {line}" if line else ""
+    if file is not None:  # app.json.j2:3: template failed with the real values
+        where, at = (f"{file}:{line}: " if line else f"{file}: "), ""
+    else:
+        where, at = "", (f" at line {line}" if line else "")
     return (
-        f"template failed{where} with the real values: {type(exc).__name__} "
+        f"{where}template failed{at} with the real values: {type(exc).__name__} "
         "(its message is withheld because it may quote a secret)"
     )

@@ -196,39 +196,12 @@ class Executor:
             for ledger in self.ledgers.values():
                 await ledger.settle()
             await self._drop_early_intents(finished)
-            raise Interrupted(self._interrupt_summary(work, finished)) from None
+            raise Interrupted(interrupt_summary(work, finished, self.trackers)) from None
         for directory in self.writer.touched_dirs:  # once per directory, not once per output
             await asyncio.to_thread(fsync_dir, directory)
         result.state_writes = sum(ledger.writes for ledger in self.ledgers.values())
         result.elapsed_ms = (time.perf_counter() - started) * 1000
         return result
-
-    def _interrupt_summary(self, work: list[Change], finished: dict[str, Outcome]) -> str:
-        """What finished, what was in flight and what never started; the journal's promise is said
-        only for the kinds and actions that were in flight (each kind words its own)."""
-        from hepinfra.kinds import KINDS
-
-        done = [c.address for c in work if c.address in finished]
-        flying = [c for c in work if c.address not in finished and self.trackers.get(c.address, Tracker()).in_flight]
-        started = {c.address for c in flying}
-        waiting = [c.address for c in work if c.address not in finished and c.address not in started]
-
-        def some(addresses: list[str]) -> str:
-            shown = ", ".join(addresses[:5]) + (f" and {len(addresses) - 5} more" if len(addresses) > 5 else "")
-            return f" ({shown})" if addresses else ""
-
-        if flying:
-            notes = list(dict.fromkeys(KINDS[c.kind].in_flight(c) for c in flying))
-            in_flight = (
-                f"{len(flying)} in flight{some([c.address for c in flying])}, which the journal keeps for the "
-                f"next apply to settle ({'; '.join(notes)})"
-            )
-        else:
-            in_flight = "nothing in flight"
-        tail = "nothing left to start"
-        if waiting:
-            tail = f"{len(waiting)} not started{some(waiting)}, nothing recorded for them"
-        return f"interrupted: {len(done)} finished{some(done)}; {in_flight}; {tail}"
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -404,3 +377,31 @@ def _event(outcome: Outcome) -> Event:
     if outcome.hook is not None:
         event["hook"] = outcome.hook
     return event
+
+
+def interrupt_summary(work: list[Change], finished: dict[str, Outcome], trackers: dict[str, Tracker]) -> str:
+    """What finished, what was in flight and what never started; the journal's promise is said
+    only for the kinds and actions that were in flight (each kind words its own)."""
+    from hepinfra.kinds import KINDS
+
+    done = [c.address for c in work if c.address in finished]
+    flying = [c for c in work if c.address not in finished and trackers.get(c.address, Tracker()).in_flight]
+    started = {c.address for c in flying}
+    waiting = [c.address for c in work if c.address not in finished and c.address not in started]
+
+    def some(addresses: list[str]) -> str:
+        shown = ", ".join(addresses[:5]) + (f" and {len(addresses) - 5} more" if len(addresses) > 5 else "")
+        return f" ({shown})" if addresses else ""
+
+    if flying:
+        notes = list(dict.fromkeys(KINDS[c.kind].in_flight(c) for c in flying))
+        in_flight = (
+            f"{len(flying)} in flight{some([c.address for c in flying])}, which the journal keeps for the "
+            f"next apply to settle ({'; '.join(notes)})"
+        )
+    else:
+        in_flight = "nothing in flight"
+    tail = "nothing left to start"
+    if waiting:
+        tail = f"{len(waiting)} not started{some(waiting)}, nothing recorded for them"
+    return f"interrupted: {len(done)} finished{some(done)}; {in_flight}; {tail}"

@@ -44,7 +44,7 @@ class TemplateSink:
             data = render_template(compile_string(target.template_source), context).encode()
         except Exception as exc:  # a template failure, without its values
             raise OutputError(
-                f"{target.path}: {target.template}: {render_error(exc, target.template_source, context)}"
+                f"{target.path}: {render_error(exc, target.template_source, context, file=target.template)}"
             ) from None
         atomic_write(file, data, existing_mode(file, target.mode), sync_dir=False)
         return digest(data)

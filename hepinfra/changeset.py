@@ -44,6 +44,7 @@ def change_set(plan: Plan, *, read_back: bool = True) -> list[dict[str, Any]]:
                 "retire_left": sorted(c.retire_left),
                 "finish_rotation": c.finish_rotation,
                 "rotate_after_adopt": c.rotate_after_adopt,
+                **({"revoke_previous": True} if c.revoke_previous else {}),
                 **({"moved_to": c.moved_to} if c.moved_to is not None else {}),
             }
         )

@@ -87,7 +87,9 @@ def env_access(
     """The environment's database key and (``ids``) state cipher. Raises ``StateKeyError`` (before
     any API call) when it manages ids and ``HEPINFRA_STATE_KEY`` is unset or wrong."""
     cipher = None
-    if ids and _uses(manifest, env, state, lambda kind: kind.needs_state_key):
+    alternating = any(d.rotation == "alternating" for d in manifest.declared[env])
+    if ids and (_uses(manifest, env, state, lambda kind: kind.needs_state_key) or alternating
+                or (state is not None and state.sealed())):  # fmt: skip
         cipher = cipher_for(env, state, hepgg.environ, hepgg.state_key_source)
     if not manages_databases(manifest, env, state):
         return EnvAccess(env, None, "", needs_key=False, cipher=cipher)

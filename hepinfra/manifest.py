@@ -41,7 +41,7 @@ from hepinfra.moves import Move, MovedSpec
 from hepinfra.moves import check as check_moves
 from hepinfra.resolution import Resolution
 from hepinfra.safety.paths import MANIFEST_LIMIT, Refused, read_regular
-from hepinfra.spec import ENV_VAR, IDENT, MODE_HELP, EnvVarName, Ident, SpecModel
+from hepinfra.spec import ENV_VAR, IDENT, MODE_HELP, EnvVarName, Ident, RotationSpec, SpecModel
 from hepinfra.state.spec import LocalState, PostgresState, S3State, StateSpec
 from hepinfra.values import Declared, clip, format_duration
 
@@ -58,6 +58,7 @@ class DefaultsSpec(SpecModel):
 
     verify: bool = False  # databases of engines hepinfra can connect to (postgres, mariadb); mongo is left out
     ignore_unmanaged: list[NamePattern] = []  # every environment's account: not warned about
+    rotation: RotationSpec | None = None  # every database's rotation strategy unless it says otherwise
 
 
 class EnvironmentSpec(SpecModel):

@@ -298,6 +298,7 @@ class ApplyOptions:
     refresh: bool = True
     expect_fingerprint: str | None = None  # apply only a plan with this change set (changeset.fingerprint)
     write_back: bool = False  # committed files (age) record what they replace: OutputRecord.write_back_from
+    revoke: bool = False  # rotate --revoke: alternating databases disable their previous role
 
 
 async def apply(
@@ -360,6 +361,7 @@ async def apply(
                 plan = plan.model_copy(update={"created_at": saved.created_at})
             else:
                 rotate = parse_rotate(project.manifest, envs, options.rotate)
+                rotate = rotate.revoking(options.revoke)
                 targets = target_request(project.manifest, envs, options.targets, project.backend.read, rotate)
                 plan, access, states = await make(
                     project, hub, envs, refresh=options.refresh, rotate=rotate, targets=targets

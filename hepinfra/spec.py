@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, WithJsonSchema
 
@@ -61,6 +61,14 @@ Mode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3}$"), BeforeValidato
 
 class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, defer_build=True)
+
+
+class RotationSpec(SpecModel):
+    """``rotation:`` of a database (or under ``defaults:``): ``single`` (hep.gg's rotate: the one user's
+    password changes, the old one dies at once) or ``alternating`` (two login roles hepinfra makes and
+    takes turns with: the previous one stays valid until the next rotation; PostgreSQL and MariaDB)."""
+
+    strategy: Literal["single", "alternating"] = "single"
 
 
 class OutputSpecBase(SpecModel):

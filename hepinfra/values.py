@@ -139,6 +139,7 @@ class Declared:
     after_rotate_timeout: int = 60
     hook_scrub: tuple[str, ...] = ()  # the manifest's credential variables, kept from the hook
     hook_pass_env: tuple[str, ...] = ()  # after_rotate_pass_env: variables the hook is given
+    rotation: str = "single"  # databases: the rotation strategy (single, alternating)
 
     @property
     def address(self) -> str:
@@ -219,6 +220,7 @@ class Change(_Value):
     finish_rotation: bool = False  # an interrupted rotation: apply uses Reveal, never a second rotate
     rotate_after_adopt: bool = False
     moved_to: str | None = None  # a move: the new address (same environment and kind); ``address`` is the old one
+    revoke_previous: bool = False  # rotate --revoke (alternating): disable the previous role once published
 
 
 class Diagnostic(_Value):
@@ -331,9 +333,16 @@ class RotateRequest:
     database, ``ids.KEY``, ``uploads.KEY``)."""
 
     targets: frozenset[tuple[str | None, str]] = frozenset()
+    revoke: bool = field(default=False, kw_only=True)  # rotate --revoke: an alternating database's previous role too
 
     def wants(self, env: str, ref: str) -> bool:
         return (env, ref) in self.targets or (None, ref) in self.targets
+
+    def revoking(self, revoke: bool) -> RotateRequest:
+        """This request, with rotate --revoke (or without)."""
+        from dataclasses import replace
+
+        return replace(self, revoke=revoke) if revoke != self.revoke else self
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,14 @@ def _server_url(value: str | None, kind: str) -> tuple[str, str] | None:
     "(mysql://root:PASSWORD@HOST:PORT/) is read from HEPINFRA_LOCAL_MARIADB (the default when set) "
     "or from the variable env:NAME names; a URL here must carry no password.",
 )
+@click.option(
+    "--role-privilege/--no-role-privilege",
+    default=False,
+    envvar="HEPINFRA_LOCAL_ROLE_PRIVILEGE",
+    show_default=True,
+    help="Real servers only: each database's hep.gg user may make roles (PostgreSQL CREATEROLE, MariaDB CREATE "
+    "USER and GRANT OPTION on its database), as rotation: alternating needs. Also HEPINFRA_LOCAL_ROLE_PRIVILEGE=1.",
+)
 def emulator(**opts: Any) -> None:
     """Run the local hep.gg (all three APIs on one port) until SIGINT/SIGTERM.
 
@@ -205,6 +213,7 @@ def emulator(**opts: Any) -> None:
         faults=faults,
         seed=opts["fault_seed"],
         servers=servers,
+        role_privilege=opts["role_privilege"],
     )
     try:
         app = build_app(Path(opts["data_dir"]), config, seeds, slots=opts["slots"])

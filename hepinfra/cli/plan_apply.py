@@ -225,6 +225,7 @@ def _apply_command(
     expect_fingerprint: str | None = None,
     write_back: bool = False,
     targets: tuple[str, ...] = (),
+    revoke: bool = False,
 ) -> None:
     import json
     import statistics
@@ -283,6 +284,7 @@ def _apply_command(
         refresh=not no_refresh,
         expect_fingerprint=expect_fingerprint,
         write_back=write_back,
+        revoke=revoke,
     )
     if plan_file:
         printer.start(0)
@@ -427,6 +429,12 @@ def apply(
 @click.command()
 @click.argument("addresses", nargs=-1, required=True)
 @apply_options
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="A leaked password: a database with rotation: alternating also disables its previous role once the new "
+    "one is published (a single database's old password dies at the rotation anyway).",
+)
 def rotate(
     addresses: tuple[str, ...],
     manifest_file: str,
@@ -439,6 +447,7 @@ def rotate(
     skip_local_outputs: bool,
     write_back: bool,
     targets: tuple[str, ...],
+    revoke: bool,
 ) -> None:
     """Rotate now (plan + apply with --rotate ADDR...): a database's password (ENV/databases.NAME or NAME),
     an id's value (ids.NAME), an upload (uploads.NAME: uploaded again)."""
@@ -456,4 +465,5 @@ def rotate(
         None,
         write_back,
         targets,
+        revoke=revoke,
     )

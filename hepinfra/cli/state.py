@@ -108,6 +108,36 @@ def state_mv(manifest_file: str, lock_timeout: str, source: str, destination: st
     )
 
 
+@state.command("rekey")
+@manifest_option
+@env_option
+@lock_timeout_option
+def state_rekey(manifest_file: str, envs: tuple[str, ...], lock_timeout: str) -> None:
+    """Seal every value state keeps sealed (ids) again under a new HEPINFRA_STATE_KEY, opened with
+    HEPINFRA_STATE_KEY_OLD: per environment, under its lock, all or nothing, one new serial each.
+    The values do not change; a later run with the old key is refused."""
+    import os
+
+    from hepinfra import runner
+    from hepinfra.state_rekey import Rekeyed
+    from hepinfra.state_rekey import state_rekey as rekey
+
+    project = runner.Project.open(manifest_file)
+
+    def report(done: Rekeyed) -> None:
+        if done.status == "rekeyed":
+            click.echo(
+                f"Re-sealed the state of '{done.env}' under the new key: {done.sealed} value(s) "
+                f"(serial {done.serial}); the previous version is its backup."
+            )
+        elif done.status == "already":
+            click.echo(f"Already under the new key: the state of '{done.env}' (a rekey that stopped partway); skipped.")
+        else:
+            click.echo(f"Nothing sealed in the state of '{done.env}'; skipped.")
+
+    rekey(project, envs, parse_timeout(lock_timeout), dict(os.environ), report)
+
+
 @state.command("pull")
 @manifest_option
 @click.option("-e", "--env", "env", required=True, help="The environment.")

@@ -73,6 +73,9 @@ class EmulatorConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
     servers: Mapping[str, Engine] = field(default_factory=dict)  # engine -> real server (else simulated)
+    # real servers: a database's hep.gg user may make roles (CREATEROLE / CREATE USER), as rotation: alternating
+    # needs; off by default, as hep.gg's shared servers may well withhold it
+    role_privilege: bool = False
 
 
 class InjectedDrop(httpx.RemoteProtocolError):
@@ -239,6 +242,8 @@ class Emulator(ControlApi, UploaderApi):
 
         def provision(db_name: str, db_user: str) -> None:
             server.create(db_name, db_user, password)
+            if self.config.role_privilege:
+                server.grant_role_privilege(db_name, db_user)
 
         return self.store.create_database(
             account, name, engine, password, status=status, size_bytes=size_bytes, server=server.address,

@@ -3,7 +3,8 @@
 Owns: the world under ``<project>/.hepinfra/local/`` (the emulator's SQLite data and the
 local credentials, minted at first use, file mode 0600) and an in-process httpx transport
 to it. Its databases are simulated, or real on the servers that ``HEPINFRA_LOCAL_POSTGRES`` /
-``HEPINFRA_LOCAL_MARIADB`` name (admin URLs; see engines/).
+``HEPINFRA_LOCAL_MARIADB`` name (admin URLs; see engines/); ``HEPINFRA_LOCAL_ROLE_PRIVILEGE=1`` lets
+their hep.gg users make roles (``rotation: alternating``).
 Must not: touch the network, except those servers when they are configured.
 """
 
@@ -26,6 +27,8 @@ from hepinfra.safety.redact import register
 
 LOCAL_SLOTS = 100
 LOCAL_BASE_URL = "http://hepgg.local"
+# "1": the real servers' databases get a hep.gg user that may make roles (rotation: alternating)
+ROLE_PRIVILEGE_VAR = "HEPINFRA_LOCAL_ROLE_PRIVILEGE"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def open_local(
         servers = engines_from_env(environ)
         if servers:
             config = replace(config, servers={**servers, **config.servers})
+        if environ.get(ROLE_PRIVILEGE_VAR, "").strip().lower() in ("1", "true", "yes", "grant"):
+            config = replace(config, role_privilege=True)
     ensure_hepinfra_dir(project_dir)
     directory = local_dir(project_dir)
     refuse_links(directory, project_dir)

@@ -24,8 +24,8 @@ Step = Callable[[Any, "Change"], Awaitable[Any]]  # (executor, change) -> Outcom
 class Kind:
     """A resource kind: its manifest section (also the middle of its addresses, ``ENV/SECTION.KEY``),
     its template variable, its plan rules, how a change of it reads, and the module holding its
-    apply steps (a ``STEPS`` mapping of Action -> step; ``moves.move`` for a move, and an optional
-    ``moved`` hook for a record bound to its address)."""
+    apply steps (a ``STEPS`` mapping of Action -> step; ``moves.move`` for a move, and optional hooks:
+    ``moved`` for a record bound to its address, ``rekeyed`` for one holding sealed values)."""
 
     section: str
     var: str  # the template variable holding its value: db, id, upload
@@ -66,6 +66,12 @@ class Kind:
         module's ``moved`` hook gives it (an id's value sealed again: its address is bound into the seal)."""
         hook = getattr(importlib.import_module(self.steps), "moved", None)
         return managed if hook is None else hook(access, managed, old, new, lineage)
+
+    def rekeyed(self, old: Any, new: Any, managed: Any, address: str, lineage: str) -> Any:
+        """``state rekey``: a managed record with every value it keeps sealed opened under the ``old``
+        cipher and sealed again under ``new``: as it is, or as the steps module's ``rekeyed`` hook gives it."""
+        hook = getattr(importlib.import_module(self.steps), "rekeyed", None)
+        return managed if hook is None else hook(old, new, managed, address, lineage)
 
     async def value_of(self, hub: Any, access: Any, managed: Any, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """A managed resource's template variable and its standard fields (for ``output`` and ``run``)."""

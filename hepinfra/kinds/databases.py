@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
+from hepinfra.kinds.alternating import SWITCH, needs_reveal
+from hepinfra.kinds.alternating import plan as plan_alternating
 from hepinfra.kinds.base import Kind
 from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due, output_reason, render_headline
 from hepinfra.outputs import OutputSpec
-from hepinfra.spec import PLATFORM_NAME, Duration, EnvVarName, Ident, SpecModel
+from hepinfra.spec import PLATFORM_NAME, Duration, EnvVarName, Ident, RotationSpec, SpecModel
 from hepinfra.state.model import State
 from hepinfra.values import Action, Change, DatabaseSummary, Declared, Diagnostic, EnvFacts, RotateRequest
 
@@ -66,6 +68,8 @@ def reveal_candidates(
                 continue
             if (rotate and rotate.wants(env, decl.key)) or due(decl, managed.rotated_at or managed.managed_since, now):
                 continue  # rotated anyway: every output is written with the new password
+            if not needs_reveal(managed):
+                continue  # its outputs carry one of hepinfra's roles: state holds its password's digest
             if all(
                 output_reason(decl, t.path, t.definition_digest, state, env_facts, None) is None for t in decl.outputs
             ):
@@ -121,6 +125,14 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
             if not _engine_ok(decl, remote, diags):
                 continue
             _status_warning(decl, remote, diags)
+            assert managed is not None
+            chosen = plan_alternating(here, decl, managed, remote.id, pending)
+            if isinstance(chosen, Diagnostic):
+                diags.append(chosen)
+                continue
+            if chosen is not None:
+                changes.append(chosen)
+                continue
             reasons: list[str] = []
             finish = "rotate" in pending
             if finish:
@@ -164,7 +176,9 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
                 why = "exists on the account but not in state: taken over without rotating"
             reasons = [why]
             rotate_after = rotate.wants(env, decl.key)
-            if rotate_after:
+            if decl.rotation == "alternating":
+                reasons.append("then " + SWITCH)
+            elif rotate_after:
                 reasons.append("rotation requested: rotated right after adoption")
             changes.append(
                 Change(
@@ -184,6 +198,8 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
             reasons = ["the managed database no longer exists on hep.gg (deleted in the dashboard?): created again"]
         if rotate.wants(env, decl.key):
             reasons.append("requested rotation not needed: a new database gets a fresh password")
+        if decl.rotation == "alternating":
+            reasons.append("then " + SWITCH)
         changes.append(
             Change(**base, action=Action.CREATE, reasons=tuple(reasons), outputs=every_output, retire=retire)
         )
@@ -287,6 +303,7 @@ class DatabaseSpec(SpecModel):
     after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
     after_rotate_timeout: Annotated[Duration, Field(le=3600)] = 60  # at most 1h
     after_rotate_pass_env: list[EnvVarName] = []  # variables the hook is given besides the minimal environment
+    rotation: RotationSpec | None = None  # else defaults.rotation, else single
 
 
 def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -323,7 +340,34 @@ def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: d
         "after_rotate_timeout": db.after_rotate_timeout,
         "hook_scrub": tuple(r.credential_vars()) if db.after_rotate else (),
         "hook_pass_env": r.pass_env(db.after_rotate_pass_env, ("databases", key, "after_rotate_pass_env")),
+        "rotation": rotation_setting(r, key, db),
     }
+
+
+def rotation_setting(r: Resolution, key: str, db: DatabaseSpec) -> str:
+    """The strategy as declared, else ``defaults.rotation``'s; checked offline: ``alternating`` needs an
+    engine with login roles (postgres, mariadb) and its driver (hepinfra logs in to make them)."""
+    from hepinfra.extras import missing
+
+    node: tuple[str | int, ...] = ("databases", key, "rotation", "strategy")
+    chosen = db.rotation
+    if chosen is None:
+        chosen, node = r.model.defaults.rotation, ("defaults", "rotation", "strategy")
+    strategy = chosen.strategy if chosen is not None else "single"
+    if strategy != "alternating":
+        return strategy
+    if db.engine not in VERIFY_DRIVERS:
+        if db.rotation is None:
+            return "single"  # a default leaves out the engines it cannot apply to (as defaults.verify does)
+        raise r.error(
+            node,
+            f"rotation: alternating needs login roles hepinfra can make (postgres, mariadb); a {db.engine} "
+            "database rotates with hep.gg's single user: set strategy: single",
+        )
+    problem = missing(VERIFY_DRIVERS[db.engine][0], f"rotation: alternating of a {db.engine} database", "verify")
+    if problem:
+        raise r.error(node, problem)
+    return strategy
 
 
 def verify_setting(r: Resolution, key: str, db: DatabaseSpec) -> bool:

@@ -24,11 +24,12 @@ from hepinfra.apply.executor import Outcome, Tracker
 from hepinfra.apply.executor import now as _now
 from hepinfra.apply.ledger import with_entry, without_steps
 from hepinfra.apply.moves import move
-from hepinfra.apply.writer import Failure
+from hepinfra.apply.writer import Failure, failure_message
 from hepinfra.crashpoints import kill_point
-from hepinfra.errors import ApiError, NameTakenError, OutputError
+from hepinfra.errors import ApiError, HepinfraError, NameTakenError, OutputError
 from hepinfra.hepgg.databases import LATE_S
 from hepinfra.hepgg.models import DatabaseCredentials
+from hepinfra.kinds import alternating_apply
 from hepinfra.kinds.rules import render_note
 from hepinfra.outputs.base import db_context
 from hepinfra.state.model import JournalEntry, ManagedDatabase, State
@@ -173,6 +174,8 @@ async def create(ex: Executor, change: Change) -> Outcome:
         )
     else:
         note = "created (answer lost; found by name)" if creds.recovered else "created"
+    if _alternating(ex, change) and not failures:
+        return await _then_switch(ex, change, note)
     return _outcome(ex, change, note, failures, after=after)
 
 
@@ -207,6 +210,8 @@ async def adopt(ex: Executor, change: Change) -> Outcome:
     ex.trackers.setdefault(change.address, Tracker()).in_flight = True
     await ex.ledgers[change.env].commit(take_over)
     failures, after, _ = await _finish(ex, change, creds, intent, lambda db: db or adopted)
+    if _alternating(ex, change) and not failures:
+        return await _then_switch(ex, change, "adopted")
     if change.rotate_after_adopt and not failures:
         rotated = await rotate(ex, change.model_copy(update={"action": Action.ROTATE}))
         rotated.action = change.action.value
@@ -228,6 +233,8 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
     assert change.database_id is not None
     if change.database_id in ex.rotated:
         return Outcome(change.address, change.action.value, False, "refused: already rotated in this run")
+    if _alternating(ex, change):
+        return await alternating_apply.rotate(ex, change, ROLE_STEPS)
     ex.rotated.add(change.database_id)
     ledger = ex.ledgers[change.env]
     calls = ex.calls(change)
@@ -308,6 +315,8 @@ async def render(ex: Executor, change: Change) -> Outcome:
         await ledger.commit(lambda s: without_steps(s, decl.ref, dropped))
     if paths or ran:
         creds = await ex.calls(change).reveal(change.database_id)
+        held = ledger.state.databases.get(change.key)  # an alternating database's outputs carry its role
+        creds = alternating_apply.carried_creds(ex.access[change.env].cipher, ledger.state.lineage, held, creds)
         intent = JournalEntry(
             op="render",
             database=change.key,
@@ -381,8 +390,32 @@ async def value_of(hub: Any, access: Any, managed: ManagedDatabase, decl: Any) -
 
     if access.key is None:
         raise UsageError(f"no database key for environment '{access.env}': export {access.source}")
-    value = db_context(await hub.databases(access.key).reveal(managed.id))
+    creds = await hub.databases(access.key).reveal(managed.id)
+    lineage = access.cipher.lineage if access.cipher is not None else None
+    value = db_context(alternating_apply.carried_creds(access.cipher, lineage or "", managed, creds))
     return value, {f: value[f] for f in ("connection_string", "host", "port", "db_name", "user", "password")}
+
+
+def _alternating(ex: Executor, change: Change) -> bool:
+    """``rotation: alternating`` (``kinds.alternating_apply``), unless a single rotation is still to finish."""
+    pending = ex.ledgers[change.env].state.pending(change.key)
+    return ex.decl(change).rotation == "alternating" and not any(j.op == "rotate" for j in pending)
+
+
+async def _then_switch(ex: Executor, change: Change, note: str) -> Outcome:
+    """A database just created or adopted, switched to its alternating roles."""
+    held = ex.ledgers[change.env].state.databases[change.key]
+    switch = change.model_copy(update={"action": Action.ROTATE, "database_id": held.id})
+    try:
+        switched = await alternating_apply.rotate(ex, switch, ROLE_STEPS)
+    except HepinfraError as exc:  # created or adopted: said, and the switch is planned again next time
+        return ex.outcome(change, note, [Failure("switch to alternating roles", change.name, failure_message(exc))])
+    switched.action = change.action.value
+    switched.message = f"{note}, then {switched.message}" if switched.ok else f"{note}; but {switched.message}"
+    return switched
+
+
+ROLE_STEPS = alternating_apply.Steps(finish=_finish, after=_after, outcome=_outcome, nothing_after=After)
 
 
 STEPS = {

@@ -152,6 +152,14 @@ def moved(access: Any, managed: ManagedId, old: str, new: str, lineage: str) -> 
     return managed.model_copy(update={"ciphertext": sealed, "bound": "lineage+address"})
 
 
+def rekeyed(old: Cipher, new: Cipher, managed: ManagedId, address: str, lineage: str) -> ManagedId:
+    """``state rekey``: the value opened under the old key (one that does not open stops the environment's
+    rekey before anything is written) and sealed under the new one, bound to this state and address."""
+    payload = opened(old, managed, address, lineage)
+    sealed = new.seal_id(json.dumps(payload).encode(), address, lineage)
+    return managed.model_copy(update={"ciphertext": sealed, "bound": "lineage+address"})
+
+
 async def value_of(hub: Any, access: Any, managed: ManagedId, decl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Decrypted from state (no call: hep.gg keeps no copy)."""
     assert access.cipher is not None and access.cipher.lineage is not None

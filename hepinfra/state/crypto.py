@@ -167,7 +167,7 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
     for a state that has none yet (written with the first minted id). Raises before any API call.
     ``source``: where the key came from, for messages (the variable, or the sandbox's key file)."""
     secret = environ.get(KEY_VAR, "")
-    if state is not None and state.ids and state.crypto is None:
+    if state is not None and state.sealed() and state.crypto is None:
         raise StateKeyError(
             f"the state of environment '{env}' holds ids but no 'crypto' block (edited?): their values cannot be "
             "opened; nothing was decrypted or minted",
@@ -175,13 +175,14 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
         )
     if not secret.strip():
         raise StateKeyError(
-            f"environment '{env}' manages ids, whose values are kept encrypted in state: {KEY_VAR} is not set",
+            f"environment '{env}' manages ids or alternating roles, whose values are kept encrypted in state: "
+            f"{KEY_VAR} is not set",
             hint=f"export {KEY_VAR} (a passphrase, or a base64 32-byte key: openssl rand -base64 32); keep it "
             "in your CI's secret store",
         )
     register(secret, secret.strip())
     crypto = state.crypto if state is not None else None
-    if crypto is not None and state is not None and not state.ids and not _opens(secret, crypto, env):
+    if crypto is not None and state is not None and not state.sealed() and not _opens(secret, crypto, env):
         crypto = None  # nothing is encrypted under the old key any more: start afresh with this one
     if crypto is None:
         raw = _raw_key(secret)

@@ -44,6 +44,42 @@ class ManagedDatabase(_Value):
     verified_at: datetime | None = None
     verify_ok: bool | None = None
     verify_ms: float | None = None
+    # ``rotation: {strategy: alternating}``: the login roles hepinfra made (``kinds.alternating``). Absent
+    # from the file when None, so a state of single-user databases reads and writes back byte for byte
+    roles: AlternatingRoles | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_roles(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("roles", "") is None:
+            del data["roles"]
+        return data
+
+
+class AlternatingRole(_Value):
+    """One login role of an alternating database. Its password has no Reveal (hepinfra made it): it is
+    kept here only as AES-256-GCM ciphertext under ``HEPINFRA_STATE_KEY`` (``state.crypto``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]{1,63}$")
+    ciphertext: str | None = None  # its password as set on the server (None: it never had one)
+    digest: str | None = None  # keyed digest of that password (compared with what an output holds)
+    # a new password about to be set (sealed): durable before the server is asked, so a killed run sets
+    # the same one again and never a second one
+    pending: str | None = None
+    login: bool = False  # it may log in (False: never given a password yet, or disabled by --revoke)
+
+
+class AlternatingRoles(_Value):
+    """Two login roles that take turns: the outputs carry ``active``; a rotation sets a new password on
+    the other one, publishes it, and only then makes it active (``incoming`` meanwhile). The hep.gg user
+    becomes the managing credential that only hepinfra uses."""
+
+    group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,63}$")  # postgres: owns the objects
+    roles: tuple[AlternatingRole, AlternatingRole]
+    ready: bool = False  # the roles and their grants exist on the server
+    active: Literal[0, 1] | None = None  # the role the outputs carry (None: still the hep.gg user)
+    incoming: Literal[0, 1] | None = None  # a rotation in progress: the role being given a password, published
+    revoke: Literal[0, 1] | None = None  # --revoke: the role disabled once ``incoming`` is active
 
 
 class ManagedId(_Value):
@@ -143,7 +179,9 @@ class JournalEntry(_Value):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     # create/rotate/render: a remote step or outputs owed; verify: a connection check owed; hook: the
     # after_rotate command owed (both after the outputs of a change were written)
-    op: Literal["create", "rotate", "render", "verify", "hook"]
+    # role-password/role-activate/role-revoke: an alternating database's rotation (``kinds.alternating``):
+    # a new password being set on the idle role, its publication, disabling the previous role
+    op: Literal["create", "rotate", "render", "verify", "hook", "role-password", "role-activate", "role-revoke"]
     database: str  # the resource's reference (see OutputRecord.database)
     name: str  # platform name (a database), else the key
     database_id: str | None = None
@@ -178,3 +216,7 @@ class State(_Value):
 
     def pending(self, database: str) -> list[JournalEntry]:
         return [j for j in self.journal if j.database == database]
+
+    def sealed(self) -> bool:
+        """Whether it holds values sealed under the state key: ids, or an alternating database's roles."""
+        return bool(self.ids) or any(db.roles is not None for db in self.databases.values())

@@ -118,3 +118,11 @@ class MariaDBEngine:
         accounts = ", ".join(["%s@%s IDENTIFIED BY %s"] * len(HOSTS))
         with self._session(f"set the password of user {user}", password) as cursor:
             cursor.execute(f"ALTER USER {accounts}", tuple(v for host in HOSTS for v in (user, host, password)))
+
+    def grant_role_privilege(self, db_name: str, user: str) -> None:
+        grant_name = quote_name(db_name, grant=True)
+        _check_user(user)
+        with self._session(f"grant CREATE USER to user {user}") as cursor:
+            for host in HOSTS:
+                cursor.execute("GRANT CREATE USER ON *.* TO %s@%s", (user, host))
+                cursor.execute(f"GRANT ALL PRIVILEGES ON {grant_name}.* TO %s@%s WITH GRANT OPTION", (user, host))

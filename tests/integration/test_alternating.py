@@ -1,0 +1,267 @@
+"""``rotation: {strategy: alternating}`` end to end, against the local hep.gg backed by real PostgreSQL and
+MariaDB servers (tests/servers.py), through the CLI.
+
+What the strategy promises, proven with real logins: switching keeps what the hep.gg user owns usable by
+both roles and what either role creates usable by the other; a rotation changes the idle role only, the
+previous password keeps working until the next rotation (``--revoke``: until its successor is published);
+the privilege it needs is checked with a real login and, missing, fails the database in one line with
+nothing made and the database still on its single-user credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import pymysql
+import pytest
+from dotenv import dotenv_values
+
+from hepinfra.emulator.app import EmulatorConfig
+from hepinfra.emulator.engines import open_engine
+from hepinfra.state import codec
+from tests.cliutil import invoke, write_project
+from tests.conftest import ISSUED, KEY, Server
+
+MANIFEST = """
+version: 1
+defaults: {verify: true, rotation: {strategy: alternating}}
+environments:
+  prod: {}
+databases:
+  shop:
+    engine: postgres
+    after_rotate: ["sh", "-c", "echo shop >> hook.log"]
+    outputs:
+      - dotenv: .env
+        keys: {SHOP_URL: "{{ db.connection_string }}", SHOP_USER: "{{ db.user }}", SHOP_PASSWORD: "{{ db.password }}"}
+  orders:
+    engine: mariadb
+    outputs:
+      - dotenv: .env
+        keys: {ORDERS_URL: "{{ db.connection_string }}", ORDERS_USER: "{{ db.user }}"}
+  cache:
+    engine: mongo
+    outputs:
+      - dotenv: .env
+        keys: {CACHE_URL: "{{ db.connection_string }}"}
+"""
+FILES = {".gitignore": ".env\nhook.log\n"}
+URLS = {"shop": "SHOP_URL", "orders": "ORDERS_URL"}
+STATE_KEY = {"HEPINFRA_STATE_KEY": "alternating roles state key 1"}
+
+
+@pytest.fixture
+def real_world(make_world: Callable[..., Server], postgres_server: Any, mariadb_server: Any) -> Callable[..., Server]:
+    """A local hep.gg whose postgres and mariadb databases are real; ``role_privilege``: the emulator's
+    switch that grants (or withholds) the hep.gg users the privilege to make roles."""
+
+    def build(**config: Any) -> Server:
+        servers = {"postgres": open_engine("postgres", postgres_server.url),
+                   "mariadb": open_engine("mariadb", mariadb_server.url)}  # fmt: skip
+        return make_world(EmulatorConfig(servers=servers, **config))
+
+    return build
+
+
+def env_of(root: Path) -> dict[str, str]:
+    found = {k: v or "" for k, v in dotenv_values(root / ".env").items()}
+    ISSUED.update(unquote(urlsplit(u).password or "") for k, u in found.items() if k.endswith("_URL"))
+    return found
+
+
+def login(url: str, sql: str | None = None) -> Any:
+    """Log in with exactly what the URL says; run ``sql`` (or SELECT 1) and return its first row."""
+    parts = urlsplit(url)
+    if parts.scheme == "postgresql":
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            cur = conn.execute(sql or "SELECT 1")
+            return cur.fetchone() if cur.description else None
+    conn = pymysql.connect(host=parts.hostname, port=parts.port, user=unquote(parts.username or ""),
+                           password=unquote(parts.password or ""), database=unquote(parts.path[1:]),
+                           connect_timeout=5, autocommit=True)  # fmt: skip
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql or "SELECT 1")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def refused(url: str) -> None:
+    with pytest.raises((psycopg.OperationalError, pymysql.err.OperationalError)) as caught:
+        login(url)
+    text = str(caught.value)
+    assert (
+        "password authentication failed" in text
+        or "not permitted to log in" in text
+        or "1045" in text
+        or ("4151" in text or "locked" in text)
+    ), text
+
+
+def hepgg_url(server: Server, key: str) -> str:
+    store = server.app.emu.store
+    row = next(r for r in store.list_databases(store.account_of_db_key(KEY) or "") if r["name"] == f"{key}-prod")
+    return str(server.app.emu.connection_string(row))
+
+
+def state_of(root: Path) -> Any:
+    return codec.decode((root / ".hepinfra/state/prod.json").read_bytes(), "s")
+
+
+def test_alternating_switch_rotation_and_revoke_with_real_logins(
+    tmp_path: Path, real_world: Callable[..., Server]
+) -> None:
+    server = real_world(role_privilege=True)
+    path = write_project(tmp_path, MANIFEST, FILES)
+    applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY)
+    assert applied.code == 0, applied.out + applied.err
+    first = env_of(tmp_path)
+    assert first["SHOP_USER"].endswith("_a") and first["ORDERS_USER"].endswith("_a")
+    for key, var in URLS.items():
+        login(first[var])
+        assert urlsplit(first[var]).username != urlsplit(hepgg_url(server, key)).username
+    assert "switched to alternating roles" in applied.out, applied.out
+    state = state_of(tmp_path)
+    assert state.journal == ()
+    shop = state.databases["shop"].roles
+    assert (
+        shop.active == 0
+        and shop.group
+        and shop.roles[0].ciphertext
+        and first["SHOP_PASSWORD"] not in path.parent.joinpath(".hepinfra/state/prod.json").read_text()
+    )
+    assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server, env=STATE_KEY).code == 0
+
+    rotated = invoke(["rotate", "-f", str(path), "shop", "orders", "--auto-approve"], server=server, env=STATE_KEY)
+    assert rotated.code == 0, rotated.out + rotated.err
+    second = env_of(tmp_path)
+    assert second["SHOP_USER"].endswith("_b") and second["ORDERS_USER"].endswith("_b")
+    for var in URLS.values():
+        login(second[var])
+        login(first[var])  # the previous role stays valid until the next rotation
+    assert (tmp_path / "hook.log").read_text().splitlines() == ["shop", "shop"]
+
+    third = invoke(["rotate", "-f", str(path), "shop", "orders", "--auto-approve"], server=server, env=STATE_KEY)
+    assert third.code == 0, third.out + third.err
+    now = env_of(tmp_path)
+    assert now["SHOP_USER"] == first["SHOP_USER"] and now["SHOP_URL"] != first["SHOP_URL"]
+    for var in URLS.values():
+        refused(first[var])  # its old password died at the rotation after next
+        login(second[var])
+        login(now[var])
+
+    revoked = invoke(
+        ["rotate", "-f", str(path), "shop", "orders", "--revoke", "--auto-approve"], server=server, env=STATE_KEY
+    )
+    assert revoked.code == 0, revoked.out + revoked.err
+    assert "disabled (--revoke)" in revoked.out
+    last = env_of(tmp_path)
+    for var in URLS.values():
+        login(last[var])
+        refused(now[var])  # disabled at once: a leaked password
+    assert state_of(tmp_path).journal == ()
+    assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server, env=STATE_KEY).code == 0
+
+
+SINGLE = MANIFEST.replace("defaults: {verify: true, rotation: {strategy: alternating}}", "defaults: {verify: true}")
+
+
+def roles_on_server(postgres_server: Any, mariadb_server: Any) -> set[str]:
+    """Every role or user on the two servers whose name ends like one of hepinfra's."""
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        found = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname ~ '_(a|b|g)$'")}
+    admin = urlsplit(mariadb_server.url)
+    conn = pymysql.connect(host=admin.hostname, port=admin.port, user=unquote(admin.username or ""),
+                           password=unquote(admin.password or ""))  # fmt: skip
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT user FROM mysql.user WHERE user REGEXP '_(a|b)$'")
+            found |= {r[0] for r in cur.fetchall()}
+    finally:
+        conn.close()
+    return found
+
+
+def test_the_privilege_missing_is_one_line_nothing_made_and_the_database_stays_single(
+    tmp_path: Path, real_world: Callable[..., Server], postgres_server: Any, mariadb_server: Any
+) -> None:
+    server = real_world()  # the emulator's switch withholds the privilege (its default)
+    path = write_project(tmp_path, SINGLE, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    single = env_of(tmp_path)
+    before = roles_on_server(postgres_server, mariadb_server)
+    path.write_text(path.read_text().replace("defaults: {verify: true}", MANIFEST.split("\n")[2]))
+    switched = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY)
+    assert switched.code == 1
+    lines = [line for line in switched.out.splitlines() if line.startswith("   ! ")]
+    assert sorted(lines) == [
+        "   ! prod/databases.orders: rotate failed: rotation: alternating needs the CREATE USER privilege, which "
+        "hep.gg's user of 'orders-prod' lacks on its server; nothing was created: the database stays on its "
+        "single-user credential (hint: ask for the privilege, or keep rotation: single (see "
+        "docs/rotation-strategies.md))",
+        "   ! prod/databases.shop: rotate failed: rotation: alternating needs the CREATEROLE privilege, which hep.gg's "
+        "user of 'shop-prod' lacks on its server; nothing was created: the database stays on its single-user "
+        "credential (hint: ask for the privilege, or keep rotation: single (see docs/rotation-strategies.md))",
+    ], switched.out
+    assert "Traceback" not in switched.out + switched.err
+    assert roles_on_server(postgres_server, mariadb_server) == before  # nothing made
+    assert env_of(tmp_path) == single  # still the hep.gg user's credential
+    for key, var in URLS.items():
+        assert single[var] == hepgg_url(server, key)
+        login(single[var])
+    state = state_of(tmp_path)
+    assert state.journal == () and all(db.roles is None for db in state.databases.values())
+    assert state.crypto is None or not state.sealed()
+
+
+SERIAL = {"postgres": "id serial PRIMARY KEY", "mariadb": "id INT AUTO_INCREMENT PRIMARY KEY"}
+
+
+def test_switching_keeps_the_hepgg_users_objects_and_either_roles_objects_usable_by_both(
+    tmp_path: Path, real_world: Callable[..., Server]
+) -> None:
+    server = real_world(role_privilege=True)
+    path = write_project(tmp_path, SINGLE, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    engines = {"shop": "postgres", "orders": "mariadb"}
+    for key, engine in engines.items():  # objects the hep.gg user owns before the switch
+        owner = hepgg_url(server, key)
+        login(owner, f"CREATE TABLE t_old ({SERIAL[engine]}, v VARCHAR(20))")
+        login(owner, "INSERT INTO t_old (v) VALUES ('hepgg')")
+    path.write_text(MANIFEST)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    first = env_of(tmp_path)
+    for key, engine in engines.items():
+        a = first[URLS[key]]
+        assert login(a, "SELECT v FROM t_old") == ("hepgg",)
+        login(a, "INSERT INTO t_old (v) VALUES ('a')")
+        login(a, "UPDATE t_old SET v = 'hepgg2' WHERE v = 'hepgg'")
+        login(a, f"CREATE TABLE t_a ({SERIAL[engine]}, v VARCHAR(20))")
+        login(a, "INSERT INTO t_a (v) VALUES ('a')")
+    assert (
+        invoke(["rotate", "-f", str(path), "shop", "orders", "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    )
+    second = env_of(tmp_path)
+    for key, engine in engines.items():
+        a, b = first[URLS[key]], second[URLS[key]]
+        assert urlsplit(a).username != urlsplit(b).username
+        assert login(b, "SELECT count(*) FROM t_old")[0] == 2
+        login(b, "DELETE FROM t_old WHERE v = 'a'")
+        assert login(b, "SELECT v FROM t_a") == ("a",)
+        login(b, "INSERT INTO t_a (v) VALUES ('b')")
+        login(b, "ALTER TABLE t_a ADD COLUMN w INT")  # the table's owner's right: the group owns it
+        login(b, f"CREATE TABLE t_b ({SERIAL[engine]}, v VARCHAR(20))")
+        login(b, "INSERT INTO t_b (v) VALUES ('b')")
+        login(a, "INSERT INTO t_b (v) VALUES ('a')")  # the previous role still logs in, and uses b's table
+        login(a, "ALTER TABLE t_b ADD COLUMN w INT")
+        assert login(a, "SELECT count(*) FROM t_b")[0] == 2 and login(a, "SELECT count(*) FROM t_a")[0] == 2
+        if engine == "postgres":
+            owners = login(
+                b, "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE tablename IN ('t_a', 't_b')"
+            )
+            assert owners[0].endswith("_g"), owners

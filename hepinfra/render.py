@@ -84,9 +84,8 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
         lines.append(style(f"  {change.action.symbol:>2} ", fg=colour_name, bold=True) + _headline(change))
         for reason in change.reasons:
             lines.append(f"       {reason}")
-        if change.action in (Action.CREATE, Action.ADOPT, Action.ROTATE):
-            for out in change.outputs:
-                lines.append(style(f"       > {out.path}", dim=True))
+        for path in written(change):
+            lines.append(style(f"       > {path}", dim=True))
         for path in change.retire:
             lines.append(style(f"       - {retire_line(change, path)}", dim=True))
     if not plan.actionable and not plan.errors:
@@ -143,10 +142,27 @@ def _diagnostic(diag: Diagnostic, style: Style) -> str:
     return line
 
 
+def _change_document(change: dict[str, Any]) -> dict[str, Any]:
+    """A change as the JSON document shows it: only the fields its kind has (``Kind.engine_field``:
+    a database's ``engine``, an id's ``type``, nothing for an upload; ``database_id`` for databases)."""
+    from hepinfra.kinds import KINDS
+
+    kind = KINDS.get(change["kind"])
+    if kind is None:
+        return change
+    engine = change.pop("engine")
+    if kind.engine_field is not None:
+        change[kind.engine_field] = engine
+    if not kind.needs_database_key:
+        change.pop("database_id", None)
+    return change
+
+
 def document(plan: Plan) -> dict[str, Any]:
     data = plan.model_dump(mode="json")
     from hepinfra.changeset import fingerprint
 
+    data["changes"] = [_change_document(c) for c in data["changes"]]
     data.update(
         summary=plan.counts(),
         has_changes=plan.has_changes,
@@ -163,6 +179,11 @@ def json_text(plan: Plan) -> str:
 def json_schema() -> dict[str, Any]:
     """The JSON document's schema: the Plan plus the derived summary fields."""
     schema = Plan.model_json_schema()
+    change = schema["$defs"]["Change"]  # a kind's own fields only: a database's engine, an id's type
+    change["required"] = [f for f in change["required"] if f != "engine"]
+    change["properties"]["engine"]["description"] = "a database's engine (databases only)"
+    change["properties"]["database_id"]["description"] = "a database's id on hep.gg (databases only)"
+    change["properties"]["type"] = {"type": "string", "title": "Type", "description": "an id's type (ids only)"}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "hepinfra plan"
     schema["properties"].update(
@@ -209,6 +230,18 @@ def _md_moved(change: Change) -> str:
     return f" ~> `{_md_escape(change.moved_to)}`" if change.moved_to else ""
 
 
+def written(change: Change) -> list[str]:
+    """The outputs a change writes, as the text plan lists them (``> PATH``): a create's, an adopt's
+    and a rotation's (a render names its outputs in its reasons)."""
+    if change.action in (Action.CREATE, Action.ADOPT, Action.ROTATE):
+        return [out.path for out in change.outputs]
+    return []
+
+
+def _md_outputs(change: Change) -> str:
+    return ", ".join(f"`{_md_escape(path)}`" for path in written(change))
+
+
 def markdown(plan: Plan) -> str:
     lines = [f"### hepinfra plan: {summary_line(plan)[6:]}"]
     if plan.errors:
@@ -224,13 +257,13 @@ def markdown(plan: Plan) -> str:
         given = " ".join(f"`--target {_md_escape(t)}`" for t in plan.targets)
         lines.append(f"**Partial plan:** {given}; {plan.left_out} resource(s) left out.\n")
     if plan.actionable:
-        lines.append("| | address | action | why |")
-        lines.append("|---|---|---|---|")
+        lines.append("| | address | action | outputs | why |")
+        lines.append("|---|---|---|---|---|")
         for change in plan.actionable:
             why = "; ".join([*change.reasons, *(retire_line(change, p) for p in change.retire)]) or ""
             lines.append(
                 f"| `{change.action.symbol.strip() or '='}` | `{_md_escape(change.address)}`{_md_moved(change)} | "
-                f"{change.action.value} | {_md_text(why)} |"
+                f"{change.action.value} | {_md_outputs(change)} | {_md_text(why)} |"
             )
     elif not plan.errors:
         lines.append("No changes: hep.gg and the outputs match the manifest.")

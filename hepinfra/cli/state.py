@@ -44,10 +44,18 @@ def state_list(manifest_file: str, envs: tuple[str, ...]) -> None:
 
 @state.command("show")
 @manifest_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text (the default on a terminal) or json (the default otherwise: a pipe, a file).",
+)
 @click.argument("address")
-def state_show(manifest_file: str, address: str) -> None:
+def state_show(manifest_file: str, fmt: str | None, address: str) -> None:
     """Show one managed resource and its output records (digests only; an id's value stays encrypted)."""
     import json
+    import sys
 
     from hepinfra import runner
     from hepinfra.values import ref_of
@@ -65,6 +73,11 @@ def state_show(manifest_file: str, address: str) -> None:
         "outputs": [r.model_dump(mode="json") for r in current.outputs.values() if r.database == ref],
         "journal": [j.model_dump(mode="json") for j in current.pending(ref)],
     }
+    if (fmt or ("text" if sys.stdout.isatty() else "json")) == "text":
+        from hepinfra.cli.state_show import show_text
+
+        click.echo(show_text(out), nl=False)
+        return
     click.echo(json.dumps(out, indent=2, sort_keys=True))
 
 

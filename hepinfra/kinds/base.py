@@ -38,6 +38,10 @@ class Kind:
     needs_database_key: bool = False
     needs_state_key: bool = False  # its values are kept encrypted in state (HEPINFRA_STATE_KEY)
     value_noun: str = "value"  # what an output of it holds: "holds an old <value_noun>"
+    # the plan JSON: the name under which a change's ``engine`` appears (a database's "engine", an
+    # id's "type"), or None: left out, it means nothing for the kind. ``database_id`` appears only
+    # for kinds with ``needs_database_key`` (remote ids)
+    engine_field: str | None = None
     # an interrupted apply: what the next apply does with a change of it whose remote call had begun
     # (the Ctrl-C message names it only for the kinds and actions that were in flight)
     in_flight: Callable[[Change], str] = lambda change: "the next apply settles it from the journal"

@@ -408,6 +408,7 @@ KIND = Kind(
     steps="hepinfra.kinds.databases_apply",
     needs_database_key=True,
     value_noun="password",
+    engine_field="engine",
     in_flight=lambda change: (
         "a database being created is found by name, never created twice"
         if change.action is Action.CREATE

@@ -159,6 +159,7 @@ KIND = Kind(
     steps="hepinfra.kinds.ids_apply",
     forgotten="no longer managed; its value is gone from state",
     needs_state_key=True,
+    engine_field="type",
     in_flight=lambda change: "an id whose answer was not recorded is minted again",
     credentials=missing_credentials,
     spec=IdSpec,

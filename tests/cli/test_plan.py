@@ -283,7 +283,9 @@ def test_markdown_is_fit_for_a_pull_request(project: Path, server: Server) -> No
     result = invoke(["plan", "-f", str(project), "--markdown"], server=server)
     assert result.code == 0
     assert result.out.startswith("### hepinfra plan: 1 to create, 0 to adopt, 0 to rotate, 0 to render, 0 to forget.")
-    assert "| `+` | `prod/databases.shop` | create | not on hep.gg yet |" in result.out
+    assert "| `+` | `prod/databases.shop` | create | `.env.prod`, `deploy/prod/shop.json` | not on hep.gg yet |" in (
+        result.out
+    )
     assert ":warning: **warning** `prod`: 1 database(s)" in result.out
 
 

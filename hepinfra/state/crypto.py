@@ -6,6 +6,8 @@ check value that tells a wrong key before anything is decrypted or minted, and s
 one id's value bound to the state's lineage and its address (a ciphertext copied to another
 state, even one sharing the key, or to another id does not open). Values sealed before that
 binding (bound to the address only) open only when their record says so, and are sealed again.
+``state rekey``'s ciphers: the old key's, and a new one whose crypto block also seals the old digest
+key (an environment's keyed digests outlive a new state key: no output looks edited after a rekey).
 Must not: store, log or raise the key, the passphrase or a plaintext value.
 """
 
@@ -23,6 +25,7 @@ from hepinfra.safety.redact import register
 from hepinfra.state.model import State, StateCrypto
 
 KEY_VAR = "HEPINFRA_STATE_KEY"
+OLD_KEY_VAR = "HEPINFRA_STATE_KEY_OLD"  # state rekey: the key the state is sealed with now
 _CHECK = b"hepinfra-state-key-check-v1"
 _NONCE = 12
 _DERIVED: dict[tuple[str, str, int, int, int], bytes] = {}  # scrypt is slow on purpose: once per run
@@ -118,13 +121,29 @@ class Cipher:
             ) from None
 
     def digest_key(self) -> str:
-        """Key material for the environment's keyed digests when it has no database key."""
-        return hashlib.sha256(b"hepinfra-digest-key:" + self._key).hexdigest()
+        """Key material for the environment's keyed digests when it has no database key: derived from
+        this key, or (a rekeyed state) the first key's, kept sealed in the crypto block."""
+        sealed = self.crypto.digest_key
+        if sealed is None:
+            return hashlib.sha256(b"hepinfra-digest-key:" + self._key).hexdigest()
+        try:
+            assert self.lineage is not None  # a crypto block that seals a digest key is a state's
+            return self.open(sealed, _digest_binding(self.lineage)).decode()
+        except (StateKeyError, AssertionError, UnicodeDecodeError):
+            raise StateKeyError(
+                f"the state of environment '{self._env}': its sealed digest key (crypto.digest_key) does not "
+                "open (edited?); nothing was decrypted or written",
+                hint="restore the state from its backup",
+            ) from None
 
 
 def id_binding(address: str, lineage: str) -> str:
     """The associated data of an id's value: the state's lineage and the id's address."""
     return f"hepinfra-id-v2\x00{lineage}\x00{address}"
+
+
+def _digest_binding(lineage: str) -> str:
+    return f"hepinfra-digest-key-v1\x00{lineage}"
 
 
 def local_key(project_dir: Path) -> str:
@@ -150,16 +169,21 @@ def local_key(project_dir: Path) -> str:
         register(text)
         return text
     text = base64.b64encode(os.urandom(32)).decode()
+    write_key_file(path, text)
+    register(text)
+    return text
+
+
+def write_key_file(path: Path, text: str) -> None:
+    """A key file, mode 0600, whole or not at all (written beside it, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    register(text)
-    return text
 
 
 def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source: str = KEY_VAR) -> Cipher:
@@ -185,14 +209,7 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
     if crypto is not None and state is not None and not state.sealed() and not _opens(secret, crypto, env):
         crypto = None  # nothing is encrypted under the old key any more: start afresh with this one
     if crypto is None:
-        raw = _raw_key(secret)
-        draft = StateCrypto.model_construct(
-            kdf="raw" if raw is not None else "scrypt", salt=base64.b64encode(os.urandom(16)).decode(), check=""
-        )
-        key = raw if raw is not None else _derive(secret, draft)
-        cipher = Cipher(key, draft, env, state.lineage if state is not None else None)
-        cipher.crypto = StateCrypto.model_validate({**draft.model_dump(), "check": cipher.seal(_CHECK, "check")})
-        return cipher
+        return _fresh(secret, env, state.lineage if state is not None else None)
     key = _derive(secret, crypto)  # a passphrase given for a raw key (or the reverse) says so
     if not _opens(secret, crypto, env):
         raise StateKeyError(
@@ -201,6 +218,50 @@ def cipher_for(env: str, state: State | None, environ: Mapping[str, str], source
             hint=f"set {KEY_VAR} to the key this state was written with",
         )
     return Cipher(key, crypto, env, state.lineage if state is not None else None)
+
+
+def _fresh(secret: str, env: str, lineage: str | None) -> Cipher:
+    """A cipher under ``secret`` with a new salt and check value."""
+    raw = _raw_key(secret)
+    draft = StateCrypto.model_construct(
+        kdf="raw" if raw is not None else "scrypt", salt=base64.b64encode(os.urandom(16)).decode(), check=""
+    )
+    key = raw if raw is not None else _derive(secret, draft)
+    cipher = Cipher(key, draft, env, lineage)
+    cipher.crypto = StateCrypto.model_validate({**draft.model_dump(), "check": cipher.seal(_CHECK, "check")})
+    return cipher
+
+
+def same_key(one: str, other: str) -> bool:
+    """Whether two values of the variable are one key (a raw key in either base64 alphabet, a
+    passphrase with or without its trailing newline)."""
+    raw_one, raw_other = _raw_key(one), _raw_key(other)
+    if raw_one is not None or raw_other is not None:
+        return raw_one == raw_other
+    return one.strip() == other.strip()
+
+
+def rekey_ciphers(env: str, state: State, old: str, new: str, old_source: str) -> tuple[Cipher, Cipher] | None:
+    """``state rekey``: the state's cipher under the ``old`` key and a new cipher under ``new`` (a new
+    salt and check value; the old cipher's digest key sealed in its crypto block, so every keyed digest
+    of the environment stays valid), or None when the state is under ``new`` already (a re-run after a
+    rekey that stopped partway). Raises when ``old`` does not open it."""
+    crypto = state.crypto
+    assert crypto is not None
+    register(old, old.strip(), new, new.strip())
+    if _opens(new, crypto, env):
+        return None
+    if not _opens(old, crypto, env):
+        raise StateKeyError(
+            f"{old_source} is not the key the state of environment '{env}' was encrypted with (nor is "
+            f"{KEY_VAR}); nothing was decrypted or written",
+            hint=f"set {old_source} to the key this state was written with",
+        )
+    opened = Cipher(_derive(old, crypto), crypto, env, state.lineage)
+    fresh = _fresh(new, env, state.lineage)
+    sealed = fresh.seal(opened.digest_key().encode(), _digest_binding(state.lineage))
+    fresh.crypto = StateCrypto.model_validate({**fresh.crypto.model_dump(), "digest_key": sealed})
+    return opened, fresh
 
 
 def _opens(secret: str, crypto: StateCrypto, env: str) -> bool:

@@ -133,6 +133,17 @@ class StateCrypto(_Value):
     r: int = Field(default=8, ge=8, le=8)
     p: int = Field(default=1, ge=1, le=1)
     check: str = Field(pattern=r"^[A-Za-z0-9+/]{40,200}={0,2}$")  # AES-256-GCM of a fixed text
+    # ``state rekey``: the digest key of the key that first sealed this state, sealed under this one (the
+    # environment's keyed digests outlive the key). None: derived from this key. Absent from the file
+    # when None, so a state never rekeyed reads and writes back byte for byte
+    digest_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]{40,400}={0,2}$")
+
+    @model_serializer(mode="wrap")
+    def _without_digest_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("digest_key", "") is None:
+            del data["digest_key"]
+        return data
 
     @field_validator("n")
     @classmethod

@@ -23,7 +23,7 @@ from hepinfra.emulator.seed import SeedFile
 from hepinfra.emulator.server import build_app, serve_in_thread
 from hepinfra.hepgg import Hepgg, RetryPolicy
 from hepinfra.hepgg.config import Endpoints
-from tests.servers import mariadb_server, moto_server, postgres_server  # noqa: F401  (session fixtures: real servers)
+from tests.servers import mariadb_server, moto_server, pgbouncer_server, postgres_server  # noqa: F401  (real servers)
 
 # an interrupted rotation is settled at once in tests (the default waits for late requests: 30 s);
 # test_rotation_and_locks sets it where the wait itself is tested

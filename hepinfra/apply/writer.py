@@ -14,6 +14,7 @@ an environment whose digests are keyed by a public constant are listed, never de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -195,13 +196,28 @@ class OutputWriter:
         digest: Digester,
         previous_keys: tuple[str, ...],
     ) -> tuple[str | Written, str | None]:
-        """What the sink wrote, and (apply --write-back) the keyed digest of the file it replaced."""
+        """What the sink wrote, and (apply --write-back) the keyed digest of the file it replaced. A sink
+        in front of live consumers (``outputs.base.CutOver``) completes its cut-over right after the
+        write, under the same lock (or, when the write failed, releases them)."""
+        from hepinfra.apply.cutover import cut_over_sink
+
+        sink = SINKS[target.kind]
+        cut_over = cut_over_sink(target)
         with flock_path(output_lock_file(self.lock_dir, real)):
             replaced = None
             if target.kind in self.write_back:
                 before = observe_whole_file(real, digest)
                 replaced = before.digest if before.exists and before.digest else WRITE_BACK_ABSENT
-            return SINKS[target.kind].write(real, target, context, digest, previous_keys=previous_keys), replaced
+            try:
+                written = sink.write(real, target, context, digest, previous_keys=previous_keys)
+            except BaseException:
+                if cut_over is not None:
+                    with contextlib.suppress(HepinfraError, OSError):
+                        cut_over.after_outputs(target, None)
+                raise
+            if cut_over is not None:
+                cut_over.after_outputs(target, context)
+            return written, replaced
 
     async def retire(self, records: list[OutputRecord], digest: Digester) -> list[Failure]:
         """Remove hepinfra's part of outputs no longer declared (their keys, or their file).

@@ -4,9 +4,11 @@ Crash safety, by construction (each intent is journaled right before its remote 
 holding the call's slot, so a step that never started is never journaled):
 - create: intent (name) durable -> POST -> outputs, each on its own -> database, records and
   the outputs still owed. Killed after the POST: the next plan finds the name and adopts it.
-- rotate: Reveal (the "before" digest, never stale) -> intent durable -> POST rotate -> every
-  output attempted -> rotation recorded done, only failed outputs owed. Killed after the POST:
-  the next plan finishes it with Reveal against the before digest, never a second rotate.
+- rotate: Reveal (the "before" digest, never stale) -> intent durable -> consumers held (a pooler's
+  output: ``apply.cutover``; cannot: the intent goes, nothing rotated) -> POST rotate -> every
+  output attempted (a held output's write completes its cut-over) -> rotation recorded done, only
+  failed outputs owed. Killed after the POST: the next plan finishes it with Reveal against the
+  before digest, never a second rotate; killed before it, the next apply rotates (holding again).
 - render: Reveal -> intent (outputs) durable -> files -> records. Killed: rendered again.
 Must not: rotate a database twice in one run, or let a password reach an event, error or state.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hepinfra.apply import cutover
 from hepinfra.apply.executor import Outcome, Tracker
 from hepinfra.apply.executor import now as _now
 from hepinfra.apply.ledger import with_entry, without_steps
@@ -33,11 +36,12 @@ from hepinfra.kinds import alternating_apply
 from hepinfra.kinds.rules import render_note
 from hepinfra.outputs.base import db_context
 from hepinfra.state.model import JournalEntry, ManagedDatabase, State
-from hepinfra.values import Action, Change
+from hepinfra.values import Action, Change, OutputTarget
 
 if TYPE_CHECKING:
     from hepinfra.apply.executor import Executor
     from hepinfra.apply.hooks import HookRun
+    from hepinfra.digests import Digester
 
 
 async def _finish(
@@ -273,17 +277,31 @@ async def rotate(ex: Executor, change: Change) -> Outcome:
         )
         intent = entry
         attempts = 0
+        held: list[OutputTarget] = []  # outputs whose consumers are held across the rotate (a pooler paused)
+
+        async def journal_then_hold() -> None:
+            await ex.journal(change, intent, urgent=True)
+            try:
+                held[:] = await cutover.hold(change.address, ex.targets(change))
+            except OutputError:  # nothing rotated: the intent goes, the change fails
+                await ledger.commit(lambda s: s.model_copy(update={"journal": tuple(
+                    j for j in s.journal if j.id != intent.id)}))  # fmt: skip
+                raise
+
         while creds is None:
             attempts += 1
-            answer = await calls.mutate(
-                lambda: ex.journal(change, intent, urgent=True), lambda c: c.rotate(change.database_id)
-            )
+            try:
+                answer = await calls.mutate(journal_then_hold, lambda c: c.rotate(change.database_id))
+            except HepinfraError:
+                await _release_unless_rotated(ex, change, held, digest, intent.password_digest)
+                raise
             answered = time.perf_counter()
             if not answer.recovered or digest(answer.password.get_secret_value()) != intent.password_digest:
                 creds = answer
                 if answer.recovered:
                     note = "rotated (answer lost; current password revealed)"
-            elif attempts >= 3:
+            elif attempts >= 3:  # each answer was the old password (revealed): nothing changed
+                await cutover.release(held)
                 raise ApiError(
                     f"{change.address}: the rotation could not be confirmed after {attempts} tries",
                     hint="run the apply again; the journal keeps it pending",
@@ -373,6 +391,23 @@ def _outcome(
     outcome.verified_ms = done.verified_ms
     outcome.hook = done.hook.as_event() if done.hook is not None else None
     return outcome
+
+
+async def _release_unless_rotated(
+    ex: Executor, change: Change, held: list[OutputTarget], digest: Digester, before: str | None
+) -> None:
+    """The rotate call failed: if hep.gg still has the password of before (Reveal), nothing changed and
+    the held consumers go as they were; if it changed, or cannot be told, they stay held until the next
+    apply finishes the rotation (its outputs complete the cut-over)."""
+    if not held:
+        return
+    assert change.database_id is not None
+    try:
+        now = await ex.calls(change).reveal(change.database_id)
+    except HepinfraError:
+        return
+    if digest(now.password.get_secret_value()) == before:
+        await cutover.release(held)
 
 
 def _rotated(db: ManagedDatabase | None, at: datetime) -> ManagedDatabase:

@@ -23,6 +23,7 @@ from hepinfra.outputs.aws import AwsSecretsManagerOutput, AwsSsmOutput
 from hepinfra.outputs.base import RemoteSink, Sink
 from hepinfra.outputs.dotenv import DotenvOutput
 from hepinfra.outputs.exec import ExecOutput
+from hepinfra.outputs.pgbouncer import PgBouncerOutput
 from hepinfra.outputs.template import TemplateOutput
 from hepinfra.safety.paths import inside
 from hepinfra.values import OUTPUT_KINDS
@@ -73,6 +74,7 @@ SINKS: Registry[Sink] = Registry(  # files of the project
         "dotenv": "hepinfra.outputs.dotenv:DotenvSink",
         "template": "hepinfra.outputs.template:TemplateSink",
         "age": "hepinfra.outputs.age:AgeSink",  # its write returns Written: a digest per key too
+        "pgbouncer": "hepinfra.outputs.pgbouncer:PgBouncerSink",  # and a cut-over (base.CutOver)
     }
 )
 REMOTE_SINKS: Registry[RemoteSink] = Registry(  # secret stores, by API or command
@@ -84,11 +86,18 @@ REMOTE_SINKS: Registry[RemoteSink] = Registry(  # secret stores, by API or comma
 )
 
 # output kind -> its manifest schema, in the order an output's kind key is looked for
-SPECS: dict[str, type[Any]] = {
-    spec.kind: spec
-    for spec in (DotenvOutput, TemplateOutput, ExecOutput, AwsSecretsManagerOutput, AwsSsmOutput, AgeOutput)
-}
-_SHOWN = ("dotenv", "template", "age", "exec", "aws_secretsmanager", "aws_ssm")  # the order messages name them
+_BUILT_IN = (
+    DotenvOutput,
+    TemplateOutput,
+    ExecOutput,
+    AwsSecretsManagerOutput,
+    AwsSsmOutput,
+    AgeOutput,
+    PgBouncerOutput,
+)
+SPECS: dict[str, type[Any]] = {spec.kind: spec for spec in _BUILT_IN}
+# the order messages name them
+_SHOWN = ("dotenv", "template", "age", "exec", "aws_secretsmanager", "aws_ssm", "pgbouncer")
 
 
 def output_kind(value: Any) -> str | None:

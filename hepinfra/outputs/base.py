@@ -1,6 +1,7 @@
 """The sink protocol and what every sink shares: the render context and path confinement.
 
-Owns: ``Sink`` (observe / write / retire), ``db_context`` (the ``db`` variable templates see),
+Owns: ``Sink`` (observe / write / retire), ``CutOver`` (before_rotate / after_outputs),
+``db_context`` (the ``db`` variable templates see),
 ``resolve_path``, and ``existing_mode`` (a rewrite never loosens a file's mode).
 Must not: put a rendered value into an exception or a log line.
 """
@@ -84,6 +85,21 @@ class RemoteSink(Protocol):
         """Remove what hepinfra provably wrote (values whose keyed digests match ``recorded``); or
         say why not (it is then left in place)."""
         ...
+
+
+class CutOver(Protocol):
+    """Optional, for a sink in front of live consumers (a connection pooler): hold them while the
+    secret changes under them, and hand them the new one without a failed login. The rotation step
+    calls ``before_rotate`` for each such output once its intent is journaled, right before hep.gg's
+    rotate (an error: nothing rotated, every output held so far released); the writer calls
+    ``after_outputs`` right after the output's write, under its file lock (an error: the output
+    stays owed, so a killed or failed run finishes the cut-over on the next apply), and with
+    ``context`` None when nothing was written (the rotation failed, or the write did): release only.
+    Both are idempotent; both run in a worker thread."""
+
+    def before_rotate(self, target: OutputTarget) -> None: ...
+
+    def after_outputs(self, target: OutputTarget, context: dict[str, Any] | None) -> None: ...
 
 
 @dataclass(frozen=True)

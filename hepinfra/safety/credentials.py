@@ -12,12 +12,15 @@ base's; the rest reach commands only at apply and are listed for review):
   ``environments.<env>``, the variables holding that environment's hep.gg credentials;
 - ``state.url_env``: the variable holding the ``postgres`` state backend's libpq URL;
 - ``pass_env``: under every ``exec`` output, the variables a command is given;
-- ``after_rotate_pass_env``: under ``databases.<key>``, the variables its ``after_rotate`` hook is given.
+- ``after_rotate_pass_env``: under ``databases.<key>``, the variables its ``after_rotate`` hook is given;
+- ``admin_url_env``: under every ``pgbouncer`` output, the variable holding PgBouncer's admin console
+  URL (any output spec's ``credential_fields`` name such settings).
 
 The variables (``credentials``): hepinfra's defaults (``HEPGG_DB_KEY``, ``HEPGG_DB_KEY_<ENV>`` of
 every environment, ``HEPGG_ID_USERNAME``, ``HEPGG_ID_TOKEN``, ``HEPGG_UPLOAD_TOKEN``,
 ``HEPINFRA_STATE_KEY``, ``HEPINFRA_STATE_KEY_OLD``, ``HEPINFRA_STATE_PG``,
-``HEPINFRA_LOCAL_POSTGRES``, ``HEPINFRA_LOCAL_MARIADB``), every variable the settings above name,
+``HEPINFRA_LOCAL_POSTGRES``, ``HEPINFRA_LOCAL_MARIADB``), every variable the settings above name
+(an output's as ``SECTION.KEY.outputs[I].FIELD``),
 and with the ``postgres`` state backend libpq's ``PGPASSWORD``, ``PGPASSFILE`` and
 ``PGSERVICEFILE``. AWS's variables are not on it: boto3's default chain is shared with the user's
 own tools (a command may need them, named in ``pass_env``).
@@ -43,6 +46,7 @@ CREDENTIAL_SETTINGS = (
     "state.url_env",
     "pass_env",
     "after_rotate_pass_env",
+    "admin_url_env",
 )
 # environments.<env>.<setting> -> the variable read when the setting is absent (the first four of
 # CREDENTIAL_SETTINGS: ENVIRONMENT_SETTINGS, for code that compares environments' specs)
@@ -110,7 +114,24 @@ def credential_sources(manifest: Any) -> dict[str, str]:
         found.setdefault(state.url_env, "state.url_env")
         for name in LIBPQ_CREDENTIALS:
             found.setdefault(name, "the postgres state backend (libpq)")
+    for label, name in _output_credentials(model):
+        found.setdefault(name, label)
     return found
+
+
+def _output_credentials(model: Any) -> Iterable[tuple[str, str]]:
+    """(where, variable) for every output setting that names a credential variable (an output spec's
+    ``credential_fields``: a pgbouncer output's ``admin_url_env``), in every resource section."""
+    for section in type(model).model_fields:
+        resources = getattr(model, section, None)
+        if not isinstance(resources, dict):
+            continue
+        for key, resource in resources.items():
+            for i, output in enumerate(getattr(resource, "outputs", None) or ()):
+                for field in getattr(output, "credential_fields", ()):
+                    name = getattr(output, field, None)
+                    if isinstance(name, str) and name:
+                        yield f"{section}.{key}.outputs[{i}].{field}", name
 
 
 def credentials(manifest: Any) -> frozenset[str]:

@@ -78,10 +78,28 @@ def age_target(path: str) -> OutputTarget:
     )
 
 
+def pgbouncer_target(path: str) -> OutputTarget:
+    from hepinfra.outputs.pgbouncer import PgBouncerTarget
+
+    return PgBouncerTarget(
+        kind="pgbouncer",
+        path=path,
+        keys=(("shop", ""),),
+        template=None,
+        template_source=None,
+        mode=0o600,
+        allow_tracked=False,
+        allow_outside=False,
+        definition_digest="d",
+        database="shop",
+    )
+
+
 FACTORIES: dict[str, Callable[[str], OutputTarget]] = {
     "dotenv": dotenv_target,
     "template": template_target,
     "age": age_target,
+    "pgbouncer": pgbouncer_target,
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import statistics
@@ -135,17 +136,17 @@ def summary(reports: list[Report], started: Report) -> dict[str, Any]:
 def run_scenario(name: str, n: int) -> dict[str, Any]:
     pooled = name.startswith("pgbouncer")
     with world(pooled) as w:
-        w.hepinfra("apply", "--auto-approve")
         if not pooled:
+            w.hepinfra("apply", "--auto-approve")
             key, connect = ("shop", "SHOP_URL") if name == "dotenv-postgres" else ("orders", "ORDERS_URL")
             return measure(w, from_dotenv(w.root / ".env", connect), key, n)
         from tests.servers import pgbouncer_instance
 
-        include = w.root / "deploy/pgbouncer/databases.ini"
+        include = w.root / "deploy/pgbouncer/databases.ini"  # PgBouncer starts with it empty
         users = {"app": "app-" + secrets.token_hex(8), "pgb_admin": "adm-" + secrets.token_hex(8)}
         with pgbouncer_instance(include, name.split("-")[1], users) as bouncer:
             w.env["PGBOUNCER_ADMIN_URL"] = bouncer.admin_url
-            w.hepinfra("apply", "--auto-approve")  # the file again, now that PgBouncer reads it
+            w.hepinfra("apply", "--auto-approve")
             return measure(w, from_url(bouncer.url("pooled")), "pooled", n)
 
 
@@ -186,12 +187,10 @@ def main() -> None:
         results[name] = run_scenario(name, args.rotations)
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"{name}: done in {results[name]['seconds']} s", file=sys.stderr)
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "outage.json").write_text(json.dumps(results, indent=2) + "\n")  # after each scenario
     print(table(results))
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    import json
-
-    (out / "outage.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from hepinfra.safety.paths import MANIFEST_LIMIT, Refused, read_regular
 from hepinfra.spec import ENV_VAR, IDENT, MODE_HELP, EnvVarName, Ident, RotationSpec, SpecModel
 from hepinfra.state.spec import LocalState, PostgresState, S3State, StateSpec
 from hepinfra.values import Declared, clip, format_duration
+from hepinfra.windows import DEFAULT_MAX_FAILED, RotateWindowSpec
 
 DEFAULT_FILE = "hepinfra.yaml"
 log = logging.getLogger("hepinfra.manifest")
@@ -58,6 +59,9 @@ class DefaultsSpec(SpecModel):
 
     verify: bool = False  # databases of engines hepinfra can connect to (postgres, mariadb); mongo is left out
     ignore_unmanaged: list[NamePattern] = []  # every environment's account: not warned about
+    # every database's and id's rotation window unless it sets its own (``rotate_window: null``: none)
+    rotate_window: RotateWindowSpec | None = None
+    max_failed_rotations: int = Field(default=DEFAULT_MAX_FAILED, ge=0)  # 0: a failing rotation is always retried
     rotation: RotationSpec | None = None  # every database's rotation strategy unless it says otherwise
 
 
@@ -382,6 +386,18 @@ def _modes_as_written(doc: yamlpos.Document) -> None:
                 output["mode"] = source
 
 
+def _times_as_written(doc: yamlpos.Document) -> None:
+    """An unquoted ``rotate_window`` time is checked as written: YAML reads ``23:30`` as the number 1410."""
+    for path, source in doc.spellings.items():
+        if len(path) < 2 or path[-2] != "rotate_window" or path[-1] not in ("start", "end"):
+            continue
+        if yamlpos.locate(doc.data, path) == path:
+            parent = doc.data
+            for part in path[:-1]:
+                parent = parent[part]
+            parent[path[-1]] = source
+
+
 def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = None) -> Manifest:
     """Read, validate and resolve a manifest; every problem is one located ManifestError.
     ``outside_ok(path)`` (``plan --base``): None where a source file with ``allow_outside`` may be read,
@@ -414,6 +430,7 @@ def load(path: str | Path, *, outside_ok: Callable[[str], str | None] | None = N
         )
     _check_names_are_text(doc, filename)
     _modes_as_written(doc)
+    _times_as_written(doc)
     try:
         model = manifest_model().model_validate(data)
     except ValidationError as exc:

@@ -11,6 +11,7 @@ digests).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
 
@@ -30,6 +31,7 @@ from hepinfra.values import (
     TargetRequest,
     ref_of,
 )
+from hepinfra.windows import over_cap
 
 
 def _unobservable(manifest: Manifest, env: str, state: State | None, facts: EnvFacts) -> list[Diagnostic]:
@@ -71,38 +73,19 @@ def make_plan(
     of its addresses); every other resource is left out and counted."""
     envs = list(environments or manifest.environments)
     rotate = rotate or RotateRequest()
-    changes: list[Change] = []
-    diagnostics: list[Diagnostic] = []
-    pins: dict[str, EnvPin] = {}
-    claimed: dict[str, set[str]] = {}
-    settled: list[tuple[str, str]] = []
+    found = {env: _plan_env(manifest, env, states.get(env), facts[env], now, rotate) for env in envs}
+    # --max-rotations: the due rotations past the cap (most overdue first) are held, and their
+    # environments planned again with them held
+    every = [c for env in envs for c in found[env].changes]
+    capped = over_cap(rotate.limit, [d for env in envs for d in found[env].due], every, rotate, targets)
     for env in envs:
-        state = states.get(env)
-        env_facts = facts[env]
-        pins[env] = EnvPin(
-            lineage=state.lineage if state else None,
-            serial=state.serial if state else 0,
-            remote_digest=env_facts.remote_digest,
-        )
-        if env_facts.error is not None:
-            diagnostics.append(env_facts.error)
-        if env_facts.databases is None:
-            continue
-        nouns = {section: kind.value_noun for section, kind in KINDS.items()}
-        # renames first (``moved:``): every kind plans from the state as it will be after them
-        env_changes, env_diags, state = plan_moves(manifest, env, state)
-        here = EnvInput(manifest, env, state or State(environment=env), env_facts, now, rotate, nouns)
-        claimed[env] = set()
-        for kind in KINDS.values():
-            found, found_diags, found_claims = kind.plan(here)
-            env_changes += found
-            env_diags += found_diags
-            claimed[env] |= found_claims
-        env_diags += here.notes
-        settled += [(env, output_id) for output_id in here.settled]
-        changes.extend(_with_retire_left(c, env_facts) for c in env_changes)
-        diagnostics.extend(env_diags)
-        diagnostics.extend(_unobservable(manifest, env, state, env_facts))
+        if capped & {address for _, address in found[env].due}:
+            found[env] = _plan_env(manifest, env, states.get(env), facts[env], now, rotate, capped)
+    changes = [c for env in envs for c in found[env].changes]
+    diagnostics = [d for env in envs for d in found[env].diagnostics]
+    pins = {env: found[env].pin for env in envs}
+    claimed = {env: claims for env in envs if (claims := found[env].claimed) is not None}
+    settled = [s for env in envs for s in found[env].settled]
     diagnostics.extend(_account_diagnostics(manifest, states, facts, claimed))
     left_out = 0
     if targets is not None and targets.targets:
@@ -123,7 +106,54 @@ def make_plan(
         settled_write_backs=tuple(settled),
         targets=targets.given if targets is not None else (),
         left_out=left_out,
+        max_rotations=rotate.limit,
     )
+
+
+@dataclass
+class _EnvPlan:
+    pin: EnvPin
+    changes: list[Change] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    claimed: set[str] | None = None  # None: the environment could not be listed
+    settled: list[tuple[str, str]] = field(default_factory=list)
+    due: list[tuple[float, str]] = field(default_factory=list)  # rotations made because due: (seconds overdue, address)
+
+
+def _plan_env(
+    manifest: Manifest,
+    env: str,
+    state: State | None,
+    env_facts: EnvFacts,
+    now: datetime,
+    rotate: RotateRequest,
+    capped: frozenset[str] = frozenset(),
+) -> _EnvPlan:
+    """One environment's changes: each kind of the registry in order, after the renames."""
+    pin = EnvPin(
+        lineage=state.lineage if state else None,
+        serial=state.serial if state else 0,
+        remote_digest=env_facts.remote_digest,
+    )
+    out = _EnvPlan(pin, diagnostics=[env_facts.error] if env_facts.error is not None else [])
+    if env_facts.databases is None:
+        return out
+    nouns = {section: kind.value_noun for section, kind in KINDS.items()}
+    # renames first (``moved:``): every kind plans from the state as it will be after them
+    env_changes, env_diags, state = plan_moves(manifest, env, state)
+    here = EnvInput(manifest, env, state or State(environment=env), env_facts, now, rotate, nouns, capped=capped)
+    out.claimed = set()
+    for kind in KINDS.values():
+        found, found_diags, found_claims = kind.plan(here)
+        env_changes += found
+        env_diags += found_diags
+        out.claimed |= found_claims
+    env_diags += here.notes
+    out.settled = [(env, output_id) for output_id in here.settled]
+    out.changes = [_with_retire_left(c, env_facts) for c in env_changes]
+    out.diagnostics += env_diags + _unobservable(manifest, env, state, env_facts)
+    out.due = here.due_rotations
+    return out
 
 
 def _with_retire_left(change: Change, facts: EnvFacts) -> Change:

@@ -44,6 +44,17 @@ def partial_line(plan: Plan) -> str:
     return f"Partial plan: {given}; {plan.left_out} resource(s) left out."
 
 
+def held_lines(plan: Plan) -> list[str]:
+    """Due rotations this plan does not make, each with what it waits for (``Change.held``), and what
+    ``--max-rotations`` capped."""
+    held = [c for c in plan.changes if c.held is not None]
+    lines = [f"{c.address}: {c.held.message}" for c in held if c.held is not None]
+    if plan.max_rotations is not None:
+        capped = sum(1 for c in held if c.held is not None and c.held.reason == "max-rotations")
+        lines.append(f"--max-rotations {plan.max_rotations}: {capped} due rotation(s) left for a later run")
+    return lines
+
+
 def summary_line(plan: Plan) -> str:
     c = plan.counts()
     return (
@@ -93,6 +104,8 @@ def text(plan: Plan, *, colour: bool = False, show_noop: bool = False) -> str:
     unchanged = len(plan.changes) - len(plan.actionable)
     if unchanged and not show_noop and plan.actionable:
         lines.append(style(f"  ({unchanged} up to date)", dim=True))
+    if held := held_lines(plan):
+        lines += ["", style("  Rotations held:", fg="yellow", bold=True), *(f"    {line}" for line in held)]
     lines.append("")
     if plan.base is not None:
         lines += review_lines(plan, style)
@@ -267,6 +280,8 @@ def markdown(plan: Plan) -> str:
             )
     elif not plan.errors:
         lines.append("No changes: hep.gg and the outputs match the manifest.")
+    if held := held_lines(plan):
+        lines += ["", "**Rotations held:**", "", *(f"- {_md_text(line)}" for line in held)]
     if plan.base is not None:
         lines.append(
             f"\n#### Review against `{_md_escape(plan.base)}`: what this change runs or sends where at apply\n"

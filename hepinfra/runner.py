@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +96,16 @@ def select_environments(manifest: Manifest, requested: Sequence[str]) -> list[st
     return list(dict.fromkeys(requested))
 
 
-def parse_rotate(manifest: Manifest, envs: Sequence[str], addresses: Sequence[str]) -> RotateRequest:
-    """``ENV/KIND.KEY``, ``KIND.KEY`` or ``KEY`` (a database; every selected environment)."""
+def parse_rotate(
+    manifest: Manifest, envs: Sequence[str], addresses: Sequence[str], limit: int | None = None
+) -> RotateRequest:
+    """``ENV/KIND.KEY``, ``KIND.KEY`` or ``KEY`` (a database; every selected environment); ``limit``:
+    ``--max-rotations``."""
+    from dataclasses import replace
+
     from hepinfra.addresses import rotate_request
 
-    return rotate_request(manifest, envs, addresses)
+    return replace(rotate_request(manifest, envs, addresses), limit=limit)
 
 
 async def make(
@@ -114,7 +119,10 @@ async def make(
     targets: TargetRequest | None = None,
 ) -> tuple[Plan, dict[str, EnvAccess], dict[str, State | None]]:
     states = project.states(envs)
-    now = now or datetime.now(UTC)
+    if now is None:
+        from hepinfra.clock import now as clock
+
+        now = clock()
     base = project.base
     if base is None:
         facts, access = await gather(
@@ -293,6 +301,7 @@ class ApplyOptions:
     envs: Sequence[str] = ()
     rotate: Sequence[str] = ()
     targets: Sequence[str] = ()  # --target: a partial apply of only these resources
+    max_rotations: int | None = None  # --max-rotations: due rotations past it are held
     parallelism: int = 8
     lock_timeout: float = 0.0
     refresh: bool = True
@@ -352,7 +361,7 @@ async def apply(
                 # apply only if every change is the same; what is applied is the plan made now
                 from hepinfra.apply.pins import check_same
 
-                rotate = parse_rotate(project.manifest, envs, saved.rotate)
+                rotate = parse_rotate(project.manifest, envs, saved.rotate, saved.max_rotations)
                 targets = target_request(project.manifest, envs, saved.targets, states.get, rotate)
                 plan, access, states = await make(
                     project, hub, envs, refresh=saved.refreshed, rotate=rotate, targets=targets
@@ -360,7 +369,7 @@ async def apply(
                 check_same(saved, plan, str(options.plan_file))
                 plan = plan.model_copy(update={"created_at": saved.created_at})
             else:
-                rotate = parse_rotate(project.manifest, envs, options.rotate)
+                rotate = parse_rotate(project.manifest, envs, options.rotate, options.max_rotations)
                 rotate = rotate.revoking(options.revoke)
                 targets = target_request(project.manifest, envs, options.targets, project.backend.read, rotate)
                 plan, access, states = await make(

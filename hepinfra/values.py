@@ -140,6 +140,8 @@ class Declared:
     hook_scrub: tuple[str, ...] = ()  # the manifest's credential variables, kept from the hook
     hook_pass_env: tuple[str, ...] = ()  # after_rotate_pass_env: variables the hook is given
     rotation: str = "single"  # databases: the rotation strategy (single, alternating)
+    rotate_window: RotateWindow | None = None  # when a due rotation may run (None: any time)
+    max_failed_rotations: int = 0  # databases: failed rotations in a row before a due one is held (0: never)
 
     @property
     def address(self) -> str:
@@ -150,6 +152,58 @@ class Declared:
         """How state refers to it (output records, journal): databases by key (they came first),
         other kinds as ``KIND.KEY``, so keys of different kinds never collide."""
         return ref_of(self.kind, self.key)
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class RotateWindow:
+    """``rotate_window:`` resolved: the weekdays it opens on (0 is Monday; every day when none were
+    named), its start and end in minutes after midnight, and the IANA zone they are read in. An end at
+    or before the start spans midnight: it closes the next day (``days`` name the day it opens)."""
+
+    days: tuple[int, ...]
+    start: int
+    end: int
+    tz: str = "UTC"
+
+    def next_opening(self, now: datetime) -> datetime | None:
+        """None while the window is open at ``now``, else when it opens next (in its zone)."""
+        from datetime import time, timedelta
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(self.tz)
+        today = now.astimezone(zone).date()
+        soonest: datetime | None = None
+        for offset in range(-1, 9):
+            day = today + timedelta(days=offset)
+            if day.weekday() not in self.days:
+                continue
+            opens = datetime.combine(day, time(self.start // 60, self.start % 60), zone)
+            closes = datetime.combine(day + timedelta(days=int(self.end <= self.start)),
+                                      time(self.end // 60, self.end % 60), zone)  # fmt: skip
+            if opens.timestamp() <= now.timestamp() < closes.timestamp():
+                return None
+            if opens.timestamp() > now.timestamp() and (soonest is None or opens.timestamp() < soonest.timestamp()):
+                soonest = opens
+        return soonest
+
+    def describe(self, when: datetime) -> str:
+        """An opening as the plan says it: ``2026-12-05 02:00 UTC``."""
+        return f"{when:%Y-%m-%d %H:%M} {self.tz}"
+
+
+class Held(BaseModel):
+    """A rotation due by ``rotate_every`` that this plan does not make, and why: ``window`` (its
+    ``rotate_window`` is closed until ``until``), ``max-rotations`` (the run's ``--max-rotations`` is
+    used by more overdue ones) or ``failed-rotations`` (its last rotations failed in a row)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    reason: Literal["window", "max-rotations", "failed-rotations"]
+    message: str  # what the plan says: the due reason, then what it waits for
+    until: datetime | None = None  # window: its next opening
 
 
 def ref_of(kind: str, key: str) -> str:
@@ -220,6 +274,7 @@ class Change(_Value):
     finish_rotation: bool = False  # an interrupted rotation: apply uses Reveal, never a second rotate
     rotate_after_adopt: bool = False
     moved_to: str | None = None  # a move: the new address (same environment and kind); ``address`` is the old one
+    held: Held | None = None  # a due rotation this plan does not make (its change renders or is a noop)
     revoke_previous: bool = False  # rotate --revoke (alternating): disable the previous role once published
 
 
@@ -263,6 +318,7 @@ class Plan(_Value):
     settled_write_backs: tuple[tuple[str, str], ...] = ()
     targets: tuple[str, ...] = ()  # --target as given: a partial plan of only these resources
     left_out: int = 0  # a partial plan: how many resources --target left out
+    max_rotations: int | None = None  # --max-rotations as given: due rotations beyond it are held
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -333,6 +389,7 @@ class RotateRequest:
     database, ``ids.KEY``, ``uploads.KEY``)."""
 
     targets: frozenset[tuple[str | None, str]] = frozenset()
+    limit: int | None = field(default=None, kw_only=True)  # --max-rotations: at most this many rotations in a run
     revoke: bool = field(default=False, kw_only=True)  # rotate --revoke: an alternating database's previous role too
 
     def wants(self, env: str, ref: str) -> bool:

@@ -152,6 +152,16 @@ def target_option(f: Any) -> Any:
     )(f)
 
 
+def max_rotations_option(f: Any) -> Any:
+    return click.option(
+        "--max-rotations",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Rotate at most N resources in this run: due rotations past N wait for a later run (most overdue "
+        "first); --rotate requests are never held but count; the plan lists what waits.",
+    )(f)
+
+
 def skip_local_option(f: Any) -> Any:
     return click.option(
         "--skip-local-outputs",

@@ -14,6 +14,7 @@ from hepinfra.cli.options import (
     env_option,
     lock_timeout_option,
     manifest_option,
+    max_rotations_option,
     parse_timeout,
     run_async,
     skip_local_option,
@@ -78,6 +79,7 @@ def schema(plan_schema: bool) -> None:
     "selected environment.",
 )
 @target_option
+@max_rotations_option
 @click.option("--show-unchanged", is_flag=True, help="List up-to-date resources too (text output).")
 @skip_local_option
 @click.option(
@@ -99,6 +101,7 @@ def plan(
     no_refresh: bool,
     rotations: tuple[str, ...],
     targets: tuple[str, ...],
+    max_rotations: int | None,
     show_unchanged: bool,
     skip_local_outputs: bool,
     base_ref: str | None,
@@ -122,7 +125,7 @@ def plan(
     project = runner.Project.open(manifest_file, base_ref=base_ref, skip_outputs=skipped(skip_local_outputs))
     preflight.warn(project.manifest)
     selected = runner.select_environments(project.manifest, envs)
-    rotate = runner.parse_rotate(project.manifest, selected, rotations)
+    rotate = runner.parse_rotate(project.manifest, selected, rotations, max_rotations)
     from hepinfra.addresses import target_request
 
     partial = target_request(project.manifest, selected, targets, project.backend.read, rotate)
@@ -225,6 +228,7 @@ def _apply_command(
     expect_fingerprint: str | None = None,
     write_back: bool = False,
     targets: tuple[str, ...] = (),
+    max_rotations: int | None = None,
     revoke: bool = False,
 ) -> None:
     import json
@@ -233,9 +237,10 @@ def _apply_command(
 
     from hepinfra import preflight, render, runner
 
-    if plan_file and (envs or rotations or targets):
+    if plan_file and (envs or rotations or targets or max_rotations is not None):
         raise UsageError(
-            "a saved PLANFILE is applied exactly as planned: -e, --rotate and --target go to 'plan' instead"
+            "a saved PLANFILE is applied exactly as planned: -e, --rotate, --max-rotations and --target go to "
+            "'plan' instead"
         )
     if plan_file and expect_fingerprint:
         raise UsageError("--expect-fingerprint is for a plan made at apply; a saved PLANFILE is checked by itself")
@@ -279,6 +284,7 @@ def _apply_command(
         envs=envs,
         rotate=rotations,
         targets=targets,
+        max_rotations=max_rotations,
         parallelism=parallelism,
         lock_timeout=parse_timeout(lock_timeout),
         refresh=not no_refresh,
@@ -362,6 +368,7 @@ def apply_options(f: Any) -> Any:
             lock_timeout_option,
             click.option("--no-refresh", is_flag=True, help="Plan without Reveal (stale passwords unseen)."),
             target_option,
+            max_rotations_option,
             skip_local_option,
             click.option(
                 "--write-back",
@@ -405,6 +412,7 @@ def apply(
     skip_local_outputs: bool,
     write_back: bool,
     targets: tuple[str, ...],
+    max_rotations: int | None,
     rotations: tuple[str, ...],
     expect_fingerprint: str | None,
 ) -> None:
@@ -423,6 +431,7 @@ def apply(
         expect_fingerprint,
         write_back,
         targets,
+        max_rotations,
     )
 
 
@@ -447,6 +456,7 @@ def rotate(
     skip_local_outputs: bool,
     write_back: bool,
     targets: tuple[str, ...],
+    max_rotations: int | None,
     revoke: bool,
 ) -> None:
     """Rotate now (plan + apply with --rotate ADDR...): a database's password (ENV/databases.NAME or NAME),
@@ -465,5 +475,6 @@ def rotate(
         None,
         write_back,
         targets,
+        max_rotations,
         revoke=revoke,
     )

@@ -22,6 +22,7 @@ from hepinfra.outputs import OutputSpec
 from hepinfra.spec import PLATFORM_NAME, Duration, EnvVarName, Ident, RotationSpec, SpecModel
 from hepinfra.state.model import State
 from hepinfra.values import Action, Change, DatabaseSummary, Declared, Diagnostic, EnvFacts, RotateRequest
+from hepinfra.windows import RotateWindowSpec, hold, rotation_settings
 
 if TYPE_CHECKING:
     from hepinfra.resolution import Resolution
@@ -66,8 +67,12 @@ def reveal_candidates(
             managed = state.databases.get(decl.key)
             if managed is None or managed.id not in remote_ids or not decl.outputs or state.pending(decl.key):
                 continue
-            if (rotate and rotate.wants(env, decl.key)) or due(decl, managed.rotated_at or managed.managed_since, now):
+            if rotate and rotate.wants(env, decl.key):
                 continue  # rotated anyway: every output is written with the new password
+            when = due(decl, managed.rotated_at or managed.managed_since, now)
+            capped = rotate is not None and rotate.limit is not None  # --max-rotations may hold any due one
+            if when and not capped and not hold(decl, when, managed.failed_rotations, now):
+                continue  # due and not held (a closed window, failures in a row): rotated anyway
             if not needs_reveal(managed):
                 continue  # its outputs carry one of hepinfra's roles: state holds its password's digest
             if all(
@@ -79,7 +84,7 @@ def reveal_candidates(
 
 def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
     """Create, adopt, rotate, render or forget each database of one environment."""
-    env, state, facts, now, rotate = here.env, here.state, here.facts, here.now, here.rotate
+    env, state, facts, rotate = here.env, here.state, here.facts, here.rotate
     assert facts.databases is not None
     by_id = {d.id: d for d in facts.databases}
     by_name = {d.name: d for d in facts.databases}
@@ -139,7 +144,11 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
                 reasons.append("finishing an interrupted rotation (Reveal decides: a second rotate never happens)")
             elif rotate.wants(env, decl.key):
                 reasons.append("requested")
-            elif when := due(decl, managed.rotated_at or managed.managed_since if managed else None, now):
+            elif when := here.rotation_due(
+                decl,
+                managed.rotated_at or managed.managed_since if managed else None,
+                managed.failed_rotations if managed else 0,
+            ):
                 reasons.append(when)
             if reasons:
                 changes.append(
@@ -303,6 +312,8 @@ class DatabaseSpec(SpecModel):
     after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
     after_rotate_timeout: Annotated[Duration, Field(le=3600)] = 60  # at most 1h
     after_rotate_pass_env: list[EnvVarName] = []  # variables the hook is given besides the minimal environment
+    rotate_window: RotateWindowSpec | None = None  # due rotations wait for it (else defaults'; null: any time)
+    max_failed_rotations: int | None = Field(default=None, ge=0)  # else defaults' (3); 0: always retried
     rotation: RotationSpec | None = None  # else defaults.rotation, else single
 
 
@@ -340,6 +351,7 @@ def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: d
         "after_rotate_timeout": db.after_rotate_timeout,
         "hook_scrub": tuple(r.credential_vars()) if db.after_rotate else (),
         "hook_pass_env": r.pass_env(db.after_rotate_pass_env, ("databases", key, "after_rotate_pass_env")),
+        **rotation_settings(r.model.defaults, db, failures=True),
         "rotation": rotation_setting(r, key, db),
     }
 

@@ -16,6 +16,7 @@ Must not: rotate a database twice in one run, or let a password reach an event, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -453,10 +454,46 @@ async def _then_switch(ex: Executor, change: Change, note: str) -> Outcome:
 ROLE_STEPS = alternating_apply.Steps(finish=_finish, after=_after, outcome=_outcome, nothing_after=After)
 
 
+async def counted_rotate(ex: Executor, change: Change) -> Outcome:
+    """``rotate``, counting the database's failed rotations in a row (``ManagedDatabase.failed_rotations``:
+    at ``max_failed_rotations`` the plan holds a due rotation; one that happens sets it back to 0). A
+    rotate hep.gg answered with a refusal (4xx: nothing changed) also leaves the journal, so the next
+    plan sees a due rotation (which it may hold), not an interrupted one it must finish."""
+    ledger = ex.ledgers[change.env]
+    before = ledger.state.databases.get(change.key)
+    journaled = {j.id for j in ledger.state.journal}
+    try:
+        outcome = await rotate(ex, change)
+    except HepinfraError as exc:
+        refused = isinstance(exc, ApiError) and exc.status is not None and 400 <= exc.status < 500
+        with contextlib.suppress(HepinfraError):  # the rotation's own error is the one said
+            await ledger.commit(lambda s: _failed_rotation(s, change.key, journaled if refused else None))
+        raise
+    after = ledger.state.databases.get(change.key)
+    if after is not None and after.failed_rotations and (before is None or after.rotations != before.rotations):
+        await ledger.commit(lambda s: _failed_rotation(s, change.key, None, reset=True))
+    return outcome
+
+
+def _failed_rotation(s: State, key: str, journaled: set[str] | None, *, reset: bool = False) -> State:
+    """One more failed rotation of ``key`` (or none, ``reset``); ``journaled``: the journal's entries before
+    a rotate that hep.gg refused: the rotate intent it added since goes (that rotation never happened)."""
+    db = s.databases.get(key)
+    if db is None:
+        return s
+    failed = 0 if reset else db.failed_rotations + 1
+    update: dict[str, Any] = {"databases": {**s.databases, key: db.model_copy(update={"failed_rotations": failed})}}
+    if journaled is not None:
+        update["journal"] = tuple(
+            j for j in s.journal if not (j.database == key and j.op == "rotate" and j.id not in journaled)
+        )
+    return s.model_copy(update=update)
+
+
 STEPS = {
     Action.CREATE: create,
     Action.ADOPT: adopt,
-    Action.ROTATE: rotate,
+    Action.ROTATE: counted_rotate,
     Action.RENDER: render,
     Action.FORGET: lambda ex, change: ex.forget(change),
     Action.MOVE: move,

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, model_validator
 
 from hepinfra.kinds.base import Kind
-from hepinfra.kinds.rules import Decision, EnvInput, due, plan_held, render_headline
+from hepinfra.kinds.rules import Decision, EnvInput, plan_held, render_headline
 from hepinfra.outputs import OutputSpec
 from hepinfra.spec import Duration, Ident, SpecModel
 from hepinfra.values import Action, Change, Declared, Diagnostic, clip
+from hepinfra.windows import RotateWindowSpec, rotation_settings
 
 if TYPE_CHECKING:
     from hepinfra.hepgg import Hepgg
@@ -82,7 +83,7 @@ def _decide(here: EnvInput) -> Decision:
             return ["requested"]
         if managed.options_digest != options_digest(decl):
             return ["its type or options changed: a new value is minted"]
-        when = due(decl, managed.rotated_at, here.now)
+        when = here.rotation_due(decl, managed.rotated_at)
         return [when] if when else []
 
     return decide
@@ -104,7 +105,7 @@ def plan(here: EnvInput) -> tuple[list[Change], list[Diagnostic], set[str]]:
 
 # --- the manifest's ``ids:`` section ----------------------------------------------------------------
 
-_ID_FIELDS = ("type", "rotate_every", "environments", "outputs")
+_ID_FIELDS = ("type", "rotate_every", "rotate_window", "environments", "outputs")
 _ID_RESERVED = ("username", "token")  # the request's own fields: never an option
 
 
@@ -115,6 +116,7 @@ class IdSpec(SpecModel):
 
     type: Literal["uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid"]
     rotate_every: Duration | None = None
+    rotate_window: RotateWindowSpec | None = None  # due mints wait for it (else defaults'; null: any time)
     environments: list[Ident] | None = None
     outputs: list[OutputSpec] = []
 
@@ -148,6 +150,7 @@ def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: d
         "rotate_every": spec.rotate_every,
         "options": tuple(spec.options.items()),
         "value": {"id": placeholder_id(spec.type)},
+        **rotation_settings(r.model.defaults, spec),
     }
 
 

@@ -19,6 +19,7 @@ from hepinfra.values import (
     Declared,
     Diagnostic,
     EnvFacts,
+    Held,
     ObservedOutput,
     OutputChange,
     RotateRequest,
@@ -126,7 +127,26 @@ class EnvInput:
     nouns: Mapping[str, str] = field(default_factory=dict)  # kind -> what its outputs hold ("password")
     notes: list[Diagnostic] = field(default_factory=list)  # warnings the kinds' rules add (pending write-backs)
     settled: list[str] = field(default_factory=list)  # output ids whose write-back is merged
+    capped: frozenset[str] = frozenset()  # addresses whose due rotation --max-rotations leaves for a later run
+    held: dict[str, Held] = field(default_factory=dict)  # address -> why its due rotation waits
+    due_rotations: list[tuple[float, str]] = field(default_factory=list)  # (seconds overdue, address) rotated as due
     _records: dict[str, list[str]] | None = None
+
+    def rotation_due(self, decl: Declared, baseline: datetime | None, failed: int = 0) -> str | None:
+        """Why ``decl`` rotates because it is due (``rotate_every`` since ``baseline``), or None: not due,
+        or due and held (``windows.hold``: its window is closed, its last ``failed`` rotations failed in a
+        row, or --max-rotations leaves it), which its change then carries (``held``)."""
+        from hepinfra.windows import hold
+
+        when = due(decl, baseline, self.now)
+        if when is None or baseline is None or decl.rotate_every is None:
+            return None
+        waits = hold(decl, when, failed, self.now, capped=decl.address in self.capped)
+        if waits is not None:
+            self.held[decl.address] = waits
+            return None
+        self.due_rotations.append(((self.now - baseline).total_seconds() - decl.rotate_every, decl.address))
+        return when
 
     def declared(self, kind: str) -> list[Declared]:
         return [d for d in self.manifest.declared[self.env] if d.kind == kind]
@@ -195,9 +215,10 @@ class EnvInput:
             setting = {"verify": decl.verify, "hook": bool(decl.after_rotate)}
             reasons += tuple(_OWED_STEPS[op] if setting[op] else _DROPPED_STEPS[op] for op in sorted(owed))
             return Change(
-                **base_fields(decl), action=Action.RENDER, reasons=reasons, outputs=stale, retire=gone, **extra
-            )
-        return Change(**base_fields(decl), action=Action.NOOP, **extra)
+                **base_fields(decl), action=Action.RENDER, reasons=reasons, outputs=stale, retire=gone,
+                held=self.held.get(decl.address), **extra,
+            )  # fmt: skip
+        return Change(**base_fields(decl), action=Action.NOOP, held=self.held.get(decl.address), **extra)
 
 
 def all_outputs(decl: Declared, reason: str = "with the new credentials") -> tuple[OutputChange, ...]:

@@ -30,6 +30,10 @@ class _Value(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
+# fields of ManagedDatabase written only when set (older state files read and write back byte for byte)
+_ABSENT_DATABASE_FIELDS: tuple[tuple[str, Any], ...] = (("failed_rotations", 0), ("roles", None))
+
+
 class ManagedDatabase(_Value):
     key: str
     name: str
@@ -44,15 +48,20 @@ class ManagedDatabase(_Value):
     verified_at: datetime | None = None
     verify_ok: bool | None = None
     verify_ms: float | None = None
+    # rotations that failed in a row (reset by one that succeeds): at ``max_failed_rotations`` a due one is
+    # held. Absent from the file when 0, so an older state file reads and writes back byte for byte
+    failed_rotations: int = Field(default=0, ge=0)
     # ``rotation: {strategy: alternating}``: the login roles hepinfra made (``kinds.alternating``). Absent
     # from the file when None, so a state of single-user databases reads and writes back byte for byte
     roles: AlternatingRoles | None = None
 
     @model_serializer(mode="wrap")
-    def _without_roles(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """One serializer per model (pydantic uses only one): every field absent from the file at its default."""
         data: dict[str, Any] = handler(self)
-        if data.get("roles", "") is None:
-            del data["roles"]
+        for name, absent in _ABSENT_DATABASE_FIELDS:
+            if name in data and data[name] == absent and type(data[name]) is type(absent):
+                del data[name]
         return data
 
 

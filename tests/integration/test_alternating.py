@@ -20,8 +20,6 @@ import pymysql
 import pytest
 from dotenv import dotenv_values
 
-from hepinfra.emulator.app import EmulatorConfig
-from hepinfra.emulator.engines import open_engine
 from hepinfra.state import codec
 from tests.cliutil import invoke, write_project
 from tests.conftest import ISSUED, KEY, Server
@@ -52,19 +50,6 @@ databases:
 FILES = {".gitignore": ".env\nhook.log\n"}
 URLS = {"shop": "SHOP_URL", "orders": "ORDERS_URL"}
 STATE_KEY = {"HEPINFRA_STATE_KEY": "alternating roles state key 1"}
-
-
-@pytest.fixture
-def real_world(make_world: Callable[..., Server], postgres_server: Any, mariadb_server: Any) -> Callable[..., Server]:
-    """A local hep.gg whose postgres and mariadb databases are real; ``role_privilege``: the emulator's
-    switch that grants (or withholds) the hep.gg users the privilege to make roles."""
-
-    def build(**config: Any) -> Server:
-        servers = {"postgres": open_engine("postgres", postgres_server.url),
-                   "mariadb": open_engine("mariadb", mariadb_server.url)}  # fmt: skip
-        return make_world(EmulatorConfig(servers=servers, **config))
-
-    return build
 
 
 def env_of(root: Path) -> dict[str, str]:
@@ -114,9 +99,9 @@ def state_of(root: Path) -> Any:
 
 
 def test_alternating_switch_rotation_and_revoke_with_real_logins(
-    tmp_path: Path, real_world: Callable[..., Server]
+    tmp_path: Path, roles_world: Callable[..., Server]
 ) -> None:
-    server = real_world(role_privilege=True)
+    server = roles_world(role_privilege=True)
     path = write_project(tmp_path, MANIFEST, FILES)
     applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY)
     assert applied.code == 0, applied.out + applied.err
@@ -188,9 +173,9 @@ def roles_on_server(postgres_server: Any, mariadb_server: Any) -> set[str]:
 
 
 def test_the_privilege_missing_is_one_line_nothing_made_and_the_database_stays_single(
-    tmp_path: Path, real_world: Callable[..., Server], postgres_server: Any, mariadb_server: Any
+    tmp_path: Path, roles_world: Callable[..., Server], postgres_server: Any, mariadb_server: Any
 ) -> None:
-    server = real_world()  # the emulator's switch withholds the privilege (its default)
+    server = roles_world()  # the emulator's switch withholds the privilege (its default)
     path = write_project(tmp_path, SINGLE, FILES)
     assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
     single = env_of(tmp_path)
@@ -223,9 +208,9 @@ SERIAL = {"postgres": "id serial PRIMARY KEY", "mariadb": "id INT AUTO_INCREMENT
 
 
 def test_switching_keeps_the_hepgg_users_objects_and_either_roles_objects_usable_by_both(
-    tmp_path: Path, real_world: Callable[..., Server]
+    tmp_path: Path, roles_world: Callable[..., Server]
 ) -> None:
-    server = real_world(role_privilege=True)
+    server = roles_world(role_privilege=True)
     path = write_project(tmp_path, SINGLE, FILES)
     assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
     engines = {"shop": "postgres", "orders": "mariadb"}

@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
-from hepinfra.cli.options import raw_stdout
+from hepinfra.cli.options import manifest_option, raw_stdout
 from hepinfra.errors import UsageError
+
+_DEFAULT = click.core.ParameterSource.DEFAULT
 
 # --- emulator ------------------------------------------------------------------------------------
 
@@ -47,7 +49,7 @@ def _server_url(value: str | None, kind: str) -> tuple[str, str] | None:
     return value, flag
 
 
-@click.command()
+@click.group(invoke_without_command=True, subcommand_metavar="[reset [--yes] [-f FILE]]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
 @click.option(
     "--port",
@@ -147,7 +149,8 @@ def _server_url(value: str | None, kind: str) -> tuple[str, str] | None:
     help="Real servers only: each database's hep.gg user may make roles (PostgreSQL CREATEROLE, MariaDB CREATE "
     "USER and GRANT OPTION on its database), as rotation: alternating needs. Also HEPINFRA_LOCAL_ROLE_PRIVILEGE=1.",
 )
-def emulator(**opts: Any) -> None:
+@click.pass_context
+def emulator(ctx: click.Context, /, **opts: Any) -> None:
     """Run the local hep.gg (all three APIs on one port) until SIGINT/SIGTERM.
 
     Databases are simulated, unless a real server is given for their engine (--postgres,
@@ -155,7 +158,14 @@ def emulator(**opts: Any) -> None:
     each create makes a real database and login, Reveal returns its password, Rotate changes
     it on the server (the old one stops working at once), and connection strings point there.
     Passwords are never taken from the command line. Needs pip install 'hepinfra[verify]'.
+
+    'hepinfra emulator reset' clears a manifest's local sandbox instead (see its --help).
     """
+    if ctx.invoked_subcommand is not None:  # reset: the serving options mean nothing to it
+        given = [p.opts[0] for p in ctx.command.params if ctx.get_parameter_source(p.name or "") is not _DEFAULT]
+        if given:
+            raise UsageError(f"{given[0]} is an option of the emulator itself, not of 'emulator reset'")
+        return
     import signal
     from pathlib import Path
 
@@ -249,3 +259,31 @@ def _servers(postgres: str | None, mariadb: str | None) -> dict[str, Any]:
         if found is not None:
             servers[kind] = connect(kind, *found)
     return servers
+
+
+@emulator.command("reset")
+@manifest_option
+@click.option("--yes", "yes", is_flag=True, help="Do not ask (needed when not run on a terminal).")
+def reset(manifest_file: str, yes: bool) -> None:
+    """Clear the local hep.gg of a manifest (hepgg: {url: local}: its databases, ids, uploads and
+    credentials under .hepinfra/local) and the manifest's state, after asking. Refused for a
+    manifest whose hep.gg is not local, and while a run holds a lock."""
+    from hepinfra import runner, sandbox
+
+    project = runner.Project.open(manifest_file)
+    found = sandbox.sandbox_of(project, os.environ)
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UsageError(
+                f"emulator reset would clear {found.describe()}; not a terminal, so it cannot ask: pass --yes "
+                "(nothing was cleared)"
+            )
+        click.echo(f"This clears {found.describe()}.")
+        click.echo("Outputs already written stay as they are; the next apply creates everything again.")
+        answer = click.prompt("Clear it? Only 'yes' will be accepted", default="", show_default=False)
+        if answer.strip() != "yes":
+            click.echo("Nothing was cleared.")
+            return
+    cleared = sandbox.reset(project, found)
+    envs = f"the state of {', '.join(cleared)}" if cleared else "no state (there was none)"
+    click.echo(f"Cleared the local hep.gg ({found.world}) and {envs}; the next apply creates everything again.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Set as AbstractSet
 
-from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields, due
+from hepinfra.kinds.rules import EnvInput, all_outputs, base_fields
 from hepinfra.state.model import AlternatingRoles, ManagedDatabase
 from hepinfra.values import Action, Change, Declared, Diagnostic
 
@@ -90,7 +90,7 @@ def plan(
     reasons: list[str] = []
     if here.rotate.wants(here.env, decl.key):
         reasons.append("requested")
-    elif when := due(decl, managed.rotated_at or managed.managed_since, here.now):
+    elif when := here.rotation_due(decl, managed.rotated_at or managed.managed_since, managed.failed_rotations):
         reasons.append(when)
     if reasons:
         revoke = here.rotate.revoke and here.rotate.wants(here.env, decl.key)

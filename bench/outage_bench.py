@@ -11,7 +11,9 @@ held connection. Medians and maxima; JSON in bench/results/outage.json.
 
 Scenarios: ``dotenv-postgres``, ``dotenv-mariadb`` (today's single-user rotation: the consumer
 re-reads ``.env``), ``pgbouncer-session``, ``pgbouncer-transaction`` (the consumer dials PgBouncer
-with its own stable credential; hepinfra cuts PgBouncer over: docs/pgbouncer.md).
+with its own stable credential; hepinfra cuts PgBouncer over: docs/pgbouncer.md), ``alternating-postgres``,
+``alternating-mariadb`` (``rotation: {strategy: alternating}``: the consumer re-reads ``.env``, which
+carries one of two login roles; the emulator runs with ``--role-privilege``: docs/rotation-strategies.md).
 Run: python bench/outage_bench.py [--rotations 50] [--scenarios dotenv-postgres,...]
 """
 
@@ -36,7 +38,14 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from bench.probe import Probe, Report, from_dotenv, from_url
 
 KEY = "hepgg_db_bench_key_0123456789abcdef"
-SCENARIOS = ("dotenv-postgres", "dotenv-mariadb", "pgbouncer-session", "pgbouncer-transaction")
+SCENARIOS = (
+    "dotenv-postgres",
+    "dotenv-mariadb",
+    "pgbouncer-session",
+    "pgbouncer-transaction",
+    "alternating-postgres",
+    "alternating-mariadb",
+)
 
 MANIFEST = """\
 version: 1
@@ -78,7 +87,7 @@ class World:
 
 
 @contextlib.contextmanager
-def world(pgbouncer: bool) -> Iterator[World]:
+def world(pgbouncer: bool, alternating: bool = False) -> Iterator[World]:
     """Real PostgreSQL and MariaDB, the local hep.gg backed by them, and a project (not applied yet)."""
     from tests.servers import mariadb_instance, postgres_cluster
 
@@ -87,16 +96,20 @@ def world(pgbouncer: bool) -> Iterator[World]:
         data = tempfile.mkdtemp(prefix="hepinfra-bench-emu-")
         proc = subprocess.Popen(
             [sys.executable, "-m", "hepinfra", "emulator", "--port", "0", "--data", data, "--db-key", "env:BENCH_KEY",
-             "--postgres", "env:PG_ADMIN", "--mariadb", "env:MY_ADMIN"],
+             "--postgres", "env:PG_ADMIN", "--mariadb", "env:MY_ADMIN", *(["--role-privilege"] if alternating else [])],
             stdout=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         assert proc.stdout is not None
         url = proc.stdout.readline().split()[-1]
         try:
             root = Path(tempfile.mkdtemp(prefix="hepinfra-bench-outage-"))
-            (root / "hepinfra.yaml").write_text(MANIFEST + (PGBOUNCER if pgbouncer else ""))
+            manifest = MANIFEST.replace("version: 1\n", "version: 1\ndefaults: {rotation: {strategy: alternating}}\n")
+            (root / "hepinfra.yaml").write_text(
+                (manifest if alternating else MANIFEST) + (PGBOUNCER if pgbouncer else "")
+            )
             clean = {k: v for k, v in os.environ.items() if not k.startswith(("HEPGG_", "HEPINFRA_"))}
-            yield World(root, url, {**clean, "HEPGG_URL": url, "HEPGG_DB_KEY": KEY})
+            state_key = {"HEPINFRA_STATE_KEY": "bench-" + secrets.token_hex(16)}  # the roles' passwords, sealed
+            yield World(root, url, {**clean, "HEPGG_URL": url, "HEPGG_DB_KEY": KEY, **state_key})
         finally:
             proc.terminate()
             proc.wait(10)
@@ -135,10 +148,10 @@ def summary(reports: list[Report], started: Report) -> dict[str, Any]:
 
 def run_scenario(name: str, n: int) -> dict[str, Any]:
     pooled = name.startswith("pgbouncer")
-    with world(pooled) as w:
+    with world(pooled, alternating=name.startswith("alternating")) as w:
         if not pooled:
             w.hepinfra("apply", "--auto-approve")
-            key, connect = ("shop", "SHOP_URL") if name == "dotenv-postgres" else ("orders", "ORDERS_URL")
+            key, connect = ("shop", "SHOP_URL") if name.endswith("-postgres") else ("orders", "ORDERS_URL")
             return measure(w, from_dotenv(w.root / ".env", connect), key, n)
         from tests.servers import pgbouncer_instance
 
@@ -179,7 +192,9 @@ def main() -> None:
     parser.add_argument("--rotations", type=int, default=50, help="rotations per scenario")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
-    results: dict[str, dict[str, Any]] = {}
+    out = Path(__file__).parent / "results"
+    saved = out / "outage.json"  # the scenarios not run now keep their last figures
+    results: dict[str, dict[str, Any]] = json.loads(saved.read_text()) if saved.exists() else {}
     for name in args.scenarios.split(","):
         if name not in SCENARIOS:
             raise SystemExit(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
@@ -187,9 +202,8 @@ def main() -> None:
         results[name] = run_scenario(name, args.rotations)
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"{name}: done in {results[name]['seconds']} s", file=sys.stderr)
-        out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
-        (out / "outage.json").write_text(json.dumps(results, indent=2) + "\n")  # after each scenario
+        saved.write_text(json.dumps(results, indent=2) + "\n")  # after each scenario
     print(table(results))
 
 

@@ -285,3 +285,20 @@ class _Run:
 async def rotate(ex: Executor, change: Change, steps: Steps) -> Outcome:
     """Switch a database to alternating roles, rotate them, or finish either (see the module docstring)."""
     return await _Run(ex, change, steps).run()
+
+
+def rekeyed(old: Cipher, new: Cipher, managed: ManagedDatabase, address: str, lineage: str) -> ManagedDatabase:
+    """``state rekey``: every role password (set, or pending) opened under the old key (one that does not
+    open stops the environment's rekey before anything is written) and sealed under the new one."""
+    roles = managed.roles
+    if roles is None:
+        return managed
+    sealed = []
+    for role in roles.roles:
+        update = {
+            field: seal(new, unseal(old, token, lineage, managed.id, role.name), lineage, managed.id, role.name)
+            for field in ("ciphertext", "pending")
+            if (token := getattr(role, field)) is not None
+        }
+        sealed.append(role.model_copy(update=update))
+    return managed.model_copy(update={"roles": roles.model_copy(update={"roles": (sealed[0], sealed[1])})})

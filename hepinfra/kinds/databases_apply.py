@@ -452,6 +452,7 @@ async def _then_switch(ex: Executor, change: Change, note: str) -> Outcome:
 
 
 ROLE_STEPS = alternating_apply.Steps(finish=_finish, after=_after, outcome=_outcome, nothing_after=After)
+rekeyed = alternating_apply.rekeyed  # state rekey: the roles' sealed passwords (Kind.rekeyed)
 
 
 async def counted_rotate(ex: Executor, change: Change) -> Outcome:

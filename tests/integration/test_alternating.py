@@ -10,6 +10,7 @@ nothing made and the database still on its single-user credential.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,68 @@ def test_switching_keeps_the_hepgg_users_objects_and_either_roles_objects_usable
                 b, "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE tablename IN ('t_a', 't_b')"
             )
             assert owners[0].endswith("_g"), owners
+
+
+ROTATIONS = 8
+
+
+@pytest.mark.parametrize(("key", "variable"), list(URLS.items()))
+def test_alternating_rotations_fail_no_consumer_and_keep_the_long_lived_connection(
+    tmp_path: Path, roles_world: Callable[..., Server], key: str, variable: str
+) -> None:
+    """The consumer probe (bench/probe.py): a new connection every 10 ms with the credential the .env holds
+    at that moment, and one long-lived connection, across alternating rotations (the single strategy's
+    rotation fails such consumers: tests/integration/test_outage.py)."""
+    from bench.probe import Probe, from_dotenv
+
+    server = roles_world(role_privilege=True)
+    path = write_project(tmp_path, MANIFEST, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    probe = Probe(from_dotenv(tmp_path / ".env", variable), workers=2).start()
+    try:
+        probe.wait(successes=3)
+        marks = []
+        for _ in range(ROTATIONS):
+            marks.append(probe.mark())
+            rotated = invoke(["rotate", "-f", str(path), key, "--auto-approve"], server=server, env=STATE_KEY)
+            assert rotated.code == 0, rotated.out + rotated.err
+            probe.wait(successes=3)
+    finally:
+        whole = probe.stop()
+    ends: list[float | None] = [*marks[1:], None]
+    reports = [probe.report(since=a, until=b) for a, b in zip(marks, ends, strict=True)]
+    assert all(r.attempts > 0 for r in reports)
+    assert whole.failures == 0 and whole.outage_ms == 0, whole.errors
+    assert whole.held_drops == 0 and whole.held_failures == 0 and whole.held_queries > 0, whole
+    env_of(tmp_path)
+
+
+def test_output_shows_the_active_role_state_rekey_reseals_the_roles_and_switching_back_is_refused(
+    tmp_path: Path, roles_world: Callable[..., Server]
+) -> None:
+    server = roles_world(role_privilege=True)
+    path = write_project(tmp_path, MANIFEST, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
+    shown = invoke(["output", "prod/databases.shop", "-f", str(path), "--format", "json"], server=server, env=STATE_KEY,
+                   secret_ok=True)  # fmt: skip
+    assert shown.code == 0, shown.out + shown.err
+    values = json.loads(shown.out)
+    assert env_of(tmp_path)["SHOP_URL"] in values.values(), list(values)  # the active role's
+    new_key = {
+        "HEPINFRA_STATE_KEY": "alternating roles state key 2",
+        "HEPINFRA_STATE_KEY_OLD": STATE_KEY["HEPINFRA_STATE_KEY"],
+    }
+    rekeyed = invoke(["state", "rekey", "-f", str(path)], server=server, env=new_key)
+    assert rekeyed.code == 0, rekeyed.out + rekeyed.err
+    before = env_of(tmp_path)
+    rotated = invoke(["rotate", "-f", str(path), "shop", "orders", "--auto-approve"], server=server,
+                     env={"HEPINFRA_STATE_KEY": new_key["HEPINFRA_STATE_KEY"]})  # fmt: skip
+    assert rotated.code == 0, rotated.out + rotated.err
+    for var in URLS.values():
+        login(env_of(tmp_path)[var])
+        login(before[var])
+    wrong = invoke(["plan", "-f", str(path)], server=server, env=STATE_KEY)  # the old key opens nothing now
+    assert wrong.code == 1 and "HEPINFRA_STATE_KEY is not the key" in wrong.err, wrong.out + wrong.err
+    path.write_text(MANIFEST.replace("strategy: alternating", "strategy: single"))
+    back = invoke(["plan", "-f", str(path)], server=server, env={"HEPINFRA_STATE_KEY": new_key["HEPINFRA_STATE_KEY"]})
+    assert back.code == 1 and "rotation: single on a database that uses alternating roles" in back.out + back.err

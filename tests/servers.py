@@ -474,8 +474,10 @@ def pgbouncer_instance(include: Path, pool_mode: str, users: dict[str, str]) -> 
     if as_user:
         for name in ("userlist.txt", "pgbouncer.ini"):
             shutil.chown(root / name, "postgres", "postgres")
+    stderr = (root / "stderr.log").open("wb")  # never a pipe: PgBouncer logs there too, and would block on a full one
     proc = subprocess.Popen([*as_user, binary, str(root / "pgbouncer.ini")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                            stderr=stderr, start_new_session=True)  # fmt: skip
+    stderr.close()
     server = PgBouncer("127.0.0.1", port, pool_mode, dict(users), pid=proc.pid)
     try:
         deadline = time.monotonic() + 30
@@ -485,7 +487,7 @@ def pgbouncer_instance(include: Path, pool_mode: str, users: dict[str, str]) -> 
                 break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else ""
+                    err = (root / "stderr.log").read_text(errors="replace")
                     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                     raise ServerFailed(f"pgbouncer did not start: {err[-1000:]} {tail}") from None
                 time.sleep(0.05)

@@ -295,7 +295,9 @@ def test_colour_only_on_a_tty_and_never_with_no_color(project: Path, server: Ser
 
     assert "\x1b[" not in invoke(["plan", "-f", str(project)], server=server).out  # not a TTY
     doc = plan_json(project, server)
-    plan = Plan.model_validate({k: v for k, v in doc.items() if k not in ("summary", "has_changes", "has_errors", "fingerprint")})
+    plan = Plan.model_validate(
+        {k: v for k, v in doc.items() if k not in ("summary", "has_changes", "has_errors", "fingerprint")}
+    )
     assert "\x1b[" in text(plan, colour=True) and "\x1b[" not in text(plan, colour=False)
 
 

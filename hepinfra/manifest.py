@@ -58,6 +58,7 @@ class DefaultsSpec(SpecModel):
     """Settings every database gets unless it says otherwise."""
 
     verify: bool = False  # databases of engines hepinfra can connect to (postgres, mariadb); mongo is left out
+    after_rotate_once: bool = False  # identical after_rotate hooks of one run's rotations run once, after all
     ignore_unmanaged: list[NamePattern] = []  # every environment's account: not warned about
     # every database's and id's rotation window unless it sets its own (``rotate_window: null``: none)
     rotate_window: RotateWindowSpec | None = None

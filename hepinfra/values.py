@@ -139,6 +139,7 @@ class Declared:
     after_rotate_timeout: int = 60
     hook_scrub: tuple[str, ...] = ()  # the manifest's credential variables, kept from the hook
     hook_pass_env: tuple[str, ...] = ()  # after_rotate_pass_env: variables the hook is given
+    hook_once: bool = False  # after_rotate_once: run once after all of a run's rotations (apply.after_all)
     rotation: str = "single"  # databases: the rotation strategy (single, alternating)
     rotate_window: RotateWindow | None = None  # when a due rotation may run (None: any time)
     max_failed_rotations: int = 0  # databases: failed rotations in a row before a due one is held (0: never)

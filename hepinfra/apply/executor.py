@@ -197,6 +197,9 @@ class Executor:
                 await ledger.settle()
             await self._drop_early_intents(finished)
             raise Interrupted(interrupt_summary(work, finished, self.trackers)) from None
+        from hepinfra.apply.after_all import run_once_hooks
+
+        await run_once_hooks(self, result)  # after_rotate_once: identical hooks, once for the run
         for directory in self.writer.touched_dirs:  # once per directory, not once per output
             await asyncio.to_thread(fsync_dir, directory)
         result.state_writes = sum(ledger.writes for ledger in self.ledgers.values())

@@ -35,9 +35,10 @@ class HookRun:
         return {"ms": round(self.ms, 1), "last_line": self.last_line}
 
 
-def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> HookRun:
+def run_hook(decl: Declared, project_dir: Path, values: list[str], group: tuple[Declared, ...] = ()) -> HookRun:
     """``values``: the new credentials (password, connection string): a line of its output holding
-    any part of one (8 characters in a row, in any encoding) is not shown."""
+    any part of one (8 characters in a row, in any encoding) is not shown. ``group``
+    (``after_rotate_once``): the databases it runs for at once, listed in ``HEPINFRA_ADDRESSES``."""
     from hepinfra.outputs.exec import run
     from hepinfra.safety.child_stderr import last_line
 
@@ -58,6 +59,8 @@ def run_hook(decl: Declared, project_dir: Path, values: list[str]) -> HookRun:
         cwd=str(project_dir),
     )
     extra = {"HEPINFRA_ENV": decl.env, "HEPINFRA_ADDRESS": decl.address, "HEPINFRA_NAME": decl.name}
+    if group:
+        extra["HEPINFRA_ADDRESSES"] = "\n".join(d.address for d in group)
     started = time.perf_counter()
     code, out, err = run(decl.after_rotate, target, None, extra)
     ms = (time.perf_counter() - started) * 1000

@@ -195,6 +195,14 @@ class EventPrinter:
             return
         if event["event"] == "start":
             return
+        if event["event"] == "after_rotate_once":  # a run of its own, not a change: no progress step
+            line = f"   ⟳ {', '.join(event['addresses'])}: {event['message']}"
+            styled = click.style(line, fg="green" if event["ok"] else "red") if self.tty else line
+            if self.progress is not None:
+                self.progress.console.print(styled, highlight=False, markup=False)
+            else:
+                click.echo(styled)
+            return
         symbol = self.SYMBOLS.get(event["action"], "*")
         if event["event"] == "done":
             extra = f", window {event['rotation_window_ms']:.1f} ms" if "rotation_window_ms" in event else ""

@@ -312,6 +312,7 @@ class DatabaseSpec(SpecModel):
     after_rotate: list[str] | None = Field(default=None, min_length=1)  # argv templates: env, key, name, vars
     after_rotate_timeout: Annotated[Duration, Field(le=3600)] = 60  # at most 1h
     after_rotate_pass_env: list[EnvVarName] = []  # variables the hook is given besides the minimal environment
+    after_rotate_once: bool | None = None  # identical hooks of one run's rotations run once (else defaults')
     rotate_window: RotateWindowSpec | None = None  # due rotations wait for it (else defaults'; null: any time)
     max_failed_rotations: int | None = Field(default=None, ge=0)  # else defaults' (3); 0: always retried
     rotation: RotationSpec | None = None  # else defaults.rotation, else single
@@ -351,6 +352,9 @@ def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: d
         "after_rotate_timeout": db.after_rotate_timeout,
         "hook_scrub": tuple(r.credential_vars()) if db.after_rotate else (),
         "hook_pass_env": r.pass_env(db.after_rotate_pass_env, ("databases", key, "after_rotate_pass_env")),
+        "hook_once": bool(db.after_rotate) and (
+            db.after_rotate_once if db.after_rotate_once is not None else r.model.defaults.after_rotate_once
+        ),
         **rotation_settings(r.model.defaults, db, failures=True),
         "rotation": rotation_setting(r, key, db),
     }
@@ -428,6 +432,6 @@ KIND = Kind(
     ),
     spec=DatabaseSpec,
     declare=declare,
-    review_fields=("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout"),
+    review_fields=("verify", "after_rotate", "after_rotate_pass_env", "after_rotate_timeout", "after_rotate_once"),
     history=lambda m: (m.rotated_at or m.managed_since, m.rotations),
 )

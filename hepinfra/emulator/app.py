@@ -242,8 +242,7 @@ class Emulator(ControlApi, UploaderApi):
 
         def provision(db_name: str, db_user: str) -> None:
             server.create(db_name, db_user, password)
-            if self.config.role_privilege:
-                server.grant_role_privilege(db_name, db_user)
+            server.set_role_privilege(db_name, db_user, self.config.role_privilege)
 
         return self.store.create_database(
             account, name, engine, password, status=status, size_bytes=size_bytes, server=server.address,

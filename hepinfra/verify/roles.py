@@ -182,11 +182,22 @@ def _setup_postgres(m: Managing, logins: tuple[str, str], group: str, password: 
             s = sql.Identifier(schema)
             conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(s, g))
             for what in ("TABLES", "SEQUENCES"):
-                conn.execute(sql.SQL(f"GRANT ALL ON ALL {what} IN SCHEMA {{}} TO {{}}").format(s, g))
                 conn.execute(
                     sql.SQL(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {{}} GRANT ALL ON {what} TO {{}}").format(s, g)
                 )
-            conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {} TO {}").format(s, g))
+        # only what it owns: a GRANT on an object it has no right on at all (the group's, made by a role
+        # since an earlier setup) is an error, not a no-op
+        owned = conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind = 'S' FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner "
+            "WHERE r.rolname = current_user AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') "
+            "AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema' ORDER BY 1, 2"
+        ).fetchall()
+        for schema, name, sequence in owned:
+            kind = "SEQUENCE" if sequence else "TABLE"
+            conn.execute(sql.SQL(f"GRANT ALL ON {kind} {{}} TO {{}}").format(sql.Identifier(schema, name), g))
+        for (schema,) in schemas:  # a function others own that PUBLIC may run: a warning, never an error
+            conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {} TO {}").format(sql.Identifier(schema), g))
 
 
 def _quote_db(name: str) -> str:

@@ -8,9 +8,12 @@ the privilege it needs is checked with a real login and, missing, fails the data
 nothing made and the database still on its single-user credential.
 """
 
+# ruff: noqa: S608  (table names carry a random suffix: the session's servers keep each database)
+
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -215,20 +218,21 @@ def test_switching_keeps_the_hepgg_users_objects_and_either_roles_objects_usable
     path = write_project(tmp_path, SINGLE, FILES)
     assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
     engines = {"shop": "postgres", "orders": "mariadb"}
+    run = secrets.token_hex(3)  # the session's servers keep each database: this test's own tables
     for key, engine in engines.items():  # objects the hep.gg user owns before the switch
         owner = hepgg_url(server, key)
-        login(owner, f"CREATE TABLE t_old ({SERIAL[engine]}, v VARCHAR(20))")
-        login(owner, "INSERT INTO t_old (v) VALUES ('hepgg')")
+        login(owner, f"CREATE TABLE t_old_{run} ({SERIAL[engine]}, v VARCHAR(20))")
+        login(owner, f"INSERT INTO t_old_{run} (v) VALUES ('hepgg')")
     path.write_text(MANIFEST)
     assert invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=STATE_KEY).code == 0
     first = env_of(tmp_path)
     for key, engine in engines.items():
         a = first[URLS[key]]
-        assert login(a, "SELECT v FROM t_old") == ("hepgg",)
-        login(a, "INSERT INTO t_old (v) VALUES ('a')")
-        login(a, "UPDATE t_old SET v = 'hepgg2' WHERE v = 'hepgg'")
-        login(a, f"CREATE TABLE t_a ({SERIAL[engine]}, v VARCHAR(20))")
-        login(a, "INSERT INTO t_a (v) VALUES ('a')")
+        assert login(a, f"SELECT v FROM t_old_{run}") == ("hepgg",)
+        login(a, f"INSERT INTO t_old_{run} (v) VALUES ('a')")
+        login(a, f"UPDATE t_old_{run} SET v = 'hepgg2' WHERE v = 'hepgg'")
+        login(a, f"CREATE TABLE t_a_{run} ({SERIAL[engine]}, v VARCHAR(20))")
+        login(a, f"INSERT INTO t_a_{run} (v) VALUES ('a')")
     assert (
         invoke(["rotate", "-f", str(path), "shop", "orders", "--auto-approve"], server=server, env=STATE_KEY).code == 0
     )
@@ -236,19 +240,22 @@ def test_switching_keeps_the_hepgg_users_objects_and_either_roles_objects_usable
     for key, engine in engines.items():
         a, b = first[URLS[key]], second[URLS[key]]
         assert urlsplit(a).username != urlsplit(b).username
-        assert login(b, "SELECT count(*) FROM t_old")[0] == 2
-        login(b, "DELETE FROM t_old WHERE v = 'a'")
-        assert login(b, "SELECT v FROM t_a") == ("a",)
-        login(b, "INSERT INTO t_a (v) VALUES ('b')")
-        login(b, "ALTER TABLE t_a ADD COLUMN w INT")  # the table's owner's right: the group owns it
-        login(b, f"CREATE TABLE t_b ({SERIAL[engine]}, v VARCHAR(20))")
-        login(b, "INSERT INTO t_b (v) VALUES ('b')")
-        login(a, "INSERT INTO t_b (v) VALUES ('a')")  # the previous role still logs in, and uses b's table
-        login(a, "ALTER TABLE t_b ADD COLUMN w INT")
-        assert login(a, "SELECT count(*) FROM t_b")[0] == 2 and login(a, "SELECT count(*) FROM t_a")[0] == 2
+        assert login(b, f"SELECT count(*) FROM t_old_{run}")[0] == 2
+        login(b, f"DELETE FROM t_old_{run} WHERE v = 'a'")
+        assert login(b, f"SELECT v FROM t_a_{run}") == ("a",)
+        login(b, f"INSERT INTO t_a_{run} (v) VALUES ('b')")
+        login(b, f"ALTER TABLE t_a_{run} ADD COLUMN w INT")  # the table's owner's right: the group owns it
+        login(b, f"CREATE TABLE t_b_{run} ({SERIAL[engine]}, v VARCHAR(20))")
+        login(b, f"INSERT INTO t_b_{run} (v) VALUES ('b')")
+        login(a, f"INSERT INTO t_b_{run} (v) VALUES ('a')")  # the previous role still logs in, and uses b's table
+        login(a, f"ALTER TABLE t_b_{run} ADD COLUMN w INT")
+        assert (
+            login(a, f"SELECT count(*) FROM t_b_{run}")[0] == 2 and login(a, f"SELECT count(*) FROM t_a_{run}")[0] == 2
+        )
         if engine == "postgres":
             owners = login(
-                b, "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE tablename IN ('t_a', 't_b')"
+                b,
+                f"SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE tablename IN ('t_a_{run}', 't_b_{run}')",
             )
             assert owners[0].endswith("_g"), owners
 

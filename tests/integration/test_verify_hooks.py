@@ -102,6 +102,9 @@ class Behind:
     def set_password(self, user: str, password: str) -> None:
         self._engine.set_password(user, password)
 
+    def set_role_privilege(self, db_name: str, user: str, granted: bool) -> None:
+        self._engine.set_role_privilege(db_name, user, granted)
+
 
 @pytest.fixture
 def world(

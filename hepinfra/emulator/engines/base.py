@@ -48,10 +48,11 @@ class Engine(Protocol):
         """Set ``user``'s password: the old one stops working for new logins at once."""
         ...
 
-    def grant_role_privilege(self, db_name: str, user: str) -> None:
-        """Give ``user`` what ``rotation: alternating`` needs to make roles of its own (postgres:
+    def set_role_privilege(self, db_name: str, user: str, granted: bool) -> None:
+        """Grant (``granted``) or withhold what ``rotation: alternating`` needs to make roles (postgres:
         CREATEROLE; mariadb: CREATE USER and GRANT OPTION on ``db_name``): the emulator's switch
-        ``role_privilege`` (hep.gg's shared servers may well withhold it)."""
+        ``role_privilege`` (hep.gg's shared servers may well withhold it). Withholding takes back a
+        grant an earlier create of the same user made."""
         ...
 
 

@@ -119,10 +119,14 @@ class MariaDBEngine:
         with self._session(f"set the password of user {user}", password) as cursor:
             cursor.execute(f"ALTER USER {accounts}", tuple(v for host in HOSTS for v in (user, host, password)))
 
-    def grant_role_privilege(self, db_name: str, user: str) -> None:
+    def set_role_privilege(self, db_name: str, user: str, granted: bool) -> None:
         grant_name = quote_name(db_name, grant=True)
         _check_user(user)
-        with self._session(f"grant CREATE USER to user {user}") as cursor:
+        with self._session(f"{'grant' if granted else 'revoke'} CREATE USER of user {user}") as cursor:
             for host in HOSTS:
-                cursor.execute("GRANT CREATE USER ON *.* TO %s@%s", (user, host))
-                cursor.execute(f"GRANT ALL PRIVILEGES ON {grant_name}.* TO %s@%s WITH GRANT OPTION", (user, host))
+                if granted:
+                    cursor.execute("GRANT CREATE USER ON *.* TO %s@%s", (user, host))
+                    cursor.execute(f"GRANT ALL PRIVILEGES ON {grant_name}.* TO %s@%s WITH GRANT OPTION", (user, host))
+                else:  # a global privilege not held revokes silently; the database grant exists (create made it)
+                    cursor.execute("REVOKE CREATE USER ON *.* FROM %s@%s", (user, host))
+                    cursor.execute(f"REVOKE GRANT OPTION ON {grant_name}.* FROM %s@%s", (user, host))

@@ -112,9 +112,10 @@ class PostgresEngine:
         with self._session(f"set the password of role {user}", password) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
 
-    def grant_role_privilege(self, db_name: str, user: str) -> None:
+    def set_role_privilege(self, db_name: str, user: str, granted: bool) -> None:
         from psycopg import sql
 
         _check_name("role names", user)
-        with self._session(f"grant CREATEROLE to role {user}") as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} WITH CREATEROLE").format(sql.Identifier(user)))
+        attribute = "CREATEROLE" if granted else "NOCREATEROLE"
+        with self._session(f"set {attribute} on role {user}") as conn:
+            conn.execute(sql.SQL(f"ALTER ROLE {{}} WITH {attribute}").format(sql.Identifier(user)))

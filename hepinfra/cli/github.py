@@ -42,7 +42,8 @@ def _job_options(f: Any) -> Any:
                 type=click.Choice(["skip", "keep"]),
                 default="skip",
                 show_default=True,
-                help="skip: leave dotenv and template outputs out (the runner is thrown away); keep: plan them.",
+                help="skip: leave dotenv, template and pgbouncer outputs out (the runner is thrown away); "
+                "keep: plan them.",
             ),
             click.option(
                 "--write-back",

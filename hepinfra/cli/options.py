@@ -167,7 +167,7 @@ def skip_local_option(f: Any) -> Any:
         "--skip-local-outputs",
         is_flag=True,
         envvar="HEPINFRA_SKIP_LOCAL_OUTPUTS",
-        help="Leave out outputs that are plaintext files for this machine (dotenv, template): neither read, "
+        help="Leave out outputs that are plaintext files for this machine (dotenv, template, pgbouncer): neither read, "
         "written nor retired. For CI runners that are thrown away. Also HEPINFRA_SKIP_LOCAL_OUTPUTS=1.",
     )(f)
 

@@ -352,9 +352,8 @@ def declare(r: Resolution, env: str, key: str, context: dict[str, Any], names: d
         "after_rotate_timeout": db.after_rotate_timeout,
         "hook_scrub": tuple(r.credential_vars()) if db.after_rotate else (),
         "hook_pass_env": r.pass_env(db.after_rotate_pass_env, ("databases", key, "after_rotate_pass_env")),
-        "hook_once": bool(db.after_rotate) and (
-            db.after_rotate_once if db.after_rotate_once is not None else r.model.defaults.after_rotate_once
-        ),
+        "hook_once": bool(db.after_rotate)
+        and (db.after_rotate_once if db.after_rotate_once is not None else r.model.defaults.after_rotate_once),
         **rotation_settings(r.model.defaults, db, failures=True),
         "rotation": rotation_setting(r, key, db),
     }

@@ -4,9 +4,9 @@ said, in one line a user can act on.
 Owns: ``last_line``: the last meaningful line of its stderr or output (blank lines and the frames
 of a traceback are skipped: Python's ``File "...", line N`` and code lines, ``Traceback (most
 recent call last):``, the chained-exception banners, Node's ``at ...`` frames), so a Python
-recipe's failure reads ``KeyError: 'VAULT_ADDR'``, never a bare ``Traceback``; a line that
-mentions a value of the write in any form (plain, base64, hex, URL- or JSON-escaped; 8
-characters of it in a row, or all of a shorter one) or a long opaque token is not shown at all;
+recipe's failure reads ``KeyError: 'VAULT_ADDR'``, never a bare ``Traceback``; when anything it
+said mentions a value of the write in any form (plain, base64, hex, URL- or JSON-escaped; 8
+characters of it in a row, or all of a shorter one) or the line holds a long opaque token, nothing is shown;
 what is shown passes the redactor and is cut at 200 characters.
 Must not: show a secret, or more than one line.
 """
@@ -60,14 +60,15 @@ def last_line(err: bytes, values: Iterable[str] = (), *, nothing: str = NOTHING)
     from hepinfra.safety.paths import shown
     from hepinfra.safety.redact import redact
 
-    line, any_line = _meaningful(err.decode("utf-8", errors="replace"))
+    text = err.decode("utf-8", errors="replace")
+    line, any_line = _meaningful(text)
     if not line:
         return ONLY_FRAMES if any_line else nothing
     if _OPAQUE.search(line):  # base64, base32 or hex of a value or of the whole payload, at any alignment
         return HIDDEN
-    for value in values:
+    for value in values:  # anywhere in what it said: a child that echoed a value says nothing more here
         for form in _forms(value):
-            if len(form) >= 8 and any(form[i : i + 8] in line for i in range(len(form) - 7)):
+            if len(form) >= 8 and any(form[i : i + 8] in text for i in range(len(form) - 7)):
                 return HIDDEN
             if 0 < len(form) < 8 and form in line:  # a short value (a 4-letter id) appears whole or not at all
                 return HIDDEN

@@ -399,7 +399,7 @@ def test_a_plan_on_a_fresh_runner_after_an_apply_on_main_has_no_changes(
     assert plan.code == 0, plan.logs
     assert plan.outputs["changes"] == "false", plan.logs
     (comment,) = plan_comments(gh, 21)
-    assert "Left out (--skip-local-outputs): dotenv, template outputs" in comment["body"]
+    assert "Left out (--skip-local-outputs): dotenv, pgbouncer, template outputs" in comment["body"]
 
 
 def test_a_pull_request_merged_into_another_branch_is_not_a_review_of_main(

@@ -45,7 +45,7 @@ if mode == "fail-b64":
     sys.stderr.write("bad request " + base64.b64encode(data.encode()).decode() + "\n")
     sys.exit(6)
 if mode == "fail-plain":
-    sys.stderr.write("\n  push-secret: the vault is sealed\nmore\n")
+    sys.stderr.write("usage: push-secret KEY\n\n  push-secret: the vault is sealed\n\n")
     sys.exit(4)
 if mode == "hang":
     import time

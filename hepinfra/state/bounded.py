@@ -175,12 +175,16 @@ def say(line: str) -> None:
 _stall_lock = threading.Lock()
 _stalls: list[StateError] = []
 _listeners: list[Callable[[StateError], None]] = []
+_run = [0]  # the current run's number (``on_stall``): a heartbeat left by an earlier run never ends this one
 
 
-def report_stall(error: StateError) -> None:
+def report_stall(error: StateError, run: int | None = None) -> None:
     """A held lock could not be refreshed or checked: record it (the first one counts) and tell the
-    listeners (the command runner cancels the run, which then releases its locks)."""
+    listeners (the command runner cancels the run, which then releases its locks). ``run``: the run
+    whose heartbeat it was; a stall of an earlier run's lock (left alive in this process) is ignored."""
     with _stall_lock:
+        if run is not None and run != _run[0]:
+            return
         first = not _stalls
         if first:
             _stalls.append(error)
@@ -200,6 +204,7 @@ def on_stall(listener: Callable[[StateError], None]) -> Callable[[], None]:
     """Call ``listener`` (from the heartbeat's thread) on the first stall; returns the unsubscribe."""
     with _stall_lock:
         _stalls.clear()
+        _run[0] += 1
         _listeners.append(listener)
 
     def unsubscribe() -> None:
@@ -217,6 +222,8 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True, name=name)
         self.interval, self._beat = interval, beat
         self._halt = threading.Event()
+        with _stall_lock:
+            self._run = _run[0]  # the run it belongs to
 
     def stop(self, wait: float) -> None:
         self._halt.set()
@@ -232,7 +239,7 @@ class Heartbeat(threading.Thread):
                     return
             except (NoAnswer, LockError) as exc:
                 if not self._halt.is_set():
-                    report_stall(exc)
+                    report_stall(exc, self._run)
                 return
             except Exception as exc:  # a moment's failure: the next beat tries again
                 log.debug("%s: %s", self.name, type(exc).__name__)

@@ -443,9 +443,12 @@ def _pgbouncer_binary() -> str:
 
 
 @contextlib.contextmanager
-def pgbouncer_instance(include: Path, pool_mode: str, users: dict[str, str]) -> Iterator[PgBouncer]:
+def pgbouncer_instance(
+    include: Path, pool_mode: str, users: dict[str, str], settings: dict[str, str] | None = None
+) -> Iterator[PgBouncer]:
     """PgBouncer on a free loopback port whose ``[databases]`` come from ``include`` (made empty if
-    missing), ``pool_mode`` session or transaction, SCRAM logins from ``users`` (the admin among them)."""
+    missing), ``pool_mode`` session or transaction, SCRAM logins from ``users`` (the admin among them),
+    and any further ``[pgbouncer]`` ``settings``."""
     binary = _pgbouncer_binary()
     root = Path(tempfile.mkdtemp(prefix="hepinfra-pgbouncer-"))
     as_user: list[str] = []
@@ -470,6 +473,7 @@ def pgbouncer_instance(include: Path, pool_mode: str, users: dict[str, str]) -> 
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = scram-sha-256\nauth_file = {root / 'userlist.txt'}\nadmin_users = pgb_admin\n"
         f"pool_mode = {pool_mode}\nlogfile = {log}\ndefault_pool_size = 20\nmax_client_conn = 500\n"
+        + "".join(f"{key} = {value}\n" for key, value in (settings or {}).items())
     )
     if as_user:
         for name in ("userlist.txt", "pgbouncer.ini"):
@@ -505,7 +509,7 @@ def pgbouncer_instance(include: Path, pool_mode: str, users: dict[str, str]) -> 
 
 @pytest.fixture
 def pgbouncer_server() -> Iterator[Any]:
-    """``start(include, pool_mode)``: a PgBouncer for this test (stopped after it), whose consumers log
+    """``start(include, pool_mode, **settings)``: a PgBouncer for this test (stopped after it), whose consumers log
     in as ``app``; its admin console's URL is ``.admin_url``. Its log joins the secret scan."""
     from tests.conftest import ISSUED, record_artifact
 
@@ -514,9 +518,9 @@ def pgbouncer_server() -> Iterator[Any]:
     stack = contextlib.ExitStack()
     started: list[PgBouncer] = []
 
-    def start(include: Path, pool_mode: str = "transaction") -> PgBouncer:
+    def start(include: Path, pool_mode: str = "transaction", **settings: str) -> PgBouncer:
         try:
-            server = stack.enter_context(pgbouncer_instance(include, pool_mode, users))
+            server = stack.enter_context(pgbouncer_instance(include, pool_mode, users, settings))
         except ServerFailed as exc:
             pytest.fail(str(exc))
         started.append(server)

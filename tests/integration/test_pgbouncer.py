@@ -57,9 +57,11 @@ def pg_world(make_world: Callable[[EmulatorConfig], Server], postgres_server: Po
     return build
 
 
-def started(tmp_path: Path, server: Server, pgbouncer_server: Any, mode: str) -> tuple[Path, PgBouncer, dict[str, str]]:
+def started(
+    tmp_path: Path, server: Server, pgbouncer_server: Any, mode: str, **settings: str
+) -> tuple[Path, PgBouncer, dict[str, str]]:
     path = write_project(tmp_path, MANIFEST, {".gitignore": "deploy/\n"})
-    bouncer: PgBouncer = pgbouncer_server(tmp_path / FILE, mode)
+    bouncer: PgBouncer = pgbouncer_server(tmp_path / FILE, mode, **settings)
     env = {"PGBOUNCER_ADMIN_URL": bouncer.admin_url}
     applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=env)
     assert applied.code == 0, applied.out + applied.err
@@ -113,11 +115,18 @@ def test_a_rotation_pgbouncer_is_not_cut_over_for_fails_the_same_probe(
 ) -> None:
     """The control: the same PgBouncer and probe, the password rotated at hep.gg behind hepinfra's
     back (as in the dashboard) and PgBouncer's old server connections retired: new server logins use
-    the file's dead password and consumers fail, until an apply writes the file and cuts over."""
+    the file's dead password and consumers fail, until an apply writes the file and cuts over.
+
+    How they fail is PgBouncer's choice: at once ("server login has been failing") when the pool has
+    no server left, or, when a server connection outlived the RECONNECT for a moment, by waiting for
+    one until ``query_wait_timeout`` (120 s by default, which outlasted this test's wait in CI): the
+    control's PgBouncer sets it to 2 s, as docs/pgbouncer.md advises, so either way is a failure (and
+    ``server_login_retry`` to 1 s: after the cut-over, the next login is tried within a second, not 15)."""
     import httpx
 
     server = pg_world()
-    path, bouncer, env = started(tmp_path, server, pgbouncer_server, "transaction")
+    path, bouncer, env = started(tmp_path, server, pgbouncer_server, "transaction", query_wait_timeout="2",
+                                 server_login_retry="1")  # fmt: skip
     probe = Probe(from_url(bouncer.url("shop")), workers=2).start()
     try:
         probe.wait(successes=3)

@@ -13,7 +13,7 @@ import pytest
 
 from hepinfra.emulator.app import EmulatorConfig
 from tests.cliutil import invoke, write_project
-from tests.conftest import KEY, Server
+from tests.conftest import HTTP, KEY, Server
 
 # Each fails only with real values (the guard keeps validate's placeholder dry-run green), the way a
 # data-dependent template does, and each error message would quote the value (or a transform of it).
@@ -49,13 +49,12 @@ databases:
 
 
 def live_secrets(server: Server) -> list[str]:
-    import httpx
 
     headers = {"Authorization": f"Bearer {KEY}"}
-    rows = httpx.get(server.url + "/api/v1/db/databases", headers=headers, timeout=10).json()["data"]["databases"]
+    rows = HTTP.get(server.url + "/api/v1/db/databases", headers=headers, timeout=10).json()["data"]["databases"]
     out = []
     for row in rows:
-        data = httpx.get(f"{server.url}/api/v1/db/databases/{row['id']}", headers=headers, timeout=10).json()["data"]
+        data = HTTP.get(f"{server.url}/api/v1/db/databases/{row['id']}", headers=headers, timeout=10).json()["data"]
         password = data["password"]
         out += [password, password.upper(), password[::-1], data["connectionString"]]
     return out

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from dotenv import dotenv_values
 
@@ -19,7 +18,7 @@ from hepinfra.emulator.app import EmulatorConfig
 from hepinfra.state.backend import LockInfo
 from hepinfra.state.local import LocalBackend
 from tests.cliutil import BASIC, BASIC_FILES, invoke, write_project
-from tests.conftest import ENV, KEY, KEY_FULL, Server, record_artifact
+from tests.conftest import ENV, HTTP, KEY, KEY_FULL, Server, record_artifact
 from tests.unit.test_outputs import read_back_like_compose, read_back_with_bash
 
 DBS = "/api/v1/db/databases"
@@ -28,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def reveal_all(server: Server, key: str = KEY) -> dict[str, dict]:  # type: ignore[type-arg]
     headers = {"Authorization": f"Bearer {key}"}
-    rows = httpx.get(server.url + DBS, headers=headers, timeout=10).json()["data"]["databases"]
+    rows = HTTP.get(server.url + DBS, headers=headers, timeout=10).json()["data"]["databases"]
     return {
-        r["name"]: httpx.get(f"{server.url}{DBS}/{r['id']}", headers=headers, timeout=10).json()["data"] for r in rows
+        r["name"]: HTTP.get(f"{server.url}{DBS}/{r['id']}", headers=headers, timeout=10).json()["data"] for r in rows
     }
 
 
@@ -147,7 +146,7 @@ def test_tricky_passwords_reach_dotenv_readers_exactly(tmp_path: Path, make_worl
         if ("'" in password or "\\" in password) and password.endswith("\\"):
             assert result.code == 1 and "cannot be written safely to a dotenv file" in result.out
             assert not file.exists() or password not in file.read_text()
-            httpx.post(f"{server.url}{DBS}/{live['id']}/rotate", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+            HTTP.post(f"{server.url}{DBS}/{live['id']}/rotate", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
             continue
         assert result.code == 0, result.out
         expected = {"SHOP_DATABASE_URL": live["connectionString"], "SHOP_DB_PASSWORD": password}

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import HTTP
+
 SEED = """
 accounts:
   - id: seeded
@@ -47,7 +49,7 @@ def emulator(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[su
 
 
 def db(url: str, key: str, method: str = "GET", path: str = "", **kw: object) -> httpx.Response:
-    return httpx.request(
+    return HTTP.request(
         method, f"{url}/api/v1/db/databases{path}", headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
     )  # type: ignore[arg-type]
 
@@ -101,7 +103,7 @@ def test_flags_for_faults_and_passwords(tmp_path: Path) -> None:
     ]
     with emulator(*args) as (_, url):
         assert db(url, "k").status_code == 503
-        faults = httpx.put(url + "/_emulator/faults", json={"fail_rate": 0}, timeout=5).json()["data"]
+        faults = HTTP.put(url + "/_emulator/faults", json={"fail_rate": 0}, timeout=5).json()["data"]
         assert faults["latency_ms"] == 5 and faults["kinds"] == ["503"]
         password = db(url, "k", "POST", json={"name": "q"}).json()["data"]["password"]
         assert set("$'\" #\\") <= set(password)
@@ -190,7 +192,7 @@ def test_client_disconnects_never_print_tracebacks(tmp_path: Path) -> None:
             _cut(url, request)
             _cut(url, request, reset=True)
         assert db(url, "k").status_code == 200  # still serving
-        log = httpx.get(url + "/_emulator/requests", timeout=5).json()["data"]["requests"]
+        log = HTTP.get(url + "/_emulator/requests", timeout=5).json()["data"]["requests"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert proc.stderr is not None

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from tests.cliutil import BASIC, BASIC_FILES, invoke, write_project
-from tests.conftest import KEY, Server
+from tests.conftest import HTTP, KEY, Server
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
@@ -61,9 +61,8 @@ def test_e_on_a_shared_account_does_not_warn_about_the_other_environments(tmp_pa
     for env in ("staging", "production"):
         result = invoke(["plan", "-f", str(project), "-e", env], server=server)
         assert result.code == 0 and "not managed" not in result.out + result.err
-    import httpx
 
-    httpx.post(server.url + "/api/v1/db/databases", json={"name": "legacy"}, headers={"Authorization": f"Bearer {KEY}"})
+    HTTP.post(server.url + "/api/v1/db/databases", json={"name": "legacy"}, headers={"Authorization": f"Bearer {KEY}"})
     result = invoke(["plan", "-f", str(project), "-e", "staging"], server=server)
     assert "1 database(s) on the account of staging are not managed: legacy" in result.out
 

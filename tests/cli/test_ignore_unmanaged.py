@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
-
 from hepinfra.github.drift import classify
 from hepinfra.state import codec
 from hepinfra.values import Plan
 from tests.cliutil import invoke, write_project
-from tests.conftest import KEY, Server
+from tests.conftest import HTTP, KEY, Server
 
 MANIFEST = """
 version: 1
@@ -32,7 +30,7 @@ databases:
 
 
 def add(server: Server, name: str) -> None:
-    r = httpx.post(
+    r = HTTP.post(
         server.url + "/api/v1/db/databases",
         headers={"Authorization": f"Bearer {KEY}"},
         json={"name": name, "engine": "postgres"},

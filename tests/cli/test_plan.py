@@ -6,14 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import jsonschema
 import pytest
 
 from hepinfra.render import json_schema
 from hepinfra.state import codec
 from tests.cliutil import BASIC, BASIC_FILES, invoke, write_project
-from tests.conftest import KEY, KEY_OTHER, Server
+from tests.conftest import HTTP, KEY, KEY_OTHER, Server
 
 DBS = "/api/v1/db/databases"
 
@@ -41,7 +40,7 @@ def apply(project: Path, server: Server, *args: str) -> None:
 
 
 def api(server: Server, method: str, path: str = "", key: str = KEY, **kw: object) -> dict:  # type: ignore[type-arg]
-    r = httpx.request(method, server.url + DBS + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw)  # type: ignore[arg-type]
+    r = HTTP.request(method, server.url + DBS + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw)  # type: ignore[arg-type]
     return r.json()["data"]  # type: ignore[no-any-return]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from hepinfra import errors as E
 from hepinfra.emulator.app import EmulatorConfig
-from tests.conftest import KEY, KEY_DISABLED, KEY_FULL, KEY_OTHER, KEY_SUSPENDED, Server, run
+from tests.conftest import HTTP, KEY, KEY_DISABLED, KEY_FULL, KEY_OTHER, KEY_SUSPENDED, Server, run
 
 DBS = "/api/v1/db/databases"
 SUMMARY_FIELDS = {"id", "name", "engine", "dbName", "dbUser", "sizeBytes", "sizeRefreshedAt", "status", "createdAt"}
@@ -25,7 +25,7 @@ ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 def req(server: Server, method: str, path: str, auth: str | None = f"Bearer {KEY}", **kw: object) -> httpx.Response:
     headers = {"Authorization": auth} if auth is not None else {}
-    return httpx.request(method, server.url + path, headers=headers, timeout=10, **kw)  # type: ignore[arg-type]
+    return HTTP.request(method, server.url + path, headers=headers, timeout=10, **kw)  # type: ignore[arg-type]
 
 
 def create(server: Server, name: str, engine: str | None = None, auth: str = f"Bearer {KEY}") -> httpx.Response:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from hepinfra import errors as E
-from tests.conftest import ID_TOKEN, ID_USER, Server, run
+from tests.conftest import HTTP, ID_TOKEN, ID_USER, Server, run
 
 TYPES = ["uuid", "nanoid", "2fa", "license", "words", "word", "snowflake", "keypair", "cuid"]
 OPTIONS = {"nanoid": {"length": 12}}
@@ -18,8 +18,8 @@ OPTIONS = {"nanoid": {"length": 12}}
 
 def gen(server: Server, body: dict[str, object], *, form: bool = False, **kw: object) -> httpx.Response:
     if form:
-        return httpx.post(server.url + "/", data={k: str(v) for k, v in body.items()}, timeout=10, **kw)  # type: ignore[arg-type]
-    return httpx.post(server.url + "/", json=body, timeout=10, **kw)  # type: ignore[arg-type]
+        return HTTP.post(server.url + "/", data={k: str(v) for k, v in body.items()}, timeout=10, **kw)  # type: ignore[arg-type]
+    return HTTP.post(server.url + "/", json=body, timeout=10, **kw)  # type: ignore[arg-type]
 
 
 def creds(**extra: object) -> dict[str, object]:
@@ -97,7 +97,7 @@ def test_credentials_in_query_parameters_are_not_read(server: Server) -> None:
     httpx_log = logging.getLogger("httpx")
     httpx_log.disabled = True
     try:
-        r = httpx.post(
+        r = HTTP.post(
             server.url + "/", params={"username": ID_USER, "token": ID_TOKEN}, json={"type": "uuid"}, timeout=10
         )
     finally:
@@ -106,7 +106,7 @@ def test_credentials_in_query_parameters_are_not_read(server: Server) -> None:
 
 
 def test_credentials_in_headers_are_not_read(server: Server) -> None:
-    r = httpx.post(server.url + "/", headers={"Authorization": f"Bearer {ID_TOKEN}"}, json={"type": "uuid"}, timeout=10)
+    r = HTTP.post(server.url + "/", headers={"Authorization": f"Bearer {ID_TOKEN}"}, json={"type": "uuid"}, timeout=10)
     assert (r.status_code, r.json()) == (401, {"error": "Please provide a username and token"})
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from hepinfra import errors as E
-from tests.conftest import UP_ACCESS_REVOKED, UP_FORBIDDEN, UP_REVOKED, UP_TOKEN, Server, run
+from tests.conftest import HTTP, UP_ACCESS_REVOKED, UP_FORBIDDEN, UP_REVOKED, UP_TOKEN, Server, run
 
 
 def upload(
@@ -18,7 +18,7 @@ def upload(
 ) -> httpx.Response:
     headers = {"Authorization": auth} if auth is not None else {}
     files = {"file": (name, content, "text/plain")}
-    return httpx.post(server.url + "/upload", headers=headers, files=files, timeout=10)
+    return HTTP.post(server.url + "/upload", headers=headers, files=files, timeout=10)
 
 
 @pytest.mark.parametrize("auth", [UP_TOKEN, f"Bearer {UP_TOKEN}", f"Token {UP_TOKEN}"])
@@ -28,7 +28,7 @@ def test_three_header_forms_upload_and_the_url_serves_the_bytes(server: Server, 
     assert r.status_code == 200
     url = r.json()["url"]
     assert url.startswith(server.url + "/u/") and url.endswith("/blob.bin")
-    assert httpx.get(url, timeout=10).content == payload
+    assert HTTP.get(url, timeout=10).content == payload
 
 
 @pytest.mark.parametrize("auth", ["", "Bearer", "Token"])
@@ -55,9 +55,7 @@ def test_403_access_required(server: Server) -> None:
 
 
 def test_400_without_a_file_field(server: Server) -> None:
-    r = httpx.post(
-        server.url + "/upload", headers={"Authorization": UP_TOKEN}, files={"other": ("a", b"x")}, timeout=10
-    )
+    r = HTTP.post(server.url + "/upload", headers={"Authorization": UP_TOKEN}, files={"other": ("a", b"x")}, timeout=10)
     assert r.status_code == 400 and r.json()["ok"] is False
 
 
@@ -69,9 +67,9 @@ def test_client_upload_path_and_bytes(server: Server, tmp_path: Path) -> None:
         async with server.hepgg() as hub:
             url = await hub.uploader().upload(source)
             assert url.endswith("/report.json")
-            assert httpx.get(url, timeout=10).content == b'{"a": 1}'
+            assert HTTP.get(url, timeout=10).content == b'{"a": 1}'
             url2 = await hub.uploader().upload(b"raw", "raw.txt")
-            assert httpx.get(url2, timeout=10).content == b"raw"
+            assert HTTP.get(url2, timeout=10).content == b"raw"
 
     run(scenario())
 

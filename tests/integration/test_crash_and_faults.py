@@ -29,7 +29,7 @@ from hepinfra.fsutil import TMP_PREFIX
 from hepinfra.state import codec
 from hepinfra.state.local import LocalBackend
 from tests.cliutil import invoke, write_project
-from tests.conftest import ENV, KEY, Server, record_artifact
+from tests.conftest import ENV, HTTP, KEY, Server, record_artifact
 
 pytestmark = pytest.mark.slow
 
@@ -334,9 +334,7 @@ databases:
 
 
 def _post_create(server: Server, name: str, engine: str) -> None:
-    import httpx
-
-    answer = httpx.post(f"{server.url}/api/v1/db/databases", json={"name": name, "engine": engine},
+    answer = HTTP.post(f"{server.url}/api/v1/db/databases", json={"name": name, "engine": engine},
                         headers={"Authorization": f"Bearer {KEY}"}, timeout=30)  # fmt: skip
     assert answer.status_code == 201, answer.text
 

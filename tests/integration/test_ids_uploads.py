@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from dotenv import dotenv_values
 
@@ -23,6 +22,7 @@ from hepinfra.state import codec
 from tests.cliutil import invoke, write_project
 from tests.conftest import (
     ENV,
+    HTTP,
     ID_TOKEN,
     ISSUED,
     UP_ACCESS_REVOKED,
@@ -189,14 +189,14 @@ def test_upload_serves_the_exact_bytes_and_a_change_gets_a_new_url(tmp_path: Pat
     path = project(tmp_path)
     assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
     url = values(tmp_path)["LOGO_URL"]
-    assert url.startswith(server.url) and httpx.get(url).content == LOGO
+    assert url.startswith(server.url) and HTTP.get(url).content == LOGO
     (tmp_path / "assets/logo.png").write_bytes(LOGO + b"v2")
     planned = run(["plan", "-f", str(path), "--detailed-exitcode"], server)
     assert planned.code == 2 and "~ production/uploads.logo upload (content changed)" in planned.out
     assert run(["apply", "-f", str(path), "--auto-approve"], server).code == 0
     new_url = values(tmp_path)["LOGO_URL"]
-    assert new_url != url and httpx.get(new_url).content == LOGO + b"v2"
-    assert httpx.get(url).content == LOGO  # hep.gg cannot delete an upload: the old URL keeps serving
+    assert new_url != url and HTTP.get(new_url).content == LOGO + b"v2"
+    assert HTTP.get(url).content == LOGO  # hep.gg cannot delete an upload: the old URL keeps serving
     assert run(["plan", "-f", str(path), "--detailed-exitcode"], server).code == 0
 
     gone = project(tmp_path, MANIFEST.split("uploads:")[0])
@@ -333,7 +333,7 @@ def test_killed_at_each_call_boundary_converges(boundary: str, tmp_path: Path, s
     shown = invoke(["output", "-f", str(path), "production/ids.webhook", "--format", "json"],
                    server=server, env=KEY_ENV, secret_ok=True)  # fmt: skip
     assert json.loads(shown.out) == {"WEBHOOK_PUBLIC": got["WEBHOOK_PUBLIC"], "WEBHOOK_PRIVATE": got["WEBHOOK_PRIVATE"]}
-    assert httpx.get(got["LOGO_URL"]).content == LOGO
+    assert HTTP.get(got["LOGO_URL"]).content == LOGO
     assert service_calls(server, "idgen") <= 3 and service_calls(server, "uploader") <= 2
     assert run(["plan", "-f", str(path), "--detailed-exitcode"], server).code == 0
 

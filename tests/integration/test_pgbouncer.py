@@ -29,7 +29,7 @@ from hepinfra.emulator.app import EmulatorConfig
 from hepinfra.emulator.engines import open_engine
 from hepinfra.state import codec
 from tests.cliutil import invoke, write_project
-from tests.conftest import ENV, KEY, Server, record_artifact
+from tests.conftest import ENV, HTTP, KEY, Server, record_artifact
 from tests.integration.test_outage import per_rotation
 from tests.servers import PgBouncer, Postgres
 
@@ -122,7 +122,6 @@ def test_a_rotation_pgbouncer_is_not_cut_over_for_fails_the_same_probe(
     one until ``query_wait_timeout`` (120 s by default, which outlasted this test's wait in CI): the
     control's PgBouncer sets it to 2 s, as docs/pgbouncer.md advises, so either way is a failure (and
     ``server_login_retry`` to 1 s: after the cut-over, the next login is tried within a second, not 15)."""
-    import httpx
 
     server = pg_world()
     path, bouncer, env = started(tmp_path, server, pgbouncer_server, "transaction", query_wait_timeout="2",
@@ -132,7 +131,7 @@ def test_a_rotation_pgbouncer_is_not_cut_over_for_fails_the_same_probe(
         probe.wait(successes=3)
         mark = probe.mark()
         db_id = rows(server)[0]["id"]
-        answer = httpx.post(
+        answer = HTTP.post(
             f"{server.url}/api/v1/db/databases/{db_id}/rotate", headers={"Authorization": f"Bearer {KEY}"}
         )
         assert answer.status_code == 200

@@ -20,14 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 from dotenv import dotenv_values
 
 from hepinfra.emulator.app import EmulatorConfig, Faults
 from hepinfra.state.local import LocalBackend
 from hepinfra.state.model import State
 from tests.cliutil import invoke, write_project
-from tests.conftest import ENV, KEY, Server, record_artifact
+from tests.conftest import ENV, HTTP, KEY, Server, record_artifact
 
 DBS = "/api/v1/db/databases"
 TWO_OUTPUTS = """
@@ -54,9 +53,9 @@ def state_of(project: Path, env: str = "prod") -> State:
 
 def reveal(server: Server, name: str) -> dict:  # type: ignore[type-arg]
     headers = {"Authorization": f"Bearer {KEY}"}
-    rows = httpx.get(server.url + DBS, headers=headers, timeout=10).json()["data"]["databases"]
+    rows = HTTP.get(server.url + DBS, headers=headers, timeout=10).json()["data"]["databases"]
     row = next(r for r in rows if r["name"] == name)
-    return httpx.get(f"{server.url}{DBS}/{row['id']}", headers=headers, timeout=10).json()["data"]  # type: ignore[no-any-return]
+    return HTTP.get(f"{server.url}{DBS}/{row['id']}", headers=headers, timeout=10).json()["data"]  # type: ignore[no-any-return]
 
 
 def rotations(server: Server) -> int:
@@ -116,7 +115,7 @@ def test_kill_between_journal_and_rotate_after_an_out_of_band_rotation(tmp_path:
     assert invoke(["apply", "-f", str(project), "--auto-approve"], server=server).code == 0
     db_id = reveal(server, "shop-prod")["id"]
     headers = {"Authorization": f"Bearer {KEY}"}
-    httpx.post(f"{server.url}{DBS}/{db_id}/rotate", headers=headers, timeout=10).raise_for_status()  # the dashboard
+    HTTP.post(f"{server.url}{DBS}/{db_id}/rotate", headers=headers, timeout=10).raise_for_status()  # the dashboard
     outside = reveal(server, "shop-prod")["password"]
     # calls of `rotate shop`: 1 List, 2 Reveal (the before digest), 3 POST rotate: die just before it leaves
     code, _, _ = finish(spawn(project, server, "rotate", "shop", kill_at="before:3"), "killed rotate")

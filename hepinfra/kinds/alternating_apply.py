@@ -275,10 +275,10 @@ class _Run:
         assert roles.revoke is not None
         name = roles.roles[roles.revoke].name
         kill_point("role-revoke")
-        await in_daemon_thread(sql.disable, m, name, self.timeout)
+        sessions = await in_daemon_thread(sql.disable, m, name, self.timeout)
         roles = _replace(roles, roles.revoke, login=False).model_copy(update={"revoke": None})
         await self._commit(roles, drop=("role-revoke",))
-        said.append(f"{name} disabled (--revoke)")
+        said.append(f"{name} disabled (--revoke); {sessions}")
         return roles
 
 

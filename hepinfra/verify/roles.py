@@ -4,7 +4,8 @@ Owns: checking the privilege the strategy needs with a real login (PostgreSQL: C
 MariaDB: CREATE USER and GRANT OPTION on the database), making the two login roles (and, in
 PostgreSQL, the group that owns the objects: each login role's sessions run as the group, so
 what either creates the other can use, and what the hep.gg user owns is granted to the group),
-setting an idle role's password, and disabling a role (``rotate --revoke``). Every statement is
+setting an idle role's password, and disabling a role and ending its open sessions where the
+server allows it (``rotate --revoke``). Every statement is
 idempotent: a killed run runs it again with the same password. It dials only the host and port
 of hep.gg's connection string (as ``verify`` does); identifiers are quoted by the drivers' tools,
 passwords bound or escaped as literals.
@@ -13,6 +14,7 @@ Must not: put a password in a message (a server's message is shown redacted, on 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -237,13 +239,84 @@ def set_password(m: Managing, role: str, password: str, timeout: int) -> None:
             db.execute("ALTER USER %s@%s IDENTIFIED BY %s ACCOUNT UNLOCK", (role, host, password))
 
 
-def disable(m: Managing, role: str, timeout: int) -> None:
-    """``rotate --revoke``: ``role`` can no longer log in (sessions already open are not ended)."""
+def disable(m: Managing, role: str, timeout: int) -> str:
+    """``rotate --revoke``: ``role`` can no longer log in, and the sessions already open as it are
+    ended where the server lets the managing credential end them. Returns what became of those
+    sessions, for the run's line (a leaked password's sessions left open must be said)."""
     with _session(m, f"disable {role}", timeout) as db:
         if m.engine == "postgres":
             from psycopg import sql
 
             db.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(role)))
-            return
+            return _end_postgres_sessions(db, role)
         for host in HOSTS:
             db.execute("ALTER USER %s@%s ACCOUNT LOCK", (role, host))
+        return _end_mariadb_sessions(db, role)
+
+
+def _sessions_said(ended: int, left: int, why: str) -> str:
+    if not ended and not left:
+        return "no session was open as it"
+    said = [f"{ended} open session(s) ended"] if ended else []
+    if left:
+        said.append(f"{left} open session(s) NOT ended ({why}): end them yourself")
+    return "; ".join(said)
+
+
+def _end_postgres_sessions(db: Any, role: str) -> str:
+    """pg_terminate_backend needs the privileges of the role whose sessions it ends: the managing
+    credential, which made the role (CREATEROLE), makes itself a member for the moment and drops
+    the membership after (a kill in between leaves hepinfra's own credential a member: harmless)."""
+    import psycopg
+    from psycopg import sql
+
+    pids = [r[0] for r in db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()", (role,)
+    ).fetchall()]  # fmt: skip
+    if not pids:
+        return _sessions_said(0, 0, "")
+    ident = sql.Identifier(role)
+    member = db.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (role,)).fetchone()[0]
+    ended, why = 0, "the server refused to end them"
+    try:
+        if not member:
+            db.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
+        for pid in pids:
+            ended += bool(db.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()[0])
+    except psycopg.Error as exc:
+        why = f"the server refused: {_line(exc)}"
+    finally:
+        if not member:
+            with contextlib.suppress(psycopg.Error):
+                db.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(ident))
+    return _sessions_said(ended, len(pids) - ended, why)
+
+
+def _end_mariadb_sessions(cursor: Any, role: str) -> str:
+    """Seeing other users' connections needs PROCESS, ending them CONNECTION ADMIN (or SUPER): a
+    hep.gg user rarely has them, and then the sessions cannot even be counted: said so."""
+    import pymysql
+
+    cursor.execute("SELECT CURRENT_USER()")
+    user, _, host = str(cursor.fetchone()[0]).rpartition("@")
+    cursor.execute("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s",
+                   (f"'{user}'@'{host}'",))  # fmt: skip
+    privileges = {str(r[0]).upper() for r in cursor.fetchall()}
+    if "PROCESS" not in privileges or not privileges & {"CONNECTION ADMIN", "SUPER"}:
+        return (
+            "sessions already open as it are not ended: that needs the PROCESS and CONNECTION ADMIN "
+            "privileges, which hep.gg's user lacks; end them yourself"
+        )
+    cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (role,))
+    ids = [int(r[0]) for r in cursor.fetchall()]
+    ended, why = 0, "the server refused to end them"
+    for thread in ids:
+        try:
+            cursor.execute("KILL CONNECTION %s", (thread,))
+            ended += 1
+        except pymysql.MySQLError as exc:
+            if exc.args and exc.args[0] == 1094:  # unknown thread: it ended by itself meanwhile
+                ended += 1
+            else:
+                why = f"the server refused: {_line(exc)}"
+    return _sessions_said(ended, len(ids) - ended, why)

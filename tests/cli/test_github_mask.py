@@ -126,7 +126,9 @@ def test_every_form_of_each_value_is_masked_on_stderr_and_stdout_stays_exact(sho
     assert shown.returncode == 0, not_masks(shown.stderr)
     record_artifact("hepinfra output --format json (GITHUB_ACTIONS): stderr without masks", not_masks(shown.stderr))
     values = json.loads(shown.stdout)  # stdout is the JSON document and nothing else
-    assert "::" not in shown.stdout and not_masks(shown.stderr) == ""
+    # no workflow command on stdout (a value may hold "::" itself: the emulator's passwords do)
+    commands = [line for line in shown.stdout.splitlines() if line.lstrip().startswith("::")]
+    assert "::add-mask::" not in shown.stdout and commands == [] and not_masks(shown.stderr) == ""
     password, url, note = values["SHOP_DB_PASSWORD"], values["SHOP_DATABASE_URL"], values["SHOP_NOTE"]
     assert set(PASSWORD_CHARS) <= set(password) and quote(password, safe="") in url
     assert note == "\n".join(NOTE_LINES).replace("{{ db.password }}", password)

@@ -80,6 +80,27 @@ def login(url: str, sql: str | None = None) -> Any:
         conn.close()
 
 
+def session(url: str) -> Any:
+    """An open connection with exactly what the URL says (psycopg or PyMySQL), left open."""
+    parts = urlsplit(url)
+    if parts.scheme == "postgresql":
+        return psycopg.connect(url, connect_timeout=5, autocommit=True)
+    return pymysql.connect(host=parts.hostname, port=parts.port, user=unquote(parts.username or ""),
+                           password=unquote(parts.password or ""), database=unquote(parts.path[1:]),
+                           connect_timeout=5, read_timeout=5, autocommit=True)  # fmt: skip
+
+
+def gone(conn: Any) -> bool:
+    """Was this open connection ended by the server (SELECT 1 fails)?"""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+        return False
+    except (psycopg.Error, pymysql.MySQLError):
+        return True
+
+
 def refused(url: str) -> None:
     with pytest.raises((psycopg.OperationalError, pymysql.err.OperationalError)) as caught:
         login(url)
@@ -144,17 +165,52 @@ def test_alternating_switch_rotation_and_revoke_with_real_logins(
         login(second[var])
         login(now[var])
 
+    held = {var: session(now[var]) for var in URLS.values()}  # a leaked password's holder, still connected
     revoked = invoke(
         ["rotate", "-f", str(path), "shop", "orders", "--revoke", "--auto-approve"], server=server, env=STATE_KEY
     )
     assert revoked.code == 0, revoked.out + revoked.err
-    assert "disabled (--revoke)" in revoked.out
+    assert f"{now['SHOP_USER']} disabled (--revoke); 1 open session(s) ended" in revoked.out, revoked.out
+    # hep.gg's mariadb user may not see or end another user's connections: said, not hidden
+    assert (
+        f"{now['ORDERS_USER']} disabled (--revoke); sessions already open as it are not ended: that needs the "
+        "PROCESS and CONNECTION ADMIN privileges, which hep.gg's user lacks; end them yourself"
+    ) in " ".join(revoked.out.split()), revoked.out
+    assert gone(held["SHOP_URL"])  # PostgreSQL: the revoked role's session was ended
+    assert not gone(held["ORDERS_URL"])  # MariaDB without the privileges: it was not, as the line says
+    held["ORDERS_URL"].close()
     last = env_of(tmp_path)
     for var in URLS.values():
         login(last[var])
         refused(now[var])  # disabled at once: a leaked password
     assert state_of(tmp_path).journal == ()
     assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server, env=STATE_KEY).code == 0
+
+
+def test_revoke_ends_a_mariadb_roles_sessions_where_hepggs_user_may(
+    tmp_path: Path, roles_world: Callable[..., Server], mariadb_server: Any
+) -> None:
+    """Given PROCESS and CONNECTION ADMIN (a server that grants them), --revoke ends the MariaDB
+    sessions of the role it disables too, as it does in PostgreSQL."""
+    server = roles_world(role_privilege=True)
+    path = write_project(tmp_path, MANIFEST, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve", "--target", "orders"], server=server,
+                  env=STATE_KEY).code == 0  # fmt: skip
+    user = urlsplit(hepgg_url(server, "orders")).username
+    admin = urlsplit(mariadb_server.url)
+    conn = pymysql.connect(host=admin.hostname, port=admin.port, user=unquote(admin.username or ""),
+                           password=unquote(admin.password or ""), autocommit=True)  # fmt: skip
+    with conn, conn.cursor() as cur:
+        for host in ("%", "localhost"):
+            cur.execute("GRANT PROCESS, CONNECTION ADMIN ON *.* TO %s@%s", (user, host))
+    active = env_of(tmp_path)
+    held = [session(active["ORDERS_URL"]), session(active["ORDERS_URL"])]
+    revoked = invoke(["rotate", "-f", str(path), "orders", "--revoke", "--auto-approve"], server=server, env=STATE_KEY)
+    assert revoked.code == 0, revoked.out + revoked.err
+    assert f"{active['ORDERS_USER']} disabled (--revoke); 2 open session(s) ended" in revoked.out, revoked.out
+    assert all(gone(conn) for conn in held)
+    refused(active["ORDERS_URL"])
+    login(env_of(tmp_path)["ORDERS_URL"])
 
 
 SINGLE = MANIFEST.replace("defaults: {verify: true, rotation: {strategy: alternating}}", "defaults: {verify: true}")

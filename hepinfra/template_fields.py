@@ -2,7 +2,8 @@
 field gets: ``db has no field 'conection_string' (did you mean 'connection_string'?)``.
 
 Owns: ``Fields`` (a dict that knows its variable's name, so the sandbox's undefined value can say
-whose field is missing), wrapping a render's context in it, and the wording of a missing field.
+whose field is missing), wrapping a render's context in it, and the wording of a missing field or
+name.
 Must not: put a value in a message (field names only) or import Jinja2 (start-up path).
 """
 
@@ -40,6 +41,21 @@ def missing_field(variable: str, name: object, fields: Iterable[object]) -> str:
     else:
         hint = "it has no fields"
     return f"{variable} has no field {wanted!r} ({hint})"
+
+
+def missing_name(name: str, known: Iterable[str]) -> str:
+    """``'dbb' is undefined (did you mean 'db'?)``: a top-level name the render's context lacks."""
+    import difflib
+
+    from hepinfra.values import clip
+
+    names = sorted(k for k in known if not k.startswith("_"))
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        hint = f" (did you mean {close[0]!r}?)"
+    else:
+        hint = f" (a template here can use: {', '.join(names)})" if names else ""
+    return f"{clip(name, 80)!r} is undefined{hint}"
 
 
 def with_names(context: dict[str, Any]) -> dict[str, Any]:

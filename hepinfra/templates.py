@@ -18,15 +18,19 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from hepinfra.template_fields import Fields, missing_field, with_names
+from hepinfra.template_fields import Fields, missing_field, missing_name, with_names
 
 if TYPE_CHECKING:
     from jinja2 import Template
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+_NAMES: ContextVar[tuple[str, ...]] = ContextVar("template_names", default=())  # the render's context
 
 
 class QuotingError(ValueError):
@@ -375,6 +379,7 @@ def render_template(template: Template, context: dict[str, Any]) -> str:
     previous = signal.signal(signal.SIGALRM, expired) if timed else None
     if timed:
         signal.setitimer(signal.ITIMER_REAL, RENDER_SECONDS)
+    names = _NAMES.set(tuple(context))
     try:
         parts, total = [], 0
         for chunk in template.generate(with_names(context)):
@@ -384,6 +389,7 @@ def render_template(template: Template, context: dict[str, Any]) -> str:
             parts.append(chunk)
         return "".join(parts)
     finally:
+        _NAMES.reset(names)
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
@@ -444,6 +450,8 @@ def environment() -> ImmutableSandboxedEnvironment:
             obj = self._undefined_obj
             if isinstance(obj, Fields) and not self._undefined_hint:
                 return missing_field(obj._variable, self._undefined_name, obj)
+            if obj is missing and not self._undefined_hint and isinstance(self._undefined_name, str):
+                return missing_name(self._undefined_name, _NAMES.get())  # the closest of the context's names
             return str(super()._undefined_message)
 
     env = Bounded(undefined=Missing, autoescape=False, keep_trailing_newline=True, auto_reload=False)

@@ -97,6 +97,27 @@ databases:
 }
 
 
+NAMES = {
+    "close": ("{{ dbb.password }}", "'dbb' is undefined (did you mean 'db'?)"),
+    "far": ("{{ zzzz }}", "'zzzz' is undefined (a template here can use: db, env, key, name, vars)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAMES))
+def test_a_misspelt_name_says_the_closest_or_every_name_a_template_can_use(
+    case: str, tmp_path: Path, server: Server
+) -> None:
+    source, said = NAMES[case]
+    manifest = f'databases:\n  shop:\n    outputs:\n      - dotenv: .env\n        keys: {{URL: "{source}"}}\n'
+    assert located(tmp_path, manifest, server) == [
+        f"8:21: databases.shop.outputs[0].keys.URL: template uses an undefined value: {said}"
+    ]
+    files = {"templates/app.json.j2": f'{{\n  "url": "{source}"\n}}\n'}
+    assert located(tmp_path / "file", TEMPLATE_OUTPUT, server, files) == [
+        f"7:19: databases.shop.outputs[0].template: templates/app.json.j2:2: template uses an undefined value: {said}"
+    ]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_misspelt_field_names_the_variable_and_the_closest_field(case: str, tmp_path: Path, server: Server) -> None:
     manifest, expected = CASES[case]

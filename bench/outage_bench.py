@@ -13,7 +13,10 @@ Scenarios: ``dotenv-postgres``, ``dotenv-mariadb`` (today's single-user rotation
 re-reads ``.env``), ``pgbouncer-session``, ``pgbouncer-transaction`` (the consumer dials PgBouncer
 with its own stable credential; hepinfra cuts PgBouncer over: docs/pgbouncer.md), ``alternating-postgres``,
 ``alternating-mariadb`` (``rotation: {strategy: alternating}``: the consumer re-reads ``.env``, which
-carries one of two login roles; the emulator runs with ``--role-privilege``: docs/rotation-strategies.md).
+carries one of two login roles; the emulator runs with ``--role-privilege``: docs/rotation-strategies.md),
+``watch-postgres``, ``watch-mariadb`` (single-user rotation; the consumer is a process that reads its
+URL from its environment once, supervised by ``hepinfra run --watch --from .env`` with the default
+``--interval`` (2 s), which restarts it when the file changes: bench/probe.py's ``--journal`` mode).
 Run: python bench/outage_bench.py [--rotations 50] [--scenarios dotenv-postgres,...]
 """
 
@@ -29,13 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from bench.probe import Probe, Report, from_dotenv, from_url
+from bench.probe import JournalProbe, Probe, Report, from_dotenv, from_url
 
 KEY = "hepgg_db_bench_key_0123456789abcdef"
 SCENARIOS = (
@@ -45,6 +48,8 @@ SCENARIOS = (
     "pgbouncer-transaction",
     "alternating-postgres",
     "alternating-mariadb",
+    "watch-postgres",
+    "watch-mariadb",
 )
 
 MANIFEST = """\
@@ -122,7 +127,7 @@ def rotations(w: World, probe: Probe, key: str, n: int) -> list[float]:
     for _ in range(n):
         marks.append(probe.mark())
         w.hepinfra("rotate", key, "--auto-approve")
-        probe.wait(successes=3)
+        probe.wait(successes=3, since=probe.mark())
     return marks
 
 
@@ -140,6 +145,8 @@ def summary(reports: list[Report], started: Report) -> dict[str, Any]:
         "held_drops": started.held_drops,
         "held_failures": started.held_failures,
         "held_slowest_ms": started.held_max_ms,
+        "longest_gap_ms_median": round(statistics.median(r.longest_gap_ms for r in reports), 1),
+        "restarts": started.restarts,
         "errors": started.errors,
         "failed_per_rotation": failed,
         "outage_ms": outage,
@@ -149,10 +156,13 @@ def summary(reports: list[Report], started: Report) -> dict[str, Any]:
 def run_scenario(name: str, n: int) -> dict[str, Any]:
     pooled = name.startswith("pgbouncer")
     with world(pooled, alternating=name.startswith("alternating")) as w:
+        key, variable = ("shop", "SHOP_URL") if name.endswith("-postgres") else ("orders", "ORDERS_URL")
+        if name.startswith("watch"):
+            w.hepinfra("apply", "--auto-approve")
+            return watched(w, variable, key, n)
         if not pooled:
             w.hepinfra("apply", "--auto-approve")
-            key, connect = ("shop", "SHOP_URL") if name.endswith("-postgres") else ("orders", "ORDERS_URL")
-            return measure(w, from_dotenv(w.root / ".env", connect), key, n)
+            return measure(w, Probe(from_dotenv(w.root / ".env", variable)), key, n)
         from tests.servers import pgbouncer_instance
 
         include = w.root / "deploy/pgbouncer/databases.ini"  # PgBouncer starts with it empty
@@ -160,11 +170,27 @@ def run_scenario(name: str, n: int) -> dict[str, Any]:
         with pgbouncer_instance(include, name.split("-")[1], users) as bouncer:
             w.env["PGBOUNCER_ADMIN_URL"] = bouncer.admin_url
             w.hepinfra("apply", "--auto-approve")
-            return measure(w, from_url(bouncer.url("pooled")), "pooled", n)
+            return measure(w, Probe(from_url(bouncer.url("pooled"))), "pooled", n)
 
 
-def measure(w: World, connect: Callable[[], Any], key: str, n: int) -> dict[str, Any]:
-    probe = Probe(connect).start()
+def watched(w: World, variable: str, key: str, n: int) -> dict[str, Any]:
+    """The consumer as a process under ``hepinfra run --watch --from .env``, journaling its attempts."""
+    journal = w.root / "probe.jsonl"
+    consumer = [sys.executable, str(Path(__file__).parent / "probe.py"), "--env", variable, "--journal", str(journal)]
+    supervise = [sys.executable, "-m", "hepinfra", "run", "--watch", "--from", ".env", "--", *consumer]
+    watch = subprocess.Popen(supervise, cwd=w.root, env=w.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        return measure(w, JournalProbe(journal), key, n)
+    finally:
+        watch.terminate()
+        _, err = watch.communicate(timeout=60)
+        restarts = err.count("restarting")
+        print(f"run --watch: {restarts} restart line(s)", file=sys.stderr)
+
+
+def measure(w: World, probe: Probe, key: str, n: int) -> dict[str, Any]:
+    probe.start()
     probe.wait(successes=3)
     try:
         marks = rotations(w, probe, key, n)
@@ -176,13 +202,13 @@ def measure(w: World, connect: Callable[[], Any], key: str, n: int) -> dict[str,
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = f"{'scenario':<22} {'rot':>4} {'failed/rot med':>14} {'max':>5} {'outage ms med':>14} {'max':>8} " \
-           f"{'conns/rot':>9} {'held drops':>10}"  # fmt: skip
+           f"{'conns/rot':>9} {'held drops':>10} {'restarts':>8} {'gap ms med':>10}"  # fmt: skip
     rows = [head, "-" * len(head)]
     for name, r in results.items():
         rows.append(
             f"{name:<22} {r['rotations']:>4} {r['failed_per_rotation_median']:>14} {r['failed_per_rotation_max']:>5} "
             f"{r['outage_ms_median']:>14} {r['outage_ms_max']:>8} {r['connections_per_rotation_median']:>9} "
-            f"{r['held_drops']:>10}"
+            f"{r['held_drops']:>10} {r.get('restarts', 0):>8} {r.get('longest_gap_ms_median', 0):>10}"
         )
     return "\n".join(rows)
 

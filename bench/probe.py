@@ -17,11 +17,24 @@ Outage: from the start of the first failed attempt to the start of the first suc
 after it (summed over the window when there are several runs of failures; a run still failing at
 the end of the window counts up to its last failure). Errors are kept as their first line only.
 Importable by tests (``from bench.probe import Probe``); needs only the driver a ``connect`` uses.
+
+A consumer in another process (one that ``hepinfra run --watch`` restarts with new values):
+
+    python bench/probe.py --env SHOP_URL --journal probe.jsonl     # the URL from its environment
+
+appends every attempt to the journal as it ends (a line of JSON each, the same clock: perf_counter
+is CLOCK_MONOTONIC, one for every process on the host), across restarts; ``JournalProbe(path)`` reads
+it back with the same ``mark``/``wait``/``report``. A restart shows as a gap between two new
+connections (``longest_gap_ms``) and as the end of the held connection (``restarts``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import itertools
+import json
+import os
 import threading
 import time
 from collections import Counter
@@ -50,6 +63,8 @@ class Report:
     held_failures: int = 0  # of them, those that failed
     held_drops: int = 0  # times the long-lived connection was lost (it is then reopened)
     held_max_ms: float = 0.0  # the slowest SELECT 1 on it
+    longest_gap_ms: float = 0.0  # the longest time between two new connections' starts (a consumer down)
+    restarts: int = 0  # a consumer in another process: how many times it started anew (JournalProbe)
     errors: dict[str, int] = field(default_factory=dict)  # first line of each error -> how many
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,12 +103,20 @@ def _closed(conn: Any) -> bool:
 class Probe:
     """``connect()`` returns a DB-API connection (psycopg, PyMySQL). ``hold``: also keep one
     long-lived connection running ``SELECT 1`` (opened with ``connect`` at ``start``). ``workers``:
-    new connections in flight at most (one starts every ``interval`` while fewer are)."""
+    new connections in flight at most (one starts every ``interval`` while fewer are). ``record``:
+    called with ``("fresh" | "held" | "drop", Attempt)`` as each ends (a journal; under the lock)."""
 
     def __init__(
-        self, connect: Callable[[], Any], *, interval: float = 0.01, hold: bool = True, workers: int = 1
+        self,
+        connect: Callable[[], Any],
+        *,
+        interval: float = 0.01,
+        hold: bool = True,
+        workers: int = 1,
+        record: Callable[[str, Attempt], None] | None = None,
     ) -> None:
         self.connect, self.interval, self.hold, self.workers = connect, interval, hold, workers
+        self.record = record
         self._lock = threading.Lock()
         self._fresh: list[Attempt] = []
         self._held: list[Attempt] = []
@@ -104,8 +127,8 @@ class Probe:
 
     # --- driving ---------------------------------------------------------------------------------
 
-    def start(self) -> Probe:
-        if self.hold:
+    def start(self, *, held_now: bool = True) -> Probe:
+        if self.hold and held_now:
             self._held_conn = self.connect()  # the test needs it: a failure here is raised
         self._threads = [threading.Thread(target=self._fresh_loop, daemon=True)]
         if self.hold:
@@ -127,16 +150,21 @@ class Probe:
         """Now: pass it to ``report(since=...)``."""
         return time.perf_counter()
 
-    def wait(self, successes: int = 3, timeout: float = 30.0) -> None:
-        """Until ``successes`` new connections in a row have worked (after a rotation: recovered)."""
+    def wait(self, successes: int = 3, timeout: float = 30.0, since: float = 0.0) -> None:
+        """Until the last ``successes`` new connections have worked, each started at ``since`` or later
+        (after a rotation: recovered)."""
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
+            self._load()
             with self._lock:
                 tail = self._fresh[-successes:]
-            if len(tail) == successes and all(a.ok for a in tail):
+            if len(tail) == successes and all(a.ok and a.started >= since for a in tail):
                 return
             time.sleep(self.interval)
         raise TimeoutError(f"the probe saw no {successes} working connections in a row within {timeout}s")
+
+    def _load(self) -> None:
+        """Attempts made elsewhere (JournalProbe): none for a probe in this process."""
 
     # --- the two consumers -----------------------------------------------------------------------
 
@@ -169,6 +197,8 @@ class Probe:
             busy.release()
         with self._lock:
             self._fresh.append(attempt)
+            if self.record is not None:
+                self.record("fresh", attempt)
 
     def _held_loop(self) -> None:
         next_at = time.perf_counter()
@@ -185,11 +215,15 @@ class Probe:
                 if was_open and _closed(self._held_conn):  # lost: reopened (a failed reopen is no new drop)
                     with self._lock:
                         self._drops.append(started)
+                        if self.record is not None:
+                            self.record("drop", Attempt(started, started, False))
                     with contextlib.suppress(Exception):
                         self._held_conn.close()
                     self._held_conn = None
             with self._lock:
                 self._held.append(attempt)
+                if self.record is not None:
+                    self.record("held", attempt)
             next_at = max(next_at + self.interval, time.perf_counter())
             self._stop.wait(max(0.0, next_at - time.perf_counter()))
 
@@ -203,6 +237,7 @@ class Probe:
             held = [a for a in self._held if since <= a.started < end]
             drops = [d for d in self._drops if since <= d < end]
         errors = Counter(a.error for a in [*fresh, *held] if not a.ok)
+        starts = sorted(a.started for a in fresh)
         return Report(
             attempts=len(fresh),
             failures=sum(not a.ok for a in fresh),
@@ -212,8 +247,13 @@ class Probe:
             held_failures=sum(not a.ok for a in held),
             held_drops=len(drops),
             held_max_ms=round(max(((a.ended - a.started) * 1000 for a in held if a.ok), default=0.0), 2),
+            longest_gap_ms=round(max(((b - a) * 1000 for a, b in itertools.pairwise(starts)), default=0.0), 2),
+            restarts=self._restarts(since, end),
             errors=dict(errors),
         )
+
+    def _restarts(self, since: float, end: float) -> int:
+        return 0  # one process: it never restarts
 
 
 def outage_ms(attempts: list[Attempt]) -> float:
@@ -275,3 +315,74 @@ def from_dotenv(path: Path, key: str) -> Callable[[], Any]:
 def from_url(url: str) -> Callable[[], Any]:
     """A consumer with one stable URL (PgBouncer's, with the consumer's own credential)."""
     return lambda: connect_url(url)
+
+
+# --- a consumer in another process ---------------------------------------------------------------------
+
+
+class JournalProbe(Probe):
+    """The attempts of a probe in other processes (``python bench/probe.py --journal PATH``, restarted
+    any number of times), read back from its journal: ``mark``, ``wait``, ``report`` as for a Probe."""
+
+    def __init__(self, path: Path, *, interval: float = 0.01) -> None:
+        super().__init__(lambda: None, interval=interval)
+        self.path = path
+        self._read = 0  # bytes of the journal read so far
+        self._starts: list[tuple[float, int]] = []  # (first attempt, pid) of each process
+
+    def start(self, *, held_now: bool = True) -> JournalProbe:
+        return self  # the process runs on its own
+
+    def stop(self) -> Report:
+        return self.report()
+
+    def report(self, since: float = 0.0, until: float | None = None) -> Report:
+        self._load()
+        return super().report(since, until)
+
+    def _restarts(self, since: float, end: float) -> int:
+        return sum(since <= first < end for first, _ in self._starts[1:])
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._read)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._read += len(complete)
+        with self._lock:
+            for line in complete.decode().splitlines():
+                kind, pid, started, ended, ok, error = json.loads(line)
+                attempt = Attempt(started, ended, ok, error)
+                if not self._starts or pid not in {p for _, p in self._starts}:
+                    self._starts.append((started, pid))
+                {"fresh": self._fresh, "held": self._held}.get(kind, []).append(attempt)
+                if kind == "drop":
+                    self._drops.append(started)
+            self._fresh.sort(key=lambda a: a.started)
+            self._starts.sort()
+
+
+def main() -> None:
+    """A probe whose URL is in the variable ``--env`` (as ``hepinfra run`` gives it), journaling every
+    attempt to ``--journal`` until it is stopped (SIGTERM: what a restart sends)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--env", required=True, help="the variable that holds the database URL")
+    parser.add_argument("--journal", required=True, type=Path, help="append every attempt here (JSON lines)")
+    args = parser.parse_args()
+    url = os.environ.get(args.env)
+    if not url:
+        raise SystemExit(f"{args.env} is not set")
+    journal = args.journal.open("a", buffering=1)  # a line per write: a SIGTERM loses nothing written
+    pid = os.getpid()
+
+    def record(kind: str, a: Attempt) -> None:
+        journal.write(json.dumps([kind, pid, a.started, a.ended, a.ok, a.error]) + "\n")
+
+    probe = Probe(from_url(url), record=record).start(held_now=False)  # the held one opens in its loop
+    probe._stop.wait()  # until the signal ends the process
+
+
+if __name__ == "__main__":
+    main()

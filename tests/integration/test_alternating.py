@@ -26,7 +26,7 @@ from dotenv import dotenv_values
 
 from hepinfra.state import codec
 from tests.cliutil import invoke, write_project
-from tests.conftest import ISSUED, KEY, Server
+from tests.conftest import HTTP, ISSUED, KEY, Server
 
 MANIFEST = """
 version: 1
@@ -185,6 +185,37 @@ def test_alternating_switch_rotation_and_revoke_with_real_logins(
         refused(now[var])  # disabled at once: a leaked password
     assert state_of(tmp_path).journal == ()
     assert invoke(["plan", "-f", str(path), "--detailed-exitcode"], server=server, env=STATE_KEY).code == 0
+
+
+def test_the_managing_credential_rotated_at_hepgg_changes_nothing_and_the_next_rotation_works(
+    tmp_path: Path, roles_world: Callable[..., Server]
+) -> None:
+    """hep.gg's user is only hepinfra's: rotated in the dashboard, no output is owed a change (none
+    carries it), consumers keep logging in, and the next rotation logs in with the new one (Reveal)."""
+    server = roles_world(role_privilege=True)
+    path = write_project(tmp_path, MANIFEST, FILES)
+    assert invoke(["apply", "-f", str(path), "--auto-approve", "--target", "shop", "--target", "orders"],
+                  server=server, env=STATE_KEY).code == 0  # fmt: skip
+    before = env_of(tmp_path)
+    for key in URLS:
+        old = hepgg_url(server, key)
+        row_id = next(r["id"] for r in server.app.emu.store.list_databases(server.app.emu.store.account_of_db_key(KEY) or "")
+                      if r["name"] == f"{key}-prod")  # fmt: skip
+        answer = HTTP.post(
+            f"{server.url}/api/v1/db/databases/{row_id}/rotate", headers={"Authorization": f"Bearer {KEY}"}
+        )
+        assert answer.status_code == 200 and hepgg_url(server, key) != old
+    plan = invoke(["plan", "-f", str(path), "--detailed-exitcode", "--target", "shop", "--target", "orders"],
+                  server=server, env=STATE_KEY)  # fmt: skip
+    assert plan.code == 0, plan.out + plan.err
+    for var in URLS.values():
+        login(before[var])
+    rotated = invoke(["rotate", "-f", str(path), "shop", "orders", "--auto-approve"], server=server, env=STATE_KEY)
+    assert rotated.code == 0, rotated.out + rotated.err
+    after = env_of(tmp_path)
+    for var in URLS.values():
+        login(after[var])
+        login(before[var])  # the previous role, still valid until the next rotation
 
 
 def test_revoke_ends_a_mariadb_roles_sessions_where_hepggs_user_may(

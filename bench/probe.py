@@ -328,7 +328,7 @@ class JournalProbe(Probe):
         super().__init__(lambda: None, interval=interval)
         self.path = path
         self._read = 0  # bytes of the journal read so far
-        self._starts: list[tuple[float, int]] = []  # (first attempt, pid) of each process
+        self._first: dict[int, float] = {}  # pid -> when its earliest attempt started
 
     def start(self, *, held_now: bool = True) -> JournalProbe:
         return self  # the process runs on its own
@@ -341,7 +341,8 @@ class JournalProbe(Probe):
         return super().report(since, until)
 
     def _restarts(self, since: float, end: float) -> int:
-        return sum(since <= first < end for first, _ in self._starts[1:])
+        starts = sorted(self._first.values())[1:]  # the first process is a start, not a restart
+        return sum(since <= first < end for first in starts)
 
     def _load(self) -> None:
         if not self.path.exists():
@@ -355,13 +356,11 @@ class JournalProbe(Probe):
             for line in complete.decode().splitlines():
                 kind, pid, started, ended, ok, error = json.loads(line)
                 attempt = Attempt(started, ended, ok, error)
-                if not self._starts or pid not in {p for _, p in self._starts}:
-                    self._starts.append((started, pid))
+                self._first[pid] = min(started, self._first.get(pid, started))  # lines come as attempts end
                 {"fresh": self._fresh, "held": self._held}.get(kind, []).append(attempt)
                 if kind == "drop":
                     self._drops.append(started)
             self._fresh.sort(key=lambda a: a.started)
-            self._starts.sort()
 
 
 def main() -> None:

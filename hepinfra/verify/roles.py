@@ -266,43 +266,58 @@ def _sessions_said(ended: int, left: int, why: str) -> str:
 def _end_postgres_sessions(db: Any, role: str) -> str:
     """pg_terminate_backend needs the privileges of the role whose sessions it ends: the managing
     credential, which made the role (CREATEROLE), makes itself a member for the moment and drops
-    the membership after (a kill in between leaves hepinfra's own credential a member: harmless)."""
+    the membership after; a membership it granted itself and a kill left behind is dropped by the
+    rerun. A session that ended by itself meanwhile counts as ended."""
     import psycopg
     from psycopg import sql
 
-    pids = [r[0] for r in db.execute(
-        "SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()", (role,)
-    ).fetchall()]  # fmt: skip
+    def open_pids() -> list[int]:
+        return [r[0] for r in db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()", (role,)
+        ).fetchall()]  # fmt: skip
+
+    pids = open_pids()
     if not pids:
         return _sessions_said(0, 0, "")
     ident = sql.Identifier(role)
-    member = db.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (role,)).fetchone()[0]
-    ended, why = 0, "the server refused to end them"
+    member, self_granted = db.execute(
+        "SELECT pg_has_role(current_user, %(r)s, 'USAGE'), EXISTS (SELECT 1 FROM pg_auth_members m "
+        "JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
+        "WHERE r.rolname = %(r)s AND u.rolname = current_user AND m.grantor = u.oid)",
+        {"r": role},
+    ).fetchone()
+    why = "the server refused to end them"
     try:
         if not member:
             db.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
         for pid in pids:
-            ended += bool(db.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()[0])
+            db.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
     except psycopg.Error as exc:
         why = f"the server refused: {_line(exc)}"
     finally:
-        if not member:
+        if not member or self_granted:
             with contextlib.suppress(psycopg.Error):
                 db.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(ident))
-    return _sessions_said(ended, len(pids) - ended, why)
+    left = len(set(pids) & set(open_pids()))
+    return _sessions_said(len(pids) - left, left, why)
 
 
 def _end_mariadb_sessions(cursor: Any, role: str) -> str:
-    """Seeing other users' connections needs PROCESS, ending them CONNECTION ADMIN (or SUPER): a
-    hep.gg user rarely has them, and then the sessions cannot even be counted: said so."""
+    """Seeing other users' connections needs PROCESS, ending them CONNECTION ADMIN (or SUPER),
+    granted to hep.gg's user or to a role it has enabled (SHOW GRANTS lists both). A hep.gg user
+    rarely has them, and then the sessions cannot even be counted: said so."""
+    import re
+
     import pymysql
 
-    cursor.execute("SELECT CURRENT_USER()")
-    user, _, host = str(cursor.fetchone()[0]).rpartition("@")
-    cursor.execute("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s",
-                   (f"'{user}'@'{host}'",))  # fmt: skip
-    privileges = {str(r[0]).upper() for r in cursor.fetchall()}
-    if "PROCESS" not in privileges or not privileges & {"CONNECTION ADMIN", "SUPER"}:
+    cursor.execute("SHOW GRANTS")
+    held: set[str] = set()  # global privileges, one statement at a time (never across two)
+    for (statement,) in cursor.fetchall():
+        found = re.match(r"GRANT (.+?) ON \*\.\* TO ", str(statement).upper())
+        if found:
+            held |= {p.strip() for p in found.group(1).split(",")}
+    may = "ALL PRIVILEGES" in held or ("PROCESS" in held and bool(held & {"CONNECTION ADMIN", "SUPER"}))
+    if not may:
         return (
             "sessions already open as it are not ended: that needs the PROCESS and CONNECTION ADMIN "
             "privileges, which hep.gg's user lacks; end them yourself"

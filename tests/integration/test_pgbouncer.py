@@ -140,6 +140,7 @@ def test_a_rotation_pgbouncer_is_not_cut_over_for_fails_the_same_probe(
         deadline = time.monotonic() + 20
         while probe.report(since=mark).failures == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert probe.report(since=mark).failures > 0, "no consumer failed before the apply"
         applied = invoke(["apply", "-f", str(path), "--auto-approve"], server=server, env=env)
         assert applied.code == 0, applied.out + applied.err
         probe.wait(successes=3)

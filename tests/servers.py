@@ -24,6 +24,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import secrets
 import shutil
 import socket
@@ -43,7 +44,24 @@ import pytest
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free loopback port for a server, chosen at random BELOW the kernel's ephemeral range: a port
+    the kernel hands out (bind to 0) is also what it gives the next outgoing connection of any
+    process, so a busy run could take it between our choice and the server's bind ("Address already
+    in use", seen with three xdist workers)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randint(10000, max(10001, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # every probe was taken: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

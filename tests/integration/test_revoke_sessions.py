@@ -43,3 +43,8 @@ def test_a_membership_left_by_a_kill_is_dropped_by_the_rerun(postgres_server: An
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,)).fetchone() == (False,)
     assert roles.disable(m, role, 10) == "no session was open as it"
+    with psycopg.connect(url, autocommit=True) as conn:  # a kill left the membership, the sessions since gone
+        conn.execute(f"GRANT {role} TO CURRENT_USER")
+    assert roles.disable(m, role, 10) == "no session was open as it"
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,)).fetchone() == (False,)

@@ -124,6 +124,7 @@ class Probe:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._held_conn: Any = None
+        self._last_mark = 0.0
 
     # --- driving ---------------------------------------------------------------------------------
 
@@ -147,12 +148,15 @@ class Probe:
         return self.report()
 
     def mark(self) -> float:
-        """Now: pass it to ``report(since=...)``."""
-        return time.perf_counter()
+        """Now: pass it to ``report(since=...)``; ``wait`` then counts only attempts started since."""
+        self._last_mark = time.perf_counter()
+        return self._last_mark
 
-    def wait(self, successes: int = 3, timeout: float = 30.0, since: float = 0.0) -> None:
+    def wait(self, successes: int = 3, timeout: float = 30.0, since: float | None = None) -> None:
         """Until the last ``successes`` new connections have worked, each started at ``since`` or later
-        (after a rotation: recovered)."""
+        (default: the last ``mark()``), so after a rotation it means recovered: attempts that began
+        before it and were held through it (a paused pooler) do not count."""
+        since = self._last_mark if since is None else since
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             self._load()
